@@ -1,0 +1,41 @@
+"""hf-instruct: build an InstructGPT-style model with the Hugging Face tools you already use.
+
+Importing the package registers the `instructgpt` model type with the transformers Auto classes, so
+`AutoModelForCausalLM.from_pretrained(path)` works for hf-instruct checkpoints without `trust_remote_code`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+)
+
+from .models.instructgpt import (
+    InstructGPTConfig,
+    InstructGPTForCausalLM,
+    InstructGPTForSequenceClassification,
+    InstructGPTModel,
+    InstructGPTPreTrainedModel,
+)
+
+try:
+    __version__ = version("hf-instruct")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+AutoConfig.register(InstructGPTConfig.model_type, InstructGPTConfig, exist_ok=True)
+AutoModel.register(InstructGPTConfig, InstructGPTModel, exist_ok=True)
+AutoModelForCausalLM.register(InstructGPTConfig, InstructGPTForCausalLM, exist_ok=True)
+AutoModelForSequenceClassification.register(InstructGPTConfig, InstructGPTForSequenceClassification, exist_ok=True)
+
+__all__ = [
+    "__version__",
+    "InstructGPTConfig",
+    "InstructGPTPreTrainedModel",
+    "InstructGPTModel",
+    "InstructGPTForCausalLM",
+    "InstructGPTForSequenceClassification",
+]
