@@ -91,11 +91,9 @@ def test_remote_code_loads_without_the_plugin(tmp_path, model_class, head, extra
     batch["attention_mask"][1, 5:] = 0
     torch.save(batch, tmp_path / "inputs.pt")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
-    subprocess.run(
-        [sys.executable, "-c", REMOTE_LOAD, str(tmp_path / "ckpt"), head, str(tmp_path / "inputs.pt"),
-         str(tmp_path / "out.pt")],
-        check=True, cwd=tmp_path, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+    args = [str(tmp_path / "ckpt"), head, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")]
+    proc = subprocess.run([sys.executable, "-c", REMOTE_LOAD, *args], cwd=tmp_path, env=env, capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     with torch.no_grad():
         expected = model(**batch).logits
     assert_close(torch.load(tmp_path / "out.pt"), expected, atol=0, rtol=0)
