@@ -93,6 +93,18 @@ def test_eager_matches_sdpa_with_left_padding():
     assert_close(eager[real], sdpa[real], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
+def test_flex_attention_matches_sdpa_with_left_padding():
+    model = InstructGPTForCausalLM(tiny_config()).eval()
+    input_ids, attention_mask, _ = left_padded_batch()
+    with torch.no_grad():
+        sdpa = model(input_ids, attention_mask=attention_mask).logits
+        model.set_attn_implementation("flex_attention")
+        flex = model(input_ids, attention_mask=attention_mask).logits
+    real = attention_mask.bool()
+    assert_close(flex[real], sdpa[real], atol=1e-5, rtol=0)
+
+
 def test_left_padded_batch_matches_single_rows():
     model = InstructGPTForCausalLM(tiny_config()).eval()
     input_ids, attention_mask, rows = left_padded_batch()
