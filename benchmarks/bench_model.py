@@ -13,15 +13,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 
 import torch
 import transformers
+from common import peak_rss_growth_mib, print_table, run_memory_probe, summarise
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_instruct import InstructGPTConfig, InstructGPTForCausalLM
@@ -90,53 +88,15 @@ def generate_seconds(model: torch.nn.Module, batch_size: int, cache: str, new_to
     return time.perf_counter() - start
 
 
-def rss_mib() -> float:
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def peak_training_memory_mib(name: str, precision: str) -> float:
-    """Peak resident-memory growth during one training step (after a warm-up step has allocated the optimizer state).
-
-    CPU tensors have no allocator statistics, so a thread samples the resident set every millisecond. Each model is
-    measured in a fresh process (see `--memory-probe`), so the two never share an allocator.
-    """
-    out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--memory-probe", name, precision],
-        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},  # return freed blocks to the OS at once
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return float(out.stdout.strip().splitlines()[-1])
+    """Peak resident-memory growth of one training step after a warm-up step, in a fresh process per model."""
+    return run_memory_probe(__file__, name, precision)
 
 
 def memory_probe(name: str, precision: str) -> None:
     step = make_train_step(build(name))
     step(precision)  # warm-up: optimizer state, allocator
-    base, peak, done = rss_mib(), [0.0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    step(precision)
-    done.set()
-    sampler.join()
-    print(peak[0] - base)
-
-
-def summarise(ours: list[float], llama: list[float], best: Callable = max) -> dict:
-    """Best sample (largest rate, or smallest memory with `best=min`), median, and the ratio of medians."""
-    return {
-        "ours_best": best(ours),
-        "ours_median": statistics.median(ours),
-        "llama_best": best(llama),
-        "llama_median": statistics.median(llama),
-        "ratio": statistics.median(ours) / statistics.median(llama),
-    }
+    print(peak_rss_growth_mib(lambda: step(precision)))
 
 
 def main() -> None:
@@ -189,13 +149,7 @@ def main() -> None:
         f"torch {torch.__version__}, transformers {transformers.__version__}, {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads\n"
     )
-    print("| measure | ours (best / median) | Llama (best / median) | ratio of medians |")
-    print("|---|---|---|---|")
-    for label, r in rows:
-        print(
-            f"| {label} | {r['ours_best']:.0f} / {r['ours_median']:.0f} | {r['llama_best']:.0f} / "
-            f"{r['llama_median']:.0f} | {r['ratio']:.2f} |"
-        )
+    print_table(rows, "ours", "Llama")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(rows), f, indent=2)

@@ -13,6 +13,7 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
+from .collator import DataCollatorForInstructionTuning
 from .models.instructgpt import (
     InstructGPTConfig,
     InstructGPTForCausalLM,
@@ -20,6 +21,7 @@ from .models.instructgpt import (
     InstructGPTModel,
     InstructGPTPreTrainedModel,
 )
+from .tokenization import train_tokenizer
 
 try:
     __version__ = version("hf-instruct")
@@ -38,4 +40,6 @@ __all__ = [
     "InstructGPTModel",
     "InstructGPTForCausalLM",
     "InstructGPTForSequenceClassification",
+    "DataCollatorForInstructionTuning",
+    "train_tokenizer",
 ]

@@ -8,10 +8,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import LlamaConfig, PreTrainedTokenizerFast  # noqa: E402
 
-from hf_instruct import InstructGPTConfig  # noqa: E402
+from hf_instruct import InstructGPTConfig, train_tokenizer  # noqa: E402
 
 TINY = dict(
     vocab_size=320,
@@ -49,19 +48,7 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TINY["vocab_size"],
-        special_tokens=["<|pad|>", "<|bos|>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator([TEXT] * 20, trainer=trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|endoftext|>"
-    )
-    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    """A real byte-level BPE tokenizer with the ChatML training template, trained in a fraction of a second."""
+    tok = train_tokenizer([TEXT] * 20, vocab_size=TINY["vocab_size"], show_progress=False)
     assert len(tok) <= TINY["vocab_size"]
     return tok

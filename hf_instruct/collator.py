@@ -1,0 +1,145 @@
+"""DataCollatorForInstructionTuning: the labels are exactly the assistant tokens, in padded or padding-free batches.
+
+Loss-masking bugs are the most common failure of instruction tuning: prompt tokens trained, the end-of-turn token
+never trained (so the model never stops), masks broken by truncation or multi-turn chat, packed sequences leaking
+into each other. This collator renders conversations with the tokenizer's chat template and takes the labels from
+its `{% generation %}` spans, so every assistant turn is trained *with* its end-of-turn token and nothing else is.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging
+
+from .data.instructions import to_messages
+from .data.records import BadRecordError
+
+logger = logging.get_logger(__name__)
+IGNORE_INDEX = -100
+MASK_FIELDS = ("assistant_masks", "completion_mask")
+
+
+@dataclass
+class DataCollatorForInstructionTuning:
+    """Collates instruction examples for causal-LM training with a stock `Trainer` or TRL's `SFTTrainer`.
+
+    Accepts, in any mix:
+    - raw examples in any shape `hf_instruct.data.to_messages` knows (chat `messages`, ShareGPT, prompt/completion,
+      Alpaca, Dolly), rendered with the tokenizer's chat template (pass `remove_unused_columns=False` to `Trainer`);
+    - pre-tokenised examples: `input_ids` with `labels`, or with `assistant_masks` and/or `completion_mask` (as
+      TRL's SFTTrainer prepares them), or alone (then every token is trained).
+
+    Args:
+        tokenizer: its chat template must mark assistant turns with `{% generation %}` (see `train_tokenizer`).
+        max_length: longer sequences lose prompt tokens from the left first (keeping the part nearest the
+            response), then response tokens from the right. A warning counts truncated examples and examples left
+            with no trained token.
+        padding_free: one row per batch with `position_ids` restarting at each sequence, `cu_seq_lens_q/k` and
+            `max_length_q/k` for flash attention, no attention mask; the first label of every sequence is ignored so
+            no label crosses a boundary. Otherwise rows are right-padded with an `attention_mask`.
+        pad_to_multiple_of: pad the (row) length to a multiple of this.
+        train_on_prompt: train on every token, not only the assistant's.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int | None = None
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+    train_on_prompt: bool = False
+    truncated_examples: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token: set `tokenizer.pad_token` before collating.")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {self.max_length}.")
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        sequences = [self.truncate(*self.tokenize(example, index)) for index, example in enumerate(examples)]
+        untrained = sum(all(label == IGNORE_INDEX for label in labels) for _, labels in sequences)
+        if untrained:
+            logger.warning(
+                f"{untrained} of {len(sequences)} examples in this batch have no trained token (no assistant turn "
+                "left after truncation?): they add no loss. Raise max_length or filter these examples."
+            )
+        return self.flatten(sequences) if self.padding_free else self.pad(sequences)
+
+    def tokenize(self, example: dict[str, Any], index: int = 0) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of one example; labels are -100 outside the trained tokens."""
+        if "input_ids" in example:
+            input_ids = list(example["input_ids"])
+            if "labels" in example:
+                return input_ids, list(example["labels"])
+            masks = [example[name] for name in MASK_FIELDS if name in example]
+        else:
+            try:
+                messages = to_messages(example)
+            except BadRecordError as problem:
+                raise BadRecordError(f"example {index} of the batch: {problem}") from None
+            rendered = self.tokenizer.apply_chat_template(
+                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
+            input_ids, masks = list(rendered["input_ids"]), [rendered["assistant_masks"]]
+            if not any(masks[0]):
+                raise ValueError(
+                    "The tokenizer's chat template marks no assistant tokens: it needs {% generation %} ... "
+                    "{% endgeneration %} around each assistant turn and its end-of-turn token. Use the template of "
+                    "hf_instruct.train_tokenizer, or trl.chat_template_utils.get_training_chat_template(tokenizer)."
+                )
+        if self.train_on_prompt:
+            masks = []
+        labels = [token if all(bits) else IGNORE_INDEX for token, *bits in zip(input_ids, *masks, strict=True)]
+        return input_ids, labels
+
+    def truncate(self, input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        """Cut to max_length: prompt tokens from the left first, then response tokens from the right."""
+        excess = len(input_ids) - (self.max_length or len(input_ids))
+        if excess <= 0:
+            return input_ids, labels
+        if self.truncated_examples == 0:
+            logger.warning(
+                f"Truncating examples longer than max_length={self.max_length}: prompt tokens are dropped from the "
+                "left first, then response tokens from the right."
+            )
+        self.truncated_examples += 1
+        first_trained = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+        left = min(excess, first_trained)
+        return input_ids[left : left + self.max_length], labels[left : left + self.max_length]
+
+    def pad(self, sequences: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        length = self._padded_length(max(len(ids) for ids, _ in sequences))
+        input_ids = torch.full((len(sequences), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for row, (ids, lbls) in enumerate(sequences):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(ids)] = torch.tensor(lbls)
+            attention_mask[row, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def flatten(self, sequences: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
+        lengths = [len(ids) for ids, _ in sequences]
+        total = sum(lengths)
+        padding = self._padded_length(total) - total
+        lengths += [1] * padding  # each pad token is a sequence of its own, attending only to itself
+        input_ids = [token for ids, _ in sequences for token in ids] + [self.tokenizer.pad_token_id] * padding
+        labels = [label for _, lbls in sequences for label in lbls] + [IGNORE_INDEX] * padding
+        position_ids = [position for n in lengths for position in range(n)]
+        labels = [IGNORE_INDEX if position == 0 else label for label, position in zip(labels, position_ids)]
+        cu_seq_lens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        return {
+            "input_ids": torch.tensor([input_ids]),
+            "position_ids": torch.tensor([position_ids]),
+            "labels": torch.tensor([labels]),
+            "cu_seq_lens_q": cu_seq_lens,
+            "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": max(lengths),
+            "max_length_k": max(lengths),
+        }
+
+    def _padded_length(self, length: int) -> int:
+        multiple = self.pad_to_multiple_of or 1
+        return -(-length // multiple) * multiple
