@@ -128,7 +128,8 @@ class DataCollatorForInstructionTuning:
         input_ids = [token for ids, _ in sequences for token in ids] + [self.tokenizer.pad_token_id] * padding
         labels = [label for _, lbls in sequences for label in lbls] + [IGNORE_INDEX] * padding
         position_ids = [position for n in lengths for position in range(n)]
-        labels = [IGNORE_INDEX if position == 0 else label for label, position in zip(labels, position_ids)]
+        # No label crosses a boundary: the first token of a sequence is never predicted from the previous one.
+        labels = [IGNORE_INDEX if pos == 0 else label for label, pos in zip(labels, position_ids, strict=True)]
         cu_seq_lens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
         return {
             "input_ids": torch.tensor([input_ids]),

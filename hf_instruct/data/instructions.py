@@ -18,14 +18,14 @@ import datasets
 
 from .records import BadRecordError, OnBadRecord, normalize_records, require_text
 
-ROLES = ("system", "user", "assistant")
+CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
 def to_messages(record: dict) -> list[dict[str, str]]:
     """The record as a conversation with at least one non-empty assistant turn; BadRecordError otherwise."""
     if "messages" in record:
-        messages = checked_messages(record["messages"], "messages", "role", "content", dict(zip(ROLES, ROLES)))
+        messages = checked_messages(record["messages"], "messages", "role", "content", CHAT_ROLES)
     elif "conversations" in record:
         messages = checked_messages(record["conversations"], "conversations", "from", "value", SHAREGPT_ROLES)
     elif "prompt" in record and "completion" in record:
@@ -67,9 +67,8 @@ def _instruction(record: dict, context_field: str, answer_field: str) -> list[di
 def _prompt_completion(record: dict) -> list[dict[str, str]]:
     prompt, completion = record["prompt"], record["completion"]
     if isinstance(prompt, list) and isinstance(completion, list):
-        role_map = dict(zip(ROLES, ROLES))
-        return checked_messages(prompt, "prompt", "role", "content", role_map) + checked_messages(
-            completion, "completion", "role", "content", role_map
+        return checked_messages(prompt, "prompt", "role", "content", CHAT_ROLES) + checked_messages(
+            completion, "completion", "role", "content", CHAT_ROLES
         )
     return [
         {"role": "user", "content": require_text(record, "prompt")},

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import datasets
 
-from .instructions import ROLES, checked_messages
+from .instructions import CHAT_ROLES, checked_messages
 from .records import BadRecordError, OnBadRecord, normalize_records, require_text
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -54,9 +54,8 @@ def parse_hh_transcript(text: str) -> list[dict[str, str]]:
     parts = HH_TURN.split(text)
     if parts[0].strip() or len(parts) < 3:
         raise BadRecordError("the prompt is not an hh-rlhf transcript starting with '\\n\\nHuman:'")
-    messages = [
-        {"role": HH_ROLES[role], "content": content.strip()} for role, content in zip(parts[1::2], parts[2::2])
-    ]
+    turns = zip(parts[1::2], parts[2::2], strict=True)
+    messages = [{"role": HH_ROLES[role], "content": content.strip()} for role, content in turns]
     if messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
         messages.pop()
     for index, message in enumerate(messages):
@@ -68,7 +67,7 @@ def parse_hh_transcript(text: str) -> list[dict[str, str]]:
 def _prompt_messages(record: dict) -> list[dict[str, str]]:
     prompt = record["prompt"]
     if isinstance(prompt, list):
-        return checked_messages(prompt, "prompt", "role", "content", dict(zip(ROLES, ROLES)))
+        return checked_messages(prompt, "prompt", "role", "content", CHAT_ROLES)
     text = require_text(record, "prompt")
     return parse_hh_transcript(text) if HH_TURN.search(text) else [{"role": "user", "content": text.strip()}]
 
@@ -76,7 +75,7 @@ def _prompt_messages(record: dict) -> list[dict[str, str]]:
 def _answer(record: dict, field: str) -> list[dict[str, str]]:
     value = record.get(field)
     if isinstance(value, list):
-        messages = checked_messages(value, field, "role", "content", dict(zip(ROLES, ROLES)))
+        messages = checked_messages(value, field, "role", "content", CHAT_ROLES)
         if len(messages) != 1 or messages[0]["role"] != "assistant":
             raise BadRecordError(f"field {field!r} must hold exactly one assistant message")
         return messages
@@ -88,7 +87,7 @@ def _split_transcripts(chosen: str, rejected: str) -> tuple[list, list, list]:
     if cut < len(ASSISTANT_MARKER) or not rejected.startswith(chosen[:cut]):
         raise BadRecordError("'chosen' and 'rejected' transcripts differ before their last 'Assistant:' turn")
     answers = [text[cut:].strip() for text in (chosen, rejected)]
-    for field, answer in zip(("chosen", "rejected"), answers):
+    for field, answer in zip(("chosen", "rejected"), answers, strict=True):
         if not answer:
             raise BadRecordError(f"the final {field!r} answer is empty")
     prompt = parse_hh_transcript(chosen[:cut])
