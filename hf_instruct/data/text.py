@@ -1,19 +1,18 @@
 """Raw text for pretraining: load documents from files or the Hub, then pack them into fixed-length blocks.
 
 Packing concatenates documents with an EOS token between them and cuts the stream into `block_size` blocks, so no
-compute is spent on padding. Only the final partial block is dropped, and its size is logged.
+compute is spent on padding. Only the final partial block is dropped, with a warning that says how many tokens.
 """
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 
 import datasets
 from transformers import PreTrainedTokenizerBase
-from transformers.utils import logging
 
 from .records import expand_sources
 
-logger = logging.get_logger(__name__)
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -53,7 +52,7 @@ def pack_texts(
     gen_kwargs = {"texts": texts, "tokenizer": tokenizer, "block_size": block_size, "batch_size": batch_size}
     if isinstance(texts, datasets.IterableDataset):
         return datasets.IterableDataset.from_generator(_blocks, gen_kwargs=gen_kwargs)
-    return datasets.Dataset.from_generator(_blocks, gen_kwargs=gen_kwargs, split=datasets.Split.TRAIN)
+    return datasets.Dataset.from_list(list(_blocks(**gen_kwargs)))
 
 
 def _blocks(texts, tokenizer, block_size: int, batch_size: int) -> Iterator[dict[str, list[int]]]:
@@ -67,6 +66,5 @@ def _blocks(texts, tokenizer, block_size: int, batch_size: int) -> Iterator[dict
             yield {"input_ids": buffer[start : start + block_size]}
         del buffer[:full]
     if buffer:
-        logger.warning(
-            f"pack_texts: the last {len(buffer)} tokens do not fill a block of {block_size} and are unused."
-        )
+        unused = f"pack_texts: the last {len(buffer)} tokens do not fill a {block_size}-token block: unused."
+        warnings.warn(unused, stacklevel=2)
