@@ -184,6 +184,31 @@ def test_packed_row_equals_separate_runs(use_cache, attn):
     assert_close(packed_logits, separate, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_free_batch_with_cu_seq_lens_equals_separate_runs(attn):
+    """A padding-free batch as the collators send it (cu_seq_lens_q/k, max_length_q/k): sdpa attends per sequence."""
+    model = InstructGPTForCausalLM(tiny_config(attn_implementation=attn))
+    sequences = [random_ids(1, n)[0] for n in (5, 7, 1, 4)]
+    cu_seq_lens = torch.tensor([0, 5, 12, 13, 17], dtype=torch.int32)
+    batch = {
+        "input_ids": torch.cat(sequences)[None],
+        "position_ids": torch.cat([torch.arange(len(s)) for s in sequences])[None],
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": 7,
+        "max_length_k": 7,
+    }
+    packed_logits = model(**batch).logits[0]
+    packed_logits.sum().backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    separate = torch.cat([model(s[None]).logits[0] for s in sequences])
+    separate.sum().backward()
+    assert_close(packed_logits, separate, atol=1e-5, rtol=0)
+    for name, param in model.named_parameters():
+        assert_close(packed_grads[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_packed_loss_equals_separate_losses():
     """Training on a packed row gives the token-weighted mean of the per-sequence losses (no cross-talk)."""
     model = InstructGPTForCausalLM(tiny_config()).eval()

@@ -129,6 +129,37 @@ def eager_attention_forward(
     return attn_output.transpose(1, 2).contiguous(), attn_weights
 
 
+def sdpa_attention_per_sequence(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_lens: torch.Tensor,
+    scaling: float,
+    dropout: float = 0.0,
+) -> tuple[torch.Tensor, None]:
+    """Padding-free rows on sdpa: causal attention inside each packed sequence (bounds `cu_seq_lens`).
+
+    The generic path builds a dense (N, N) block-diagonal mask over the whole row and attends everywhere under it;
+    this costs sum(len_i^2) instead of N^2, which is what makes padding-free batches pay off without flash attention.
+    """
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    bounds = cu_seq_lens.tolist()
+    outputs = [
+        nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout,
+            scale=scaling,
+            is_causal=True,
+        )
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None  # (B, T, nh, hs)
+
+
 class InstructGPTAttention(nn.Module):
     """Causal self-attention with RoPE and grouped-query heads; the kernel comes from `config._attn_implementation`."""
 
@@ -165,6 +196,16 @@ class InstructGPTAttention(nn.Module):
         if past_key_values is not None:
             key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
 
+        dropout = self.attention_dropout if self.training else 0.0
+        is_padding_free = kwargs.get("cu_seq_lens_q") is not None and attention_mask is None
+        no_past = key_states.shape[-2] == query_states.shape[-2]  # the keys are this row's only
+        if is_padding_free and no_past and self.config._attn_implementation == "sdpa":
+            attn_output, attn_weights = sdpa_attention_per_sequence(
+                self, query_states, key_states, value_states, kwargs["cu_seq_lens_q"], self.scaling, dropout
+            )
+            attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+            return self.o_proj(attn_output), attn_weights
+
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -174,7 +215,7 @@ class InstructGPTAttention(nn.Module):
             key_states,
             value_states,
             attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
+            dropout=dropout,
             scaling=self.scaling,
             **kwargs,
         )
@@ -293,13 +334,17 @@ class InstructGPTModel(InstructGPTPreTrainedModel):
         mask_cache = past_key_values
         if mask_cache is not None and not mask_cache.is_compileable and mask_cache.get_seq_length() == 0:
             mask_cache = None
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=mask_cache,
-            position_ids=position_ids,
-        )
+        is_padding_free = kwargs.get("cu_seq_lens_q") is not None and attention_mask is None
+        if is_padding_free and mask_cache is None and self.config._attn_implementation == "sdpa":
+            causal_mask = None  # each packed sequence attends causally to itself (see sdpa_attention_per_sequence)
+        else:
+            causal_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                past_key_values=mask_cache,
+                position_ids=position_ids,
+            )
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
