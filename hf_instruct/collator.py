@@ -80,7 +80,11 @@ class DataCollatorForInstructionTuning:
             except BadRecordError as problem:
                 raise BadRecordError(f"example {index} of the batch: {problem}") from None
             rendered = self.tokenizer.apply_chat_template(
-                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+                messages,
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+                tokenizer_kwargs={"verbose": False},  # long examples are truncated below, with our own warning
             )
             input_ids, masks = list(rendered["input_ids"]), [rendered["assistant_masks"]]
             if not any(masks[0]):
