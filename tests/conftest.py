@@ -33,6 +33,24 @@ TEXT = (
 )
 
 
+# Trainer settings for a three-step CPU smoke run (TRL configs default to bf16 and activation checkpointing).
+SMOKE_TRAINING = dict(
+    max_steps=3,
+    per_device_train_batch_size=4,
+    learning_rate=3e-3,
+    logging_steps=1,
+    save_strategy="no",
+    report_to="none",
+    use_cpu=True,
+    bf16=False,
+    disable_tqdm=True,
+)
+
+
+def logged_losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
 def tiny_config(**overrides) -> InstructGPTConfig:
     return InstructGPTConfig(**{**TINY, "tie_word_embeddings": False, **overrides})
 

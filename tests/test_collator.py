@@ -5,7 +5,7 @@ import logging
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import SMOKE_TRAINING, logged_losses, tiny_config
 from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -237,33 +237,18 @@ ALPACA_ROWS = [
     for a in range(4)
     for b in range(4)
 ]
-SMOKE = dict(
-    max_steps=3,
-    per_device_train_batch_size=4,
-    learning_rate=3e-3,
-    logging_steps=1,
-    save_strategy="no",
-    report_to="none",
-    use_cpu=True,
-    bf16=False,
-    disable_tqdm=True,
-)
-
-
-def losses(trainer) -> list[float]:
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_stock_trainer_with_raw_alpaca_examples(tmp_path, tokenizer, padding_free):
     trainer = Trainer(
         model=InstructGPTForCausalLM(tiny_config()),
-        args=TrainingArguments(output_dir=str(tmp_path), remove_unused_columns=False, **SMOKE),
+        args=TrainingArguments(output_dir=str(tmp_path), remove_unused_columns=False, **SMOKE_TRAINING),
         train_dataset=Dataset.from_list(ALPACA_ROWS),
         data_collator=DataCollatorForInstructionTuning(tokenizer, padding_free=padding_free),
     )
     trainer.train()
-    assert len(losses(trainer)) == 3 and losses(trainer)[-1] < losses(trainer)[0]
+    assert len(logged_losses(trainer)) == 3 and logged_losses(trainer)[-1] < logged_losses(trainer)[0]
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
@@ -272,7 +257,7 @@ def test_trl_sft_trainer_with_the_collator_trains_only_assistant_tokens(tmp_path
     collator = DataCollatorForInstructionTuning(tokenizer, padding_free=padding_free)
     trainer = SFTTrainer(
         model=InstructGPTForCausalLM(tiny_config()),
-        args=SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, max_length=128, **SMOKE),
+        args=SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, max_length=128, **SMOKE_TRAINING),
         train_dataset=messages,
         processing_class=tokenizer,
         data_collator=collator,
@@ -282,4 +267,4 @@ def test_trl_sft_trainer_with_the_collator_trains_only_assistant_tokens(tmp_path
     assert tokenizer.decode(trained).count("<|im_end|>") == 4 and "<|im_start|>" not in tokenizer.decode(trained)
     assert ("position_ids" in batch) is padding_free
     trainer.train()
-    assert len(losses(trainer)) == 3 and losses(trainer)[-1] < losses(trainer)[0]
+    assert len(logged_losses(trainer)) == 3 and logged_losses(trainer)[-1] < logged_losses(trainer)[0]

@@ -1,7 +1,7 @@
 """Stock Hugging Face tools accept the model as they accept Llama: PEFT, Trainer, TRL SFT/Reward trainers, pipeline."""
 
 import torch
-from conftest import TEXT, tiny_config
+from conftest import SMOKE_TRAINING, TEXT, logged_losses, tiny_config
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from torch.testing import assert_close
@@ -10,28 +10,11 @@ from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
 from hf_instruct import InstructGPTForCausalLM, InstructGPTForSequenceClassification
 
-# Trainer settings for a three-step CPU smoke run (TRL configs default to bf16 and activation checkpointing).
-SMOKE = dict(
-    max_steps=3,
-    per_device_train_batch_size=4,
-    learning_rate=3e-3,
-    logging_steps=1,
-    save_strategy="no",
-    report_to="none",
-    use_cpu=True,
-    bf16=False,
-    disable_tqdm=True,
-)
-
 
 def text_dataset(tokenizer, n: int = 16) -> Dataset:
     sentences = [s.strip() + "." for s in TEXT.split(".") if s.strip()]
     rows = [" ".join(sentences[i % len(sentences) :] + sentences[: i % len(sentences)]) for i in range(n)]
     return Dataset.from_dict({"text": rows})
-
-
-def logged_losses(trainer) -> list[float]:
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
 def test_lora_all_linear_trains_and_merges_to_the_same_logits():
@@ -62,7 +45,7 @@ def test_stock_trainer_trains_three_steps(tmp_path, tokenizer):
     dataset = text_dataset(tokenizer).map(lambda row: tokenizer(row["text"]), remove_columns=["text"])
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(output_dir=str(tmp_path), **SMOKE),
+        args=TrainingArguments(output_dir=str(tmp_path), **SMOKE_TRAINING),
         train_dataset=dataset,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
@@ -77,7 +60,7 @@ def test_trl_sft_trainer_trains_the_model_object(tmp_path, tokenizer):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = SFTTrainer(
         model=model,
-        args=SFTConfig(output_dir=str(tmp_path), max_length=64, **SMOKE),
+        args=SFTConfig(output_dir=str(tmp_path), max_length=64, **SMOKE_TRAINING),
         train_dataset=text_dataset(tokenizer),
         processing_class=tokenizer,
     )
@@ -98,7 +81,7 @@ def test_trl_reward_trainer_trains_the_sequence_classifier(tmp_path, tokenizer):
     )
     trainer = RewardTrainer(
         model=model,
-        args=RewardConfig(output_dir=str(tmp_path), max_length=64, **SMOKE),
+        args=RewardConfig(output_dir=str(tmp_path), max_length=64, **SMOKE_TRAINING),
         train_dataset=pairs,
         processing_class=tokenizer,
     )
