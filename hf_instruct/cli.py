@@ -1,4 +1,9 @@
-"""The `hf-instruct` command. Each stage's subcommand calls the same `run_<stage>` function as its recipe."""
+"""The `hf-instruct` command. Each stage's subcommand calls the same `run_<stage>` function as its recipe.
+
+hf-instruct pretrain --config recipes/tiny/pretrain/config.yaml [--field value ...]
+hf-instruct sft --config recipes/tiny/sft/config.yaml --model_name_or_path <pretrained dir> [...]
+hf-instruct <stage> --help     # every field of the stage's config
+"""
 
 import argparse
 import sys
@@ -7,15 +12,29 @@ from . import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .stages import STAGES
+
     parser = argparse.ArgumentParser(
         prog="hf-instruct",
         description="Build an InstructGPT-style model with stock Hugging Face trainers.",
+        epilog="Run `hf-instruct <command> --help` for the fields of a stage's config.",
     )
     parser.add_argument("--version", action="version", version=f"hf-instruct {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (config_class, _) in STAGES.items():
+        commands.add_parser(name, help=(config_class.__doc__ or "").strip().splitlines()[0], add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .stages import STAGES, parse_config
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in STAGES:
+        config_class, run = STAGES[argv[0]]
+        output_dir = run(parse_config(config_class, argv[1:]))
+        print(f"{argv[0]}: done, model in {output_dir}")
+        return 0
     parser = build_parser()
     parser.parse_args(argv)
     parser.print_help()

@@ -1,0 +1,12 @@
+"""The training stages. Each is one `run_<stage>(config) -> output_dir` used by recipes, the CLI and the pipeline."""
+
+from .common import parse_config
+from .pretrain import PretrainStageConfig, run_pretrain
+from .sft import SFTStageConfig, run_sft
+
+STAGES = {
+    "pretrain": (PretrainStageConfig, run_pretrain),
+    "sft": (SFTStageConfig, run_sft),
+}
+
+__all__ = ["STAGES", "PretrainStageConfig", "SFTStageConfig", "parse_config", "run_pretrain", "run_sft"]

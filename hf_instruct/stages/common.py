@@ -1,0 +1,132 @@
+"""What every stage does around its trainer: parse the config, guard and resume the output dir, save, card.
+
+A stage is one function `run_<stage>(config) -> output_dir`, called by the recipe script, the `hf-instruct`
+command and the pipeline alike. Its config is a dataclass extending the stock trainer arguments, parsed from
+`--config file.yaml` plus command-line overrides.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import time
+from enum import Enum
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+from trl import TrlParser
+
+from ..hub import write_model_card
+
+RUN_FILE = "hf_instruct_run.json"
+TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio"}  # report_to name -> module
+ConfigT = TypeVar("ConfigT", bound=TrainingArguments)
+
+
+def parse_config(config_class: type[ConfigT], args: list[str] | None = None) -> ConfigT:
+    """`--config file.yaml` (every key a field of `config_class`) plus `--field value` overrides."""
+    args = list(args) if args is not None else None
+    if args and "--config" in args:
+        path = args[args.index("--config") + 1] if args.index("--config") + 1 < len(args) else None
+        if path is None or not os.path.isfile(path):
+            raise FileNotFoundError(f"--config {path}: no such file.")
+    (config,) = TrlParser([config_class]).parse_args_and_config(args)
+    return config
+
+
+def resolve_defaults(config: TrainingArguments) -> None:
+    """CPU-sensible defaults: bf16 only where the GPU supports it; report to tensorboard/trackio when installed."""
+    if config.report_to == "auto":
+        config.report_to = [name for name, module in TRACKERS.items() if importlib.util.find_spec(module)] or "none"
+    if getattr(config, "bf16", False) is None:
+        config.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def prepare_output_dir(config: TrainingArguments, stage: str) -> str | None:
+    """Refuse an output dir that holds another run; return the checkpoint to resume from, if any."""
+    output_dir = Path(config.output_dir)
+    marker = output_dir / RUN_FILE
+    with config.main_process_first(desc="checking the output dir"):
+        if output_dir.is_dir() and any(output_dir.iterdir()):
+            previous = json.loads(marker.read_text()).get("stage") if marker.is_file() else None
+            if previous != stage:
+                what = f"a {previous} run" if previous else "files that are not an hf-instruct run"
+                raise ValueError(
+                    f"--output_dir {output_dir} holds {what}; a {stage} run would mix with it. "
+                    "Choose a new --output_dir or delete the old one."
+                )
+        elif config.process_index == 0:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"stage": stage}) + "\n")
+    if config.resume_from_checkpoint:
+        return config.resume_from_checkpoint
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def train_and_save(
+    trainer: Trainer,
+    config: TrainingArguments,
+    stage: str,
+    tokenizer: PreTrainedTokenizerBase,
+    resume_from: str | None,
+    data: str | None,
+    base_model: str | None = None,
+    extra_metrics: dict | None = None,
+) -> str:
+    """Train (resuming if asked), evaluate, save model + tokenizer + metrics + card, push if configured."""
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    metrics = {**result.metrics, **(extra_metrics or {})}
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+        metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
+    trainer.save_model(config.output_dir)
+    trainer.log_metrics("all", metrics)
+    trainer.save_metrics("all", metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(config.output_dir)
+        write_model_card(
+            config.output_dir,
+            stage=stage,
+            model=trainer.model,
+            steps=trainer.state.global_step,
+            wall_time_s=time.time() - start,
+            hyperparameters=card_hyperparameters(config),
+            metrics={k: metrics[k] for k in CARD_METRICS if k in metrics},
+            data=data,
+            base_model=base_model,
+        )
+    if config.push_to_hub:
+        trainer.push_to_hub()
+    return config.output_dir
+
+
+def card_hyperparameters(config: TrainingArguments) -> dict:
+    """The settings a reader needs to reproduce the run (enums as their values; epochs only without max_steps)."""
+    values = {name: getattr(config, name) for name in CARD_HYPERPARAMETERS if hasattr(config, name)}
+    if config.max_steps > 0:
+        values.pop("num_train_epochs")
+    return {name: value.value if isinstance(value, Enum) else value for name, value in values.items()}
+
+
+CARD_METRICS = ("train_loss", "eval_loss_before_training", "eval_loss", "eval_perplexity", "eval_mean_token_accuracy")
+CARD_HYPERPARAMETERS = (
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_steps",
+    "num_train_epochs",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "seed",
+    "bf16",
+    "block_size",
+    "max_length",
+    "packing",
+    "use_peft",
+)

@@ -1,0 +1,127 @@
+"""Stage 0: pretrain a causal LM on raw text with the stock `Trainer`.
+
+Trains a tokenizer (or loads one), builds an `InstructGPTConfig` from the YAML `model_config` (or continues from a
+checkpoint), packs the text into blocks with EOS between documents, trains, and reports the perplexity of held-out
+blocks.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from ..data import load_text_dataset, pack_texts
+from ..models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
+from ..tokenization import train_tokenizer
+from .common import prepare_output_dir, resolve_defaults, train_and_save
+
+
+@dataclass
+class PretrainStageConfig(TrainingArguments):
+    """`TrainingArguments` plus where the text, tokenizer and model come from."""
+
+    train_files: list[str] | None = field(
+        default=None, metadata={"help": "Local .txt/.jsonl/.parquet files, folders or globs of pretraining text."}
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, used when no train_files."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of dataset_name."})
+    text_field: str = field(default="text", metadata={"help": "Column or JSON field that holds the text."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the corpus (then set max_steps)."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "A tokenizer to use; when unset, one is trained on the corpus."}
+    )
+    vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of the tokenizer trained here."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A causal LM to continue pretraining; when unset, a new InstructGPT model."}
+    )
+    model_config: dict | str | None = field(
+        default=None, metadata={"help": "InstructGPTConfig fields of the new model (a YAML mapping or JSON string)."}
+    )
+    block_size: int = field(default=256, metadata={"help": "Tokens per training block."})
+    eval_blocks: int = field(default=64, metadata={"help": "Blocks held out to report perplexity (0: none)."})
+    report_to: None | str | list[str] = field(
+        default="auto", metadata={"help": "'auto': tensorboard and/or trackio when installed, else none."}
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on GPUs that have it."})
+
+    def __post_init__(self):
+        if isinstance(self.model_config, str):
+            self.model_config = json.loads(self.model_config)
+        if not self.train_files and not self.dataset_name:
+            raise ValueError("Set --train_files (local text) or --dataset_name (a Hub dataset) to pretrain on.")
+        resolve_defaults(self)
+        super().__post_init__()
+
+
+def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
+    """Pretrain and save model, tokenizer, metrics (incl. eval perplexity) and card into `config.output_dir`."""
+    # ---- output dir: refuse a foreign run, find a checkpoint to resume
+    resume_from = prepare_output_dir(config, "pretrain")
+
+    # ---- data
+    source = config.train_files or config.dataset_name
+    texts = load_text_dataset(source, config.dataset_split, config.text_field, config.streaming)
+
+    # ---- tokenizer: trained once by the main process, then read by every process (and by a resumed run)
+    tokenizer_path = config.tokenizer_name_or_path or config.output_dir
+    with config.main_process_first(desc="training the tokenizer"):
+        trained = os.path.isfile(os.path.join(config.output_dir, "tokenizer.json"))
+        if config.tokenizer_name_or_path is None and not trained:
+            new_tokenizer = train_tokenizer((row["text"] for row in texts), vocab_size=config.vocab_size)
+            new_tokenizer.save_pretrained(tokenizer_path)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+
+    # ---- packed blocks, with held-out blocks for perplexity
+    with config.main_process_first(desc="packing the corpus"):
+        blocks = pack_texts(texts, tokenizer, config.block_size)
+    if config.eval_blocks == 0:
+        train_blocks, eval_blocks = blocks, None
+    elif config.streaming:
+        train_blocks, eval_blocks = blocks.skip(config.eval_blocks), blocks.take(config.eval_blocks)
+    else:
+        split = blocks.train_test_split(test_size=config.eval_blocks, seed=config.seed)
+        train_blocks, eval_blocks = split["train"], split["test"]
+
+    # ---- model: continue a checkpoint, or a new InstructGPT model sized by the YAML
+    if config.model_name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
+    else:
+        model_config = InstructGPTConfig(
+            **{
+                "max_position_embeddings": max(1024, config.block_size),
+                **(config.model_config or {}),
+                "vocab_size": len(tokenizer),
+                "pad_token_id": tokenizer.pad_token_id,
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+            }
+        )
+        model = InstructGPTForCausalLM(model_config)
+
+    # ---- train, evaluate, save, card
+    trainer = Trainer(
+        model=model,
+        args=config,
+        train_dataset=train_blocks,
+        eval_dataset=eval_blocks,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    return train_and_save(
+        trainer,
+        config,
+        "pretrain",
+        tokenizer,
+        resume_from,
+        data=", ".join(config.train_files) if config.train_files else config.dataset_name,
+        base_model=config.model_name_or_path,
+    )

@@ -1,0 +1,146 @@
+"""Stage 1: supervised instruction tuning of any causal LM.
+
+Instruction data in any shape `hf_instruct.data` knows is normalised to chat messages, then trained with the stock
+TRL `SFTTrainer` (assistant-only loss, optional packing) or, with `sft_backend: collator`, a stock `Trainer` and
+`DataCollatorForInstructionTuning`. Optional LoRA through `peft`. The loss on held-out examples is measured before
+and after training.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from ..collator import DataCollatorForInstructionTuning
+from ..data import load_instruction_dataset
+from ..hub import is_hub_id
+from .common import prepare_output_dir, resolve_defaults, train_and_save
+
+BACKENDS = ("trl", "collator")
+
+
+@dataclass
+class SFTStageConfig(SFTConfig):
+    """TRL's `SFTConfig` plus the model, the data and LoRA, with CPU-sensible defaults."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "The causal LM to tune (path or Hub id)."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Default: model_name_or_path."})
+    train_files: list[str] | None = field(
+        default=None, metadata={"help": "Local .jsonl/.json/.parquet instruction files, folders or globs."}
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, used when no train_files."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of dataset_name."})
+    on_bad_record: str = field(default="error", metadata={"help": "'error' or 'skip' (skipped records are counted)."})
+    eval_examples: int = field(default=64, metadata={"help": "Examples held out to measure the SFT loss (0: none)."})
+    sft_backend: str = field(
+        default="trl", metadata={"help": "'trl': SFTTrainer; 'collator': Trainer + DataCollatorForInstructionTuning."}
+    )
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "Modules that get adapters."}
+    )
+    # CPU-sensible defaults (TRL turns bf16 and activation checkpointing on everywhere).
+    assistant_only_loss: bool = field(default=True, metadata={"help": "Train only on assistant turns."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on GPUs that have it."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Alias of activation_checkpointing."})
+    report_to: None | str | list[str] = field(
+        default="auto", metadata={"help": "'auto': tensorboard and/or trackio when installed, else none."}
+    )
+
+    def __post_init__(self):
+        if not self.model_name_or_path:
+            raise ValueError("Set --model_name_or_path: the causal LM to instruction-tune (e.g. a pretrain output).")
+        if not self.train_files and not self.dataset_name:
+            raise ValueError("Set --train_files (local instruction files) or --dataset_name (a Hub dataset).")
+        if self.sft_backend not in BACKENDS:
+            raise ValueError(f"--sft_backend must be one of {BACKENDS}, got {self.sft_backend!r}.")
+        if self.sft_backend == "collator":
+            self.remove_unused_columns = False  # the collator reads the raw `messages` column
+        resolve_defaults(self)
+        super().__post_init__()
+
+
+def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
+    """Instruction-tune `config.model_name_or_path`; save model, tokenizer, metrics and card to `config.output_dir`."""
+    # ---- output dir: refuse a foreign run, find a checkpoint to resume
+    resume_from = prepare_output_dir(config, "sft")
+
+    # ---- tokenizer with a chat template
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path or config.model_name_or_path)
+    if config.chat_template_path and config.chat_template_path.endswith((".jinja", ".j2")):
+        with open(config.chat_template_path, encoding="utf-8") as f:
+            tokenizer.chat_template = f.read()
+    if tokenizer.chat_template is None and not (config.chat_template_path and config.sft_backend == "trl"):
+        raise ValueError(
+            f"The tokenizer of {config.tokenizer_name_or_path or config.model_name_or_path} has no chat template, "
+            "so instructions cannot be rendered. Use a tokenizer with one (hf-instruct pretrain saves one), or set "
+            "--chat_template_path to a .jinja file."
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    # ---- data: any instruction shape -> messages, with held-out examples
+    source = config.train_files or config.dataset_name
+    with config.main_process_first(desc="normalising instructions"):
+        examples = load_instruction_dataset(source, config.on_bad_record, config.dataset_split)
+    train_examples, eval_examples = examples, None
+    if config.eval_examples:
+        split = examples.train_test_split(test_size=config.eval_examples, seed=config.seed)
+        train_examples, eval_examples = split["train"], split["test"]
+
+    # ---- model (+ LoRA)
+    if not os.path.exists(config.model_name_or_path) and not is_hub_id(config.model_name_or_path):
+        raise FileNotFoundError(f"--model_name_or_path {config.model_name_or_path}: no such folder or Hub id.")
+    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **(config.model_init_kwargs or {}))
+    peft_config = None
+    if config.use_peft:
+        targets = config.lora_target_modules
+        peft_config = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear" if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM",
+        )
+
+    # ---- trainer: stock SFTTrainer, or stock Trainer + our collator
+    if config.sft_backend == "trl":
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=train_examples,
+            eval_dataset=eval_examples,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+    else:
+        trainer = Trainer(
+            model=get_peft_model(model, peft_config) if peft_config else model,
+            args=config,
+            train_dataset=train_examples,
+            eval_dataset=eval_examples,
+            data_collator=DataCollatorForInstructionTuning(
+                tokenizer, max_length=config.max_length, padding_free=config.padding_free
+            ),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+
+    # ---- train, evaluate, save, card
+    before = {"eval_loss_before_training": trainer.evaluate()["eval_loss"]} if eval_examples is not None else {}
+    return train_and_save(
+        trainer,
+        config,
+        "sft",
+        tokenizer,
+        resume_from,
+        data=", ".join(config.train_files) if config.train_files else config.dataset_name,
+        base_model=config.model_name_or_path,
+        extra_metrics=before,
+    )
