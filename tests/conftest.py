@@ -1,6 +1,7 @@
 """Shared fixtures: tiny configs and a real byte-level BPE tokenizer trained on the spot (no downloads)."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -11,6 +12,13 @@ import torch  # noqa: E402
 from transformers import LlamaConfig, PreTrainedTokenizerFast  # noqa: E402
 
 from hf_instruct import InstructGPTConfig, train_tokenizer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+# The real data lies beside the checkout (../shared/data). Tests that read it skip where it is missing, except in CI.
+needs_shared = pytest.mark.skipif(
+    not SHARED.exists() and not os.environ.get("CI"), reason="../shared/data is not here"
+)
 
 TINY = dict(
     vocab_size=320,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import TEXT
+from conftest import SHARED, TEXT, needs_shared
 
 from hf_instruct.data import (
     BadRecordError,
@@ -18,9 +18,6 @@ from hf_instruct.data import (
     to_messages,
     to_preference,
 )
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is not here")
 
 
 def user(text):

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
 from trl import TrlParser
 
 from ..hub import write_model_card
 
+logger = logging.get_logger(__name__)
 RUN_FILE = "hf_instruct_run.json"
 TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio"}  # report_to name -> module
 ConfigT = TypeVar("ConfigT", bound=TrainingArguments)
@@ -38,15 +40,21 @@ def parse_config(config_class: type[ConfigT], args: list[str] | None = None) -> 
 
 
 def resolve_defaults(config: TrainingArguments) -> None:
-    """CPU-sensible defaults: bf16 only where the GPU supports it; report to tensorboard/trackio when installed."""
+    """CPU-sensible defaults: bf16 only where the GPU supports it; on a machine without an accelerator, CPU mode
+    (multi-process runs become gloo DDP) without pinned memory; report to tensorboard/trackio when installed."""
     if config.report_to == "auto":
         config.report_to = [name for name, module in TRACKERS.items() if importlib.util.find_spec(module)] or "none"
     if getattr(config, "bf16", False) is None:
         config.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        config.use_cpu = True  # also what makes torchrun / accelerate launch run gloo DDP instead of N lone copies
+        config.dataloader_pin_memory = False
 
 
-def prepare_output_dir(config: TrainingArguments, stage: str) -> str | None:
-    """Refuse an output dir that holds another run; return the checkpoint to resume from, if any."""
+def start_run(config: TrainingArguments, stage: str) -> str | None:
+    """Seed every RNG (the model is built before the Trainer seeds), refuse an output dir that holds another run,
+    and return the checkpoint to resume from, if any."""
+    set_seed(config.seed)
     output_dir = Path(config.output_dir)
     marker = output_dir / RUN_FILE
     with config.main_process_first(desc="checking the output dir"):
@@ -61,9 +69,12 @@ def prepare_output_dir(config: TrainingArguments, stage: str) -> str | None:
         elif config.process_index == 0:
             output_dir.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps({"stage": stage}) + "\n")
-    if config.resume_from_checkpoint:
-        return config.resume_from_checkpoint
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    resume_from = config.resume_from_checkpoint
+    if resume_from is None and output_dir.is_dir():
+        resume_from = get_last_checkpoint(str(output_dir))
+    if resume_from:
+        logger.warning(f"{stage}: resuming from {resume_from}")
+    return resume_from
 
 
 def train_and_save(

@@ -21,7 +21,7 @@ from transformers import (
 from ..data import load_text_dataset, pack_texts
 from ..models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
 from ..tokenization import train_tokenizer
-from .common import prepare_output_dir, resolve_defaults, train_and_save
+from .common import resolve_defaults, start_run, train_and_save
 
 
 @dataclass
@@ -63,8 +63,8 @@ class PretrainStageConfig(TrainingArguments):
 
 def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
     """Pretrain and save model, tokenizer, metrics (incl. eval perplexity) and card into `config.output_dir`."""
-    # ---- output dir: refuse a foreign run, find a checkpoint to resume
-    resume_from = prepare_output_dir(config, "pretrain")
+    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
+    resume_from = start_run(config, "pretrain")
 
     # ---- data
     source = config.train_files or config.dataset_name

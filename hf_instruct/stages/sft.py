@@ -16,7 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from ..collator import DataCollatorForInstructionTuning
 from ..data import load_instruction_dataset
 from ..hub import is_hub_id
-from .common import prepare_output_dir, resolve_defaults, train_and_save
+from .common import resolve_defaults, start_run, train_and_save
 
 BACKENDS = ("trl", "collator")
 
@@ -47,7 +47,9 @@ class SFTStageConfig(SFTConfig):
     # CPU-sensible defaults (TRL turns bf16 and activation checkpointing on everywhere).
     assistant_only_loss: bool = field(default=True, metadata={"help": "Train only on assistant turns."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on GPUs that have it."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Alias of activation_checkpointing."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off unless set)."}
+    )
     report_to: None | str | list[str] = field(
         default="auto", metadata={"help": "'auto': tensorboard and/or trackio when installed, else none."}
     )
@@ -67,8 +69,8 @@ class SFTStageConfig(SFTConfig):
 
 def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
     """Instruction-tune `config.model_name_or_path`; save model, tokenizer, metrics and card to `config.output_dir`."""
-    # ---- output dir: refuse a foreign run, find a checkpoint to resume
-    resume_from = prepare_output_dir(config, "sft")
+    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
+    resume_from = start_run(config, "sft")
 
     # ---- tokenizer with a chat template
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path or config.model_name_or_path)

@@ -1,0 +1,273 @@
+"""Recipes and stages: every YAML parses, the CLI, clear errors, the README chain, resume after SIGKILL, DDP."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+from conftest import REPO, TEXT, needs_shared, tiny_config
+from safetensors.torch import load_file
+
+from hf_instruct import InstructGPTForCausalLM
+from hf_instruct.stages import STAGES, PretrainStageConfig, SFTStageConfig, parse_config, run_pretrain, run_sft
+
+RECIPE_CONFIGS = sorted(REPO.glob("recipes/*/*/config.yaml"))
+ACCELERATE_CONFIGS = sorted(REPO.glob("recipes/accelerate/*.yaml"))
+CLI_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_instruct.cli", *args], cwd=cwd, env=CLI_ENV, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+# ---------------------------------------------------------------- recipes never rot
+
+
+def test_there_are_recipes_for_every_setup_and_stage():
+    names = {(p.parent.parent.name, p.parent.name) for p in RECIPE_CONFIGS}
+    for setup in ("tiny", "gutenberg-dolly", "gpu-125m"):
+        assert {(setup, "pretrain"), (setup, "sft")} <= names
+    assert {p.name for p in ACCELERATE_CONFIGS} == {
+        "ddp.yaml",
+        "fsdp.yaml",
+        "deepspeed_zero2.yaml",
+        "deepspeed_zero3.yaml",
+    }
+
+
+@pytest.mark.parametrize("path", RECIPE_CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
+def test_every_recipe_parses_into_its_config_class(path, tmp_path):
+    config_class, _ = STAGES[path.parent.name]
+    config = parse_config(config_class, ["--config", str(path), "--output_dir", str(tmp_path)])
+    assert isinstance(config, config_class)
+    for key, value in yaml.safe_load(path.read_text()).items():
+        if key in ("output_dir", "report_to"):
+            continue  # overridden above / resolved for this machine
+        actual = getattr(config, key)
+        actual = getattr(actual, "value", actual)  # enums such as lr_scheduler_type
+        assert actual == value, key
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.stem)
+def test_accelerate_configs_load(path):
+    config = load_config_from_file(str(path))
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
+    assert config.distributed_type.value == expected[path.stem]
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_cli_version_and_help():
+    assert cli("--version").stdout.strip().startswith("hf-instruct ")
+    assert "pretrain" in cli("--help").stdout and "sft" in cli("--help").stdout
+    assert "--block_size" in cli("pretrain", "--help").stdout
+    assert "--sft_backend" in cli("sft", "--help").stdout
+
+
+# ---------------------------------------------------------------- clear errors
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer) -> Path:
+    """A saved tiny InstructGPT model + tokenizer: what `hf-instruct pretrain` leaves behind."""
+    path = tmp_path / "base"
+    InstructGPTForCausalLM(tiny_config()).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def instructions(tmp_path) -> Path:
+    sentences = [s.strip() for s in TEXT.split(".") if s.strip()]
+    rows = [{"instruction": f"Repeat: {s}", "input": "", "output": s + "."} for s in sentences * 8]
+    path = tmp_path / "instructions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def sft_config(model_dir: Path, data: Path, output_dir: Path, **overrides) -> SFTStageConfig:
+    args = dict(model_name_or_path=str(model_dir), train_files=[str(data)], output_dir=str(output_dir),
+                max_steps=3, per_device_train_batch_size=4, eval_examples=4, max_length=64, logging_steps=1,
+                save_strategy="no", disable_tqdm=True, report_to="none")  # fmt: skip
+    return SFTStageConfig(**{**args, **overrides})
+
+
+def test_missing_config_and_data_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--config nowhere.yaml: no such file"):
+        parse_config(PretrainStageConfig, ["--config", "nowhere.yaml"])
+    config = PretrainStageConfig(train_files=[str(tmp_path / "missing.txt")], output_dir=str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="missing.txt: no such file or folder"):
+        run_pretrain(config)
+    with pytest.raises(ValueError, match="Set --train_files"):
+        PretrainStageConfig(output_dir=str(tmp_path / "out"))
+
+
+def test_sft_refuses_a_tokenizer_without_chat_template(tmp_path, tiny_model_dir, instructions):
+    config_path = tiny_model_dir / "tokenizer_config.json"
+    (tiny_model_dir / "chat_template.jinja").unlink()
+    config_path.write_text(
+        json.dumps({k: v for k, v in json.loads(config_path.read_text()).items() if k != "chat_template"})
+    )
+    with pytest.raises(ValueError, match="has no chat template"):
+        run_sft(sft_config(tiny_model_dir, instructions, tmp_path / "sft"))
+
+
+def test_an_output_dir_holding_another_run_is_refused(tmp_path, tiny_model_dir, instructions):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files that are not an hf-instruct run"):
+        run_sft(sft_config(tiny_model_dir, instructions, foreign))
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "hf_instruct_run.json").write_text('{"stage": "pretrain"}')
+    with pytest.raises(ValueError, match="holds a pretrain run; a sft run would mix with it"):
+        run_sft(sft_config(tiny_model_dir, instructions, previous))
+
+
+# ---------------------------------------------------------------- SFT variants
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"use_peft": True}, {"sft_backend": "collator", "padding_free": True}],
+    ids=["trl", "trl-lora", "collator-padding-free"],
+)
+def test_sft_variants_train_and_save(tmp_path, tiny_model_dir, instructions, overrides):
+    output_dir = run_sft(sft_config(tiny_model_dir, instructions, tmp_path / "sft", learning_rate=3e-3, **overrides))
+    results = json.loads((Path(output_dir) / "all_results.json").read_text())
+    assert results["eval_loss"] < results["eval_loss_before_training"]
+    files = set(os.listdir(output_dir))
+    assert {"README.md", "tokenizer.json", "chat_template.jinja", "hf_instruct_run.json"} <= files
+    assert ("adapter_model.safetensors" in files) is bool(overrides.get("use_peft"))
+    card = (Path(output_dir) / "README.md").read_text()
+    assert "| stage | sft |" in card and "None" not in card
+
+
+# ---------------------------------------------------------------- end to end on the real data, as the README says
+
+
+def readme_commands(stage: str) -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    return re.findall(rf"^(hf-instruct {stage} --config recipes/tiny/{stage}/config\.yaml.*)$", readme, re.M)
+
+
+@needs_shared
+@pytest.mark.slow
+def test_readme_tiny_chain_pretrain_then_sft_on_real_data(tmp_path):
+    (pretrain_line,) = readme_commands("pretrain")
+    (sft_line,) = readme_commands("sft")
+    pretrain_dir, sft_dir = tmp_path / "pretrain", tmp_path / "sft"
+    cli(*pretrain_line.split()[1:], "--output_dir", str(pretrain_dir), "--disable_tqdm", "true")
+    pretrained = json.loads((pretrain_dir / "all_results.json").read_text())
+    assert pretrained["eval_perplexity"] < 400  # a uniform guess over the 2048-token vocabulary scores 2048
+    cli(*sft_line.split()[1:], "--model_name_or_path", str(pretrain_dir), "--output_dir", str(sft_dir),
+        "--disable_tqdm", "true")  # fmt: skip
+    tuned = json.loads((sft_dir / "all_results.json").read_text())
+    assert tuned["eval_loss"] < tuned["eval_loss_before_training"] - 0.3  # held-out Dolly answers
+    reloaded = InstructGPTForCausalLM.from_pretrained(sft_dir)
+    assert reloaded.config.vocab_size == 2048
+
+
+# ---------------------------------------------------------------- fault tolerance: SIGKILL, re-run, same weights
+
+RESUME_ARGS = ["pretrain", "--config", "recipes/tiny/pretrain/config.yaml", "--max_steps", "24", "--save_steps",
+               "8", "--eval_blocks", "8", "--disable_tqdm", "true", "--logging_steps", "4"]  # fmt: skip
+
+
+@needs_shared
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    """Kill -9 after the first checkpoint, run the same command again: the final weights equal an uninterrupted run.
+
+    Exact equality (to 1e-6) holds because resuming restores optimizer, scheduler, RNG states and the data position,
+    and one CPU process computes deterministically.
+    """
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    cli(*RESUME_ARGS, "--output_dir", str(reference))
+
+    command = [sys.executable, "-m", "hf_instruct.cli", *RESUME_ARGS, "--output_dir", str(interrupted)]
+    proc = subprocess.Popen(command, cwd=REPO, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (interrupted / "checkpoint-8" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the checkpoint finish writing
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (interrupted / "model.safetensors").exists()  # it really died before the end
+
+    result = cli(*RESUME_ARGS, "--output_dir", str(interrupted))
+    assert f"pretrain: resuming from {interrupted / 'checkpoint-8'}" in result.stderr
+    expected = load_file(reference / "model.safetensors")
+    actual = load_file(interrupted / "model.safetensors")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+# ---------------------------------------------------------------- multi-process: 2-process gloo DDP on CPU
+
+DDP_SCRIPT = """
+import hashlib, os, sys, torch
+from transformers import TrainerCallback
+from hf_instruct.stages import PretrainStageConfig, parse_config, run_pretrain
+
+class WeightsDigest(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+        with open(os.path.join(args.output_dir, f"rank{args.process_index}.sha256"), "w") as f:
+            f.write(f"{digest.hexdigest()} {args.world_size}")
+
+run_pretrain(parse_config(PretrainStageConfig, sys.argv[1:]), callbacks=[WeightsDigest()])
+"""
+
+
+@needs_shared
+@pytest.mark.slow
+def test_torchrun_two_process_ddp_ends_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp_pretrain.py"
+    script.write_text(DDP_SCRIPT)
+    output_dir = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+         "--config", "recipes/tiny/pretrain/config.yaml", "--output_dir", str(output_dir), "--max_steps", "6",
+         "--save_strategy", "no", "--eval_blocks", "8", "--disable_tqdm", "true"],
+        cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    digests = [(output_dir / f"rank{rank}.sha256").read_text().split() for rank in (0, 1)]
+    assert digests[0] == digests[1] and digests[0][1] == "2"  # same weights, and really two processes
+    assert (output_dir / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the [deepspeed] extra is not installed")
+@needs_shared
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_zero_on_cpu(tmp_path, stage):
+    output_dir = tmp_path / stage
+    proc = subprocess.run(
+        ["accelerate", "launch", "--config_file", f"recipes/accelerate/{stage}.yaml", "--num_processes", "2",
+         "--cpu", "recipes/pretrain.py", "--config", "recipes/tiny/pretrain/config.yaml", "--output_dir",
+         str(output_dir), "--max_steps", "4", "--save_strategy", "no", "--eval_blocks", "8"],
+        cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (output_dir / "model.safetensors").exists()
