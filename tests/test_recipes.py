@@ -17,7 +17,9 @@ from accelerate.commands.config.config_args import load_config_from_file
 from conftest import REPO, TEXT, needs_shared, tiny_config
 from safetensors.torch import load_file
 
+import hf_instruct
 from hf_instruct import InstructGPTForCausalLM
+from hf_instruct.cli import main
 from hf_instruct.stages import STAGES, PretrainStageConfig, SFTStageConfig, parse_config, run_pretrain, run_sft
 
 RECIPE_CONFIGS = sorted(REPO.glob("recipes/*/*/config.yaml"))
@@ -72,11 +74,22 @@ def test_accelerate_configs_load(path):
 # ---------------------------------------------------------------- the command
 
 
-def test_cli_version_and_help():
-    assert cli("--version").stdout.strip().startswith("hf-instruct ")
-    assert "pretrain" in cli("--help").stdout and "sft" in cli("--help").stdout
-    assert "--block_size" in cli("pretrain", "--help").stdout
-    assert "--sft_backend" in cli("sft", "--help").stdout
+def test_console_script_version():
+    proc = subprocess.run(["hf-instruct", "--version"], env=CLI_ENV, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"hf-instruct {hf_instruct.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(["--help"], ["pretrain", "sft"]), (["pretrain", "--help"], ["--block_size", "--model_config"]),
+     (["sft", "--help"], ["--sft_backend", "--use_peft", "--assistant_only_loss"])],
+)  # fmt: skip
+def test_cli_help(capsys, args, expected):
+    with pytest.raises(SystemExit) as exit_code:
+        main(args)
+    assert exit_code.value.code == 0
+    out = capsys.readouterr().out
+    assert all(word in out for word in expected)
 
 
 # ---------------------------------------------------------------- clear errors
