@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar
@@ -24,15 +25,47 @@ from ..hub import write_model_card
 
 logger = logging.get_logger(__name__)
 RUN_FILE = "hf_instruct_run.json"
-TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio"}  # report_to name -> module
+TRACKERS = ("tensorboard", "trackio")  # report_to names that are also their module names
 ConfigT = TypeVar("ConfigT", bound=TrainingArguments)
+
+
+@dataclass
+class StageArguments:
+    """The fields every stage adds to its stock trainer arguments: `class XStageConfig(StageArguments, XConfig)`."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The causal LM to start from: a local folder or a Hub id."}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Default: the model's (pretrain without a model trains one on the corpus)."}
+    )
+    train_files: list[str] | None = field(
+        default=None, metadata={"help": "Local data files (.txt/.jsonl/.json/.parquet), folders or globs."}
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, used when no train_files."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of dataset_name."})
+    report_to: None | str | list[str] = field(
+        default="auto", metadata={"help": "'auto': tensorboard and/or trackio when installed, else none."}
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on GPUs that have it."})
+
+    def __post_init__(self):
+        if not self.train_files and not self.dataset_name:
+            raise ValueError("Set --train_files (local data files) or --dataset_name (a Hub dataset).")
+        resolve_defaults(self)
+        super().__post_init__()
+
+    @property
+    def data_source(self) -> list[str] | str:
+        return self.train_files or self.dataset_name
 
 
 def parse_config(config_class: type[ConfigT], args: list[str] | None = None) -> ConfigT:
     """`--config file.yaml` (every key a field of `config_class`) plus `--field value` overrides."""
     args = list(args) if args is not None else None
     if args and "--config" in args:
-        path = args[args.index("--config") + 1] if args.index("--config") + 1 < len(args) else None
+        index = args.index("--config") + 1
+        path = args[index] if index < len(args) else None
         if path is None or not os.path.isfile(path):
             raise FileNotFoundError(f"--config {path}: no such file.")
     (config,) = TrlParser([config_class]).parse_args_and_config(args)
@@ -43,7 +76,7 @@ def resolve_defaults(config: TrainingArguments) -> None:
     """CPU-sensible defaults: bf16 only where the GPU supports it; on a machine without an accelerator, CPU mode
     (multi-process runs become gloo DDP) without pinned memory; report to tensorboard/trackio when installed."""
     if config.report_to == "auto":
-        config.report_to = [name for name, module in TRACKERS.items() if importlib.util.find_spec(module)] or "none"
+        config.report_to = [name for name in TRACKERS if importlib.util.find_spec(name)] or "none"
     if getattr(config, "bf16", False) is None:
         config.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
@@ -79,12 +112,10 @@ def start_run(config: TrainingArguments, stage: str) -> str | None:
 
 def train_and_save(
     trainer: Trainer,
-    config: TrainingArguments,
+    config: StageArguments,
     stage: str,
     tokenizer: PreTrainedTokenizerBase,
     resume_from: str | None,
-    data: str | None,
-    base_model: str | None = None,
     extra_metrics: dict | None = None,
 ) -> str:
     """Train (resuming if asked), evaluate, save model + tokenizer + metrics + card, push if configured."""
@@ -108,8 +139,8 @@ def train_and_save(
             wall_time_s=time.time() - start,
             hyperparameters=card_hyperparameters(config),
             metrics={k: metrics[k] for k in CARD_METRICS if k in metrics},
-            data=data,
-            base_model=base_model,
+            data=", ".join(config.train_files) if config.train_files else config.dataset_name,
+            base_model=config.model_name_or_path,
         )
     if config.push_to_hub:
         trainer.push_to_hub()

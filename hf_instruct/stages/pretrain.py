@@ -21,43 +21,25 @@ from transformers import (
 from ..data import load_text_dataset, pack_texts
 from ..models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
 from ..tokenization import train_tokenizer
-from .common import resolve_defaults, start_run, train_and_save
+from .common import StageArguments, start_run, train_and_save
 
 
 @dataclass
-class PretrainStageConfig(TrainingArguments):
+class PretrainStageConfig(StageArguments, TrainingArguments):
     """`TrainingArguments` plus where the text, tokenizer and model come from."""
 
-    train_files: list[str] | None = field(
-        default=None, metadata={"help": "Local .txt/.jsonl/.parquet files, folders or globs of pretraining text."}
-    )
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, used when no train_files."})
-    dataset_split: str = field(default="train", metadata={"help": "Split of dataset_name."})
     text_field: str = field(default="text", metadata={"help": "Column or JSON field that holds the text."})
     streaming: bool = field(default=False, metadata={"help": "Stream the corpus (then set max_steps)."})
-    tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "A tokenizer to use; when unset, one is trained on the corpus."}
-    )
     vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of the tokenizer trained here."})
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A causal LM to continue pretraining; when unset, a new InstructGPT model."}
-    )
     model_config: dict | str | None = field(
-        default=None, metadata={"help": "InstructGPTConfig fields of the new model (a YAML mapping or JSON string)."}
+        default=None, metadata={"help": "InstructGPTConfig fields of a new model (a YAML mapping or JSON string)."}
     )
     block_size: int = field(default=256, metadata={"help": "Tokens per training block."})
     eval_blocks: int = field(default=64, metadata={"help": "Blocks held out to report perplexity (0: none)."})
-    report_to: None | str | list[str] = field(
-        default="auto", metadata={"help": "'auto': tensorboard and/or trackio when installed, else none."}
-    )
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on GPUs that have it."})
 
     def __post_init__(self):
         if isinstance(self.model_config, str):
             self.model_config = json.loads(self.model_config)
-        if not self.train_files and not self.dataset_name:
-            raise ValueError("Set --train_files (local text) or --dataset_name (a Hub dataset) to pretrain on.")
-        resolve_defaults(self)
         super().__post_init__()
 
 
@@ -67,8 +49,7 @@ def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] |
     resume_from = start_run(config, "pretrain")
 
     # ---- data
-    source = config.train_files or config.dataset_name
-    texts = load_text_dataset(source, config.dataset_split, config.text_field, config.streaming)
+    texts = load_text_dataset(config.data_source, config.dataset_split, config.text_field, config.streaming)
 
     # ---- tokenizer: trained once by the main process, then read by every process (and by a resumed run)
     tokenizer_path = config.tokenizer_name_or_path or config.output_dir
@@ -116,12 +97,4 @@ def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] |
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    return train_and_save(
-        trainer,
-        config,
-        "pretrain",
-        tokenizer,
-        resume_from,
-        data=", ".join(config.train_files) if config.train_files else config.dataset_name,
-        base_model=config.model_name_or_path,
-    )
+    return train_and_save(trainer, config, "pretrain", tokenizer, resume_from)

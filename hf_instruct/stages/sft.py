@@ -16,22 +16,15 @@ from trl import SFTConfig, SFTTrainer
 from ..collator import DataCollatorForInstructionTuning
 from ..data import load_instruction_dataset
 from ..hub import is_hub_id
-from .common import resolve_defaults, start_run, train_and_save
+from .common import StageArguments, start_run, train_and_save
 
 BACKENDS = ("trl", "collator")
 
 
 @dataclass
-class SFTStageConfig(SFTConfig):
+class SFTStageConfig(StageArguments, SFTConfig):
     """TRL's `SFTConfig` plus the model, the data and LoRA, with CPU-sensible defaults."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "The causal LM to tune (path or Hub id)."})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Default: model_name_or_path."})
-    train_files: list[str] | None = field(
-        default=None, metadata={"help": "Local .jsonl/.json/.parquet instruction files, folders or globs."}
-    )
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, used when no train_files."})
-    dataset_split: str = field(default="train", metadata={"help": "Split of dataset_name."})
     on_bad_record: str = field(default="error", metadata={"help": "'error' or 'skip' (skipped records are counted)."})
     eval_examples: int = field(default=64, metadata={"help": "Examples held out to measure the SFT loss (0: none)."})
     sft_backend: str = field(
@@ -44,26 +37,19 @@ class SFTStageConfig(SFTConfig):
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules that get adapters."}
     )
-    # CPU-sensible defaults (TRL turns bf16 and activation checkpointing on everywhere).
+    # CPU-sensible defaults (TRL turns activation checkpointing on everywhere).
     assistant_only_loss: bool = field(default=True, metadata={"help": "Train only on assistant turns."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on GPUs that have it."})
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off unless set)."}
-    )
-    report_to: None | str | list[str] = field(
-        default="auto", metadata={"help": "'auto': tensorboard and/or trackio when installed, else none."}
     )
 
     def __post_init__(self):
         if not self.model_name_or_path:
             raise ValueError("Set --model_name_or_path: the causal LM to instruction-tune (e.g. a pretrain output).")
-        if not self.train_files and not self.dataset_name:
-            raise ValueError("Set --train_files (local instruction files) or --dataset_name (a Hub dataset).")
         if self.sft_backend not in BACKENDS:
             raise ValueError(f"--sft_backend must be one of {BACKENDS}, got {self.sft_backend!r}.")
         if self.sft_backend == "collator":
             self.remove_unused_columns = False  # the collator reads the raw `messages` column
-        resolve_defaults(self)
         super().__post_init__()
 
 
@@ -87,9 +73,8 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
         tokenizer.pad_token = tokenizer.eos_token
 
     # ---- data: any instruction shape -> messages, with held-out examples
-    source = config.train_files or config.dataset_name
     with config.main_process_first(desc="normalising instructions"):
-        examples = load_instruction_dataset(source, config.on_bad_record, config.dataset_split)
+        examples = load_instruction_dataset(config.data_source, config.on_bad_record, config.dataset_split)
     train_examples, eval_examples = examples, None
     if config.eval_examples:
         split = examples.train_test_split(test_size=config.eval_examples, seed=config.seed)
@@ -136,13 +121,4 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
 
     # ---- train, evaluate, save, card
     before = {"eval_loss_before_training": trainer.evaluate()["eval_loss"]} if eval_examples is not None else {}
-    return train_and_save(
-        trainer,
-        config,
-        "sft",
-        tokenizer,
-        resume_from,
-        data=", ".join(config.train_files) if config.train_files else config.dataset_name,
-        base_model=config.model_name_or_path,
-        extra_metrics=before,
-    )
+    return train_and_save(trainer, config, "sft", tokenizer, resume_from, extra_metrics=before)
