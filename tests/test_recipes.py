@@ -1,5 +1,6 @@
 """Recipes and stages: every YAML parses, the CLI, clear errors, the README chain, resume after SIGKILL, DDP."""
 
+import dataclasses
 import json
 import os
 import re
@@ -16,12 +17,29 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from conftest import REPO, TEXT, needs_shared, tiny_config, tiny_llama_config
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaForCausalLM,
+)
 
 import hf_instruct
 from hf_instruct import InstructGPTForCausalLM
 from hf_instruct.cli import main
-from hf_instruct.stages import STAGES, PretrainStageConfig, SFTStageConfig, parse_config, run_pretrain, run_sft
+from hf_instruct.stages import (
+    STAGES,
+    PretrainStageConfig,
+    RewardStageConfig,
+    SFTStageConfig,
+    parse_config,
+    run_pretrain,
+    run_reward,
+    run_sft,
+)
+from hf_instruct.stages.reward import mean_reward
 
 RECIPE_CONFIGS = sorted(REPO.glob("recipes/*/*/config.yaml"))
 ACCELERATE_CONFIGS = sorted(REPO.glob("recipes/accelerate/*.yaml"))
@@ -44,6 +62,7 @@ def test_there_are_recipes_for_every_setup_and_stage():
     names = {(p.parent.parent.name, p.parent.name) for p in RECIPE_CONFIGS}
     for setup in ("tiny", "gutenberg-dolly", "gpu-125m"):
         assert {(setup, "pretrain"), (setup, "sft")} <= names
+    assert ("tiny", "reward") in names
     assert {p.name for p in ACCELERATE_CONFIGS} == {
         "ddp.yaml",
         "fsdp.yaml",
@@ -186,6 +205,42 @@ def test_sft_tunes_any_causal_lm(tmp_path, tokenizer, instructions, architecture
     results = json.loads((Path(output_dir) / "all_results.json").read_text())
     assert results["eval_loss"] < results["eval_loss_before_training"]
     assert type(AutoModelForCausalLM.from_pretrained(output_dir)) is type(model)
+
+
+# ---------------------------------------------------------------- reward model
+
+
+def test_reward_model_learns_an_obvious_preference_and_centres_on_demonstrations(tmp_path, tiny_model_dir):
+    """Polite answers beat rude ones: > 90 % held-out pairwise accuracy; demonstrations then score 0 on average."""
+    topics = ["the sea", "a fox", "the moon", "bread", "music", "rain", "a river", "the city", "tea", "stars"]
+    rows = [
+        {"prompt": f"Tell me about {topic}, round {i}.", "chosen": f"Thank you for asking about {topic}, gladly.",
+         "rejected": f"Go away, {topic} bores me."}
+        for i in range(12) for topic in topics
+    ]  # fmt: skip
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    demonstrations = tmp_path / "demos.jsonl"
+    demonstrations.write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n" for r in rows)
+    )
+    config = RewardStageConfig(
+        model_name_or_path=str(tiny_model_dir), train_files=[str(pairs)], demonstration_files=[str(demonstrations)],
+        max_demonstrations=32, output_dir=str(tmp_path / "reward"), eval_examples=40, max_steps=40,
+        per_device_train_batch_size=8, learning_rate=3e-3, max_length=256, logging_steps=10, save_strategy="no",
+        disable_tqdm=True, report_to="none",
+    )  # fmt: skip
+    output_dir = run_reward(config)
+    results = json.loads((Path(output_dir) / "all_results.json").read_text())
+    assert results["eval_accuracy"] > 0.9
+    model = AutoModelForSequenceClassification.from_pretrained(output_dir)
+    assert model.config.num_labels == 1 and model.config.pad_token_id == 0
+    conversations = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}]
+                     for r in rows[:32]]  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert abs(mean_reward(model, tokenizer, conversations) + model.config.reward_shift) < 1e-4
+    with pytest.raises(ValueError, match="All 80 training comparisons are longer than max_length=16 tokens"):
+        run_reward(dataclasses.replace(config, max_length=16, output_dir=str(tmp_path / "too-short")))
 
 
 # ---------------------------------------------------------------- end to end on the real data, as the README says

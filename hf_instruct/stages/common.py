@@ -25,6 +25,7 @@ from ..hub import write_model_card
 
 logger = logging.get_logger(__name__)
 RUN_FILE = "hf_instruct_run.json"
+LANGUAGE_MODELLING_STAGES = ("pretrain", "sft")
 TRACKERS = ("tensorboard", "trackio")  # report_to names that are also their module names
 ConfigT = TypeVar("ConfigT", bound=TrainingArguments)
 
@@ -124,7 +125,8 @@ def train_and_save(
     metrics = {**result.metrics, **(extra_metrics or {})}
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
-        metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
+        if stage in LANGUAGE_MODELLING_STAGES:  # the eval loss is a per-token cross-entropy
+            metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
     trainer.save_model(config.output_dir)
     trainer.log_metrics("all", metrics)
     trainer.save_metrics("all", metrics)
@@ -155,7 +157,15 @@ def card_hyperparameters(config: TrainingArguments) -> dict:
     return {name: value.value if isinstance(value, Enum) else value for name, value in values.items()}
 
 
-CARD_METRICS = ("train_loss", "eval_loss_before_training", "eval_loss", "eval_perplexity", "eval_mean_token_accuracy")
+CARD_METRICS = (
+    "train_loss",
+    "eval_loss_before_training",
+    "eval_loss",
+    "eval_perplexity",
+    "eval_mean_token_accuracy",
+    "eval_accuracy",
+    "eval_margin",
+)
 CARD_HYPERPARAMETERS = (
     "learning_rate",
     "per_device_train_batch_size",
