@@ -255,19 +255,23 @@ def readme_commands(stage: str) -> set[str]:
 
 @needs_shared
 @pytest.mark.slow
-def test_readme_tiny_chain_pretrain_then_sft_on_real_data(tmp_path):
+def test_readme_tiny_chain_pretrain_sft_reward_on_real_data(tmp_path):
     (pretrain_line,) = readme_commands("pretrain")
     (sft_line,) = readme_commands("sft")
-    pretrain_dir, sft_dir = tmp_path / "pretrain", tmp_path / "sft"
-    cli(*pretrain_line.split()[1:], "--output_dir", str(pretrain_dir), "--disable_tqdm", "true")
+    (reward_line,) = readme_commands("reward")
+    pretrain_dir, sft_dir, reward_dir = tmp_path / "pretrain", tmp_path / "sft", tmp_path / "reward"
+    quiet = ("--disable_tqdm", "true")
+    cli(*pretrain_line.split()[1:], "--output_dir", str(pretrain_dir), *quiet)
     pretrained = json.loads((pretrain_dir / "all_results.json").read_text())
     assert pretrained["eval_perplexity"] < 400  # a uniform guess over the 2048-token vocabulary scores 2048
-    cli(*sft_line.split()[1:], "--model_name_or_path", str(pretrain_dir), "--output_dir", str(sft_dir),
-        "--disable_tqdm", "true")  # fmt: skip
+    cli(*sft_line.split()[1:], "--model_name_or_path", str(pretrain_dir), "--output_dir", str(sft_dir), *quiet)
     tuned = json.loads((sft_dir / "all_results.json").read_text())
     assert tuned["eval_loss"] < tuned["eval_loss_before_training"] - 0.3  # held-out Dolly answers
-    reloaded = InstructGPTForCausalLM.from_pretrained(sft_dir)
-    assert reloaded.config.vocab_size == 2048
+    assert InstructGPTForCausalLM.from_pretrained(sft_dir).config.vocab_size == 2048
+    cli(*reward_line.split()[1:], "--model_name_or_path", str(sft_dir), "--output_dir", str(reward_dir), *quiet)
+    rewarded = json.loads((reward_dir / "all_results.json").read_text())
+    assert 0.0 <= rewarded["eval_accuracy"] <= 1.0 and "eval_perplexity" not in rewarded
+    assert isinstance(json.loads((reward_dir / "config.json").read_text())["reward_shift"], float)
 
 
 # ---------------------------------------------------------------- fault tolerance: SIGKILL, re-run, same weights
