@@ -173,6 +173,19 @@ def test_an_output_dir_holding_another_run_is_refused(tmp_path, tiny_model_dir, 
         run_sft(sft_config(tiny_model_dir, instructions, previous))
 
 
+def test_continued_pretraining_keeps_the_models_tokenizer(tmp_path, tiny_model_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 40)
+    config = PretrainStageConfig(
+        model_name_or_path=str(tiny_model_dir), train_files=[str(corpus)], output_dir=str(tmp_path / "continued"),
+        block_size=32, eval_blocks=4, max_steps=2, per_device_train_batch_size=4, save_strategy="no",
+        disable_tqdm=True, report_to="none",
+    )  # fmt: skip
+    output_dir = Path(run_pretrain(config))
+    assert (output_dir / "tokenizer.json").read_text() == (tiny_model_dir / "tokenizer.json").read_text()
+    assert f"| base model | {tiny_model_dir} |" in (output_dir / "README.md").read_text()
+
+
 # ---------------------------------------------------------------- SFT variants
 
 

@@ -51,11 +51,12 @@ def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] |
     # ---- data
     texts = load_text_dataset(config.data_source, config.dataset_split, config.text_field, config.streaming)
 
-    # ---- tokenizer: trained once by the main process, then read by every process (and by a resumed run)
-    tokenizer_path = config.tokenizer_name_or_path or config.output_dir
+    # ---- tokenizer: the given one, the continued model's, or one trained once by the main process and then read
+    # by every process (and by a resumed run) from output_dir
+    tokenizer_path = config.tokenizer_name_or_path or config.model_name_or_path or config.output_dir
     with config.main_process_first(desc="training the tokenizer"):
         trained = os.path.isfile(os.path.join(config.output_dir, "tokenizer.json"))
-        if config.tokenizer_name_or_path is None and not trained:
+        if tokenizer_path == config.output_dir and not trained:
             new_tokenizer = train_tokenizer((row["text"] for row in texts), vocab_size=config.vocab_size)
             new_tokenizer.save_pretrained(tokenizer_path)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
