@@ -31,10 +31,12 @@ from hf_instruct import InstructGPTForCausalLM
 from hf_instruct.cli import main
 from hf_instruct.stages import (
     STAGES,
+    DPOStageConfig,
     PretrainStageConfig,
     RewardStageConfig,
     SFTStageConfig,
     parse_config,
+    run_dpo,
     run_pretrain,
     run_reward,
     run_sft,
@@ -62,7 +64,7 @@ def test_there_are_recipes_for_every_setup_and_stage():
     names = {(p.parent.parent.name, p.parent.name) for p in RECIPE_CONFIGS}
     for setup in ("tiny", "gutenberg-dolly", "gpu-125m"):
         assert {(setup, "pretrain"), (setup, "sft")} <= names
-    assert ("tiny", "reward") in names
+    assert {("tiny", "reward"), ("tiny", "dpo")} <= names
     assert {p.name for p in ACCELERATE_CONFIGS} == {
         "ddp.yaml",
         "fsdp.yaml",
@@ -254,6 +256,22 @@ def test_reward_model_learns_an_obvious_preference_and_centres_on_demonstrations
     assert abs(mean_reward(model, tokenizer, conversations) + model.config.reward_shift) < 1e-4
     with pytest.raises(ValueError, match="All 80 training comparisons are longer than max_length=16 tokens"):
         run_reward(dataclasses.replace(config, max_length=16, output_dir=str(tmp_path / "too-short")))
+
+
+def test_dpo_moves_the_reward_margin_towards_the_chosen_answers(tmp_path, tiny_model_dir):
+    rows = [
+        {"prompt": f"Tell me about {topic}.", "chosen": "Thank you, gladly.", "rejected": "Go away."}
+        for topic in ["the sea", "a fox", "the moon", "bread", "music", "rain", "a river", "tea"] * 6
+    ]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = DPOStageConfig(
+        model_name_or_path=str(tiny_model_dir), train_files=[str(pairs)], output_dir=str(tmp_path / "dpo"),
+        eval_examples=8, max_steps=10, per_device_train_batch_size=8, learning_rate=3e-3, max_length=128,
+        logging_steps=5, save_strategy="no", disable_tqdm=True, report_to="none",
+    )  # fmt: skip
+    results = json.loads((Path(run_dpo(config)) / "all_results.json").read_text())
+    assert results["eval_rewards/margins"] > 0.5 and results["eval_rewards/accuracies"] == 1.0
 
 
 # ---------------------------------------------------------------- end to end on the real data, as the README says

@@ -1,6 +1,7 @@
 """The training stages. Each is one `run_<stage>(config) -> output_dir` used by recipes, the CLI and the pipeline."""
 
 from .common import parse_config
+from .dpo import DPOStageConfig, run_dpo
 from .pretrain import PretrainStageConfig, run_pretrain
 from .reward import RewardStageConfig, run_reward
 from .sft import SFTStageConfig, run_sft
@@ -9,14 +10,17 @@ STAGES = {
     "pretrain": (PretrainStageConfig, run_pretrain),
     "sft": (SFTStageConfig, run_sft),
     "reward": (RewardStageConfig, run_reward),
+    "dpo": (DPOStageConfig, run_dpo),
 }
 
 __all__ = [
     "STAGES",
+    "DPOStageConfig",
     "PretrainStageConfig",
     "RewardStageConfig",
     "SFTStageConfig",
     "parse_config",
+    "run_dpo",
     "run_pretrain",
     "run_reward",
     "run_sft",

@@ -165,6 +165,8 @@ CARD_METRICS = (
     "eval_mean_token_accuracy",
     "eval_accuracy",
     "eval_margin",
+    "eval_rewards/accuracies",
+    "eval_rewards/margins",
 )
 CARD_HYPERPARAMETERS = (
     "learning_rate",

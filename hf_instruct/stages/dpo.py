@@ -1,0 +1,61 @@
+"""Direct preference optimisation: learn from comparisons without a reward model or RL (an alternative to PPO).
+
+The stock TRL `DPOTrainer` tunes the SFT model on comparisons in any shape `hf_instruct.data` knows. The frozen
+reference is the SFT checkpoint itself, reloaded from `model_name_or_path` (TRL reloads it from the model's
+`_name_or_path`, which is why the stage always starts from a saved model, never from one built in memory).
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from trl import DPOConfig, DPOTrainer
+
+from ..data import load_preference_dataset
+from .common import StageArguments, start_run, train_and_save
+
+
+@dataclass
+class DPOStageConfig(StageArguments, DPOConfig):
+    """TRL's `DPOConfig` plus the SFT model and the comparisons, with CPU-sensible defaults."""
+
+    on_bad_record: str = field(default="error", metadata={"help": "'error' or 'skip' (skipped records are counted)."})
+    eval_examples: int = field(default=64, metadata={"help": "Comparisons held out for reward margins (0: none)."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off unless set)."}
+    )
+
+    def __post_init__(self):
+        if not self.model_name_or_path:
+            raise ValueError("Set --model_name_or_path: the SFT model to align (a saved folder or a Hub id).")
+        super().__post_init__()
+
+
+def run_dpo(config: DPOStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
+    """Align `config.model_name_or_path` with DPO; save model, tokenizer, metrics and card to `config.output_dir`."""
+    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
+    resume_from = start_run(config, "dpo")
+
+    # ---- tokenizer and comparisons, with held-out pairs
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path or config.model_name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    with config.main_process_first(desc="normalising comparisons"):
+        comparisons = load_preference_dataset(config.data_source, config.on_bad_record, config.dataset_split)
+    train_pairs, eval_pairs = comparisons, None
+    if config.eval_examples:
+        split = comparisons.train_test_split(test_size=config.eval_examples, seed=config.seed)
+        train_pairs, eval_pairs = split["train"], split["test"]
+
+    # ---- policy from the saved SFT model; the reference is reloaded from the same folder by DPOTrainer
+    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **(config.model_init_kwargs or {}))
+    trainer = DPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_pairs,
+        eval_dataset=eval_pairs,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+    # ---- train, evaluate, save, card
+    return train_and_save(trainer, config, "dpo", tokenizer, resume_from)
