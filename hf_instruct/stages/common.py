@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+from huggingface_hub import HfApi
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
@@ -144,8 +145,15 @@ def train_and_save(
             data=", ".join(config.train_files) if config.train_files else config.dataset_name,
             base_model=config.model_name_or_path,
         )
-    if config.push_to_hub:
-        trainer.push_to_hub()
+    if config.push_to_hub and trainer.is_world_process_zero():
+        # Not Trainer.push_to_hub: it would replace our model card with its generic one.
+        HfApi(token=config.hub_token).upload_folder(
+            repo_id=trainer.hub_model_id,
+            folder_path=config.output_dir,
+            commit_message=f"hf-instruct {stage}: final model",
+            ignore_patterns=["_*", "checkpoint-*"],
+            revision=config.hub_revision,
+        )
     return config.output_dir
 
 
