@@ -97,3 +97,31 @@ def test_remote_code_loads_without_the_plugin(tmp_path, model_class, head, extra
     with torch.no_grad():
         expected = model(**batch).logits
     assert_close(torch.load(tmp_path / "out.pt"), expected, atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_remote_code_loads_a_causal_lm_checkpoint_as_a_reward_model(tmp_path):
+    """Every checkpoint's auto_map names every head: an SFT checkpoint becomes a reward model without the plugin."""
+    lm = InstructGPTForCausalLM(tiny_config())
+    lm.save_pretrained(tmp_path / "sft")
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["hf_instruct"] = None
+        import torch
+        from transformers import AutoModelForSequenceClassification
+        model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], num_labels=1, trust_remote_code=True)
+        assert type(model).__name__ == "InstructGPTForSequenceClassification", type(model)
+        torch.save(model.model.state_dict(), sys.argv[2])
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "sft"), str(tmp_path / "backbone.pt")],
+        env=env,
+        capture_output=True,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    backbone = torch.load(tmp_path / "backbone.pt")
+    for name, tensor in lm.model.state_dict().items():
+        assert torch.equal(backbone[name], tensor), name
