@@ -95,6 +95,10 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
             task_type="CAUSAL_LM",
         )
 
+    # ---- generation stops at the end of an assistant turn, not only at the end of a document
+    end_of_turn = end_of_turn_token_id(tokenizer)
+    model.generation_config.eos_token_id = sorted({end_of_turn, tokenizer.eos_token_id} - {None})
+
     # ---- trainer: stock SFTTrainer, or stock Trainer + our collator
     if config.sft_backend == "trl":
         trainer = SFTTrainer(
@@ -122,3 +126,13 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
     # ---- train, evaluate, save, card
     before = {"eval_loss_before_training": trainer.evaluate()["eval_loss"]} if eval_examples is not None else {}
     return train_and_save(trainer, config, "sft", tokenizer, resume_from, extra_metrics=before)
+
+
+def end_of_turn_token_id(tokenizer) -> int | None:
+    """The token that closes an assistant turn in the chat template: the last one of its `{% generation %}` span."""
+    if tokenizer.chat_template is None:  # TRL applies --chat_template_path later
+        return None
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    rendered = tokenizer.apply_chat_template(probe, return_dict=True, return_assistant_tokens_mask=True)
+    trained = [token for token, bit in zip(rendered["input_ids"], rendered["assistant_masks"], strict=True) if bit]
+    return trained[-1] if trained else None
