@@ -246,7 +246,7 @@ class InstructGPTDecoderLayer(GradientCheckpointingLayer):
         self.mlp = InstructGPTMLP(config)
         self.input_layernorm = InstructGPTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = InstructGPTRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.residual_dropout = nn.Dropout(config.hidden_dropout)
+        self.hidden_dropout = config.hidden_dropout
 
     def forward(
         self,
@@ -268,6 +268,12 @@ class InstructGPTDecoderLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.residual_dropout(attn_output)
         mlp_output = self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states + self.residual_dropout(mlp_output)
+
+    def residual_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        # A plain branch rather than an nn.Dropout module: generation calls this twice per layer per token.
+        if self.training and self.hidden_dropout > 0:
+            return nn.functional.dropout(x, p=self.hidden_dropout, training=True)
+        return x
 
 
 class InstructGPTPreTrainedModel(PreTrainedModel):
