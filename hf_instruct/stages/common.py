@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+from datasets import Dataset
 from huggingface_hub import HfApi
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 from trl import TrlParser
@@ -60,6 +61,39 @@ class StageArguments:
     @property
     def data_source(self) -> list[str] | str:
         return self.train_files or self.dataset_name
+
+
+@dataclass
+class TuningArguments(StageArguments):
+    """The fields of the stages that tune a saved model on records (SFT, reward, DPO)."""
+
+    on_bad_record: str = field(default="error", metadata={"help": "'error' or 'skip' (skipped records are counted)."})
+    eval_examples: int = field(default=64, metadata={"help": "Records held out for evaluation (0: none)."})
+    # TRL turns activation checkpointing on everywhere; off unless asked (it slows small CPU runs down).
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off unless set)."}
+    )
+
+    def __post_init__(self):
+        if not self.model_name_or_path:
+            raise ValueError("Set --model_name_or_path: the model to start from (e.g. the previous stage's output).")
+        super().__post_init__()
+
+
+def load_tokenizer(config: StageArguments) -> PreTrainedTokenizerBase:
+    """The tokenizer of the run (default: the model's), with a pad token (the EOS token if it had none)."""
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path or config.model_name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def hold_out(records: Dataset, config: TuningArguments) -> tuple[Dataset, Dataset | None]:
+    """(train, eval): `config.eval_examples` records held out at random (seeded), or none."""
+    if not config.eval_examples:
+        return records, None
+    split = records.train_test_split(test_size=config.eval_examples, seed=config.seed)
+    return split["train"], split["test"]
 
 
 def parse_config(config_class: type[ConfigT], args: list[str] | None = None) -> ConfigT:

@@ -5,29 +5,18 @@ reference is the SFT checkpoint itself, reloaded from `model_name_or_path` (TRL 
 `_name_or_path`, which is why the stage always starts from a saved model, never from one built in memory).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from ..data import load_preference_dataset
-from .common import StageArguments, start_run, train_and_save
+from .common import TuningArguments, hold_out, load_tokenizer, start_run, train_and_save
 
 
 @dataclass
-class DPOStageConfig(StageArguments, DPOConfig):
+class DPOStageConfig(TuningArguments, DPOConfig):
     """TRL's `DPOConfig` plus the SFT model and the comparisons, with CPU-sensible defaults."""
-
-    on_bad_record: str = field(default="error", metadata={"help": "'error' or 'skip' (skipped records are counted)."})
-    eval_examples: int = field(default=64, metadata={"help": "Comparisons held out for reward margins (0: none)."})
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off unless set)."}
-    )
-
-    def __post_init__(self):
-        if not self.model_name_or_path:
-            raise ValueError("Set --model_name_or_path: the SFT model to align (a saved folder or a Hub id).")
-        super().__post_init__()
 
 
 def run_dpo(config: DPOStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
@@ -36,15 +25,10 @@ def run_dpo(config: DPOStageConfig, callbacks: list[TrainerCallback] | None = No
     resume_from = start_run(config, "dpo")
 
     # ---- tokenizer and comparisons, with held-out pairs
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path or config.model_name_or_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(config)
     with config.main_process_first(desc="normalising comparisons"):
         comparisons = load_preference_dataset(config.data_source, config.on_bad_record, config.dataset_split)
-    train_pairs, eval_pairs = comparisons, None
-    if config.eval_examples:
-        split = comparisons.train_test_split(test_size=config.eval_examples, seed=config.seed)
-        train_pairs, eval_pairs = split["train"], split["test"]
+    train_pairs, eval_pairs = hold_out(comparisons, config)
 
     # ---- policy from the saved SFT model; the reference is reloaded from the same folder by DPOTrainer
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **(config.model_init_kwargs or {}))

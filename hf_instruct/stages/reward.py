@@ -9,34 +9,24 @@ stored in the saved config as `reward_shift`, for the RL stage to subtract.
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForSequenceClassification, TrainerCallback
 from transformers.utils import logging
 from trl import RewardConfig, RewardTrainer
 
 from ..data import load_instruction_dataset, load_preference_dataset
-from .common import StageArguments, start_run, train_and_save
+from .common import TuningArguments, hold_out, load_tokenizer, start_run, train_and_save
 
 logger = logging.get_logger(__name__)
 
 
 @dataclass
-class RewardStageConfig(StageArguments, RewardConfig):
+class RewardStageConfig(TuningArguments, RewardConfig):
     """TRL's `RewardConfig` plus the SFT model, the comparisons and the demonstrations that centre the rewards."""
 
-    on_bad_record: str = field(default="error", metadata={"help": "'error' or 'skip' (skipped records are counted)."})
-    eval_examples: int = field(default=64, metadata={"help": "Comparisons held out for pairwise accuracy (0: none)."})
     demonstration_files: list[str] | None = field(
         default=None, metadata={"help": "SFT demonstrations whose mean reward is shifted to 0 (InstructGPT)."}
     )
     max_demonstrations: int = field(default=256, metadata={"help": "At most this many demonstrations are scored."})
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off unless set)."}
-    )
-
-    def __post_init__(self):
-        if not self.model_name_or_path:
-            raise ValueError("Set --model_name_or_path: the SFT model the reward model starts from.")
-        super().__post_init__()
 
 
 def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
@@ -45,15 +35,10 @@ def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | Non
     resume_from = start_run(config, "reward")
 
     # ---- tokenizer and comparisons, with held-out pairs
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path or config.model_name_or_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(config)
     with config.main_process_first(desc="normalising comparisons"):
         comparisons = load_preference_dataset(config.data_source, config.on_bad_record, config.dataset_split)
-    train_pairs, eval_pairs = comparisons, None
-    if config.eval_examples:
-        split = comparisons.train_test_split(test_size=config.eval_examples, seed=config.seed)
-        train_pairs, eval_pairs = split["train"], split["test"]
+    train_pairs, eval_pairs = hold_out(comparisons, config)
 
     # ---- model: the SFT backbone with a new one-output `score` head; a pad token always set
     model = AutoModelForSequenceClassification.from_pretrained(config.model_name_or_path, num_labels=1)

@@ -10,23 +10,21 @@ import os
 from dataclasses import dataclass, field
 
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from ..collator import DataCollatorForInstructionTuning
 from ..data import load_instruction_dataset
 from ..hub import is_hub_id
-from .common import StageArguments, start_run, train_and_save
+from .common import TuningArguments, hold_out, load_tokenizer, start_run, train_and_save
 
 BACKENDS = ("trl", "collator")
 
 
 @dataclass
-class SFTStageConfig(StageArguments, SFTConfig):
+class SFTStageConfig(TuningArguments, SFTConfig):
     """TRL's `SFTConfig` plus the model, the data and LoRA, with CPU-sensible defaults."""
 
-    on_bad_record: str = field(default="error", metadata={"help": "'error' or 'skip' (skipped records are counted)."})
-    eval_examples: int = field(default=64, metadata={"help": "Examples held out to measure the SFT loss (0: none)."})
     sft_backend: str = field(
         default="trl", metadata={"help": "'trl': SFTTrainer; 'collator': Trainer + DataCollatorForInstructionTuning."}
     )
@@ -37,15 +35,9 @@ class SFTStageConfig(StageArguments, SFTConfig):
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules that get adapters."}
     )
-    # CPU-sensible defaults (TRL turns activation checkpointing on everywhere).
     assistant_only_loss: bool = field(default=True, metadata={"help": "Train only on assistant turns."})
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off unless set)."}
-    )
 
     def __post_init__(self):
-        if not self.model_name_or_path:
-            raise ValueError("Set --model_name_or_path: the causal LM to instruction-tune (e.g. a pretrain output).")
         if self.sft_backend not in BACKENDS:
             raise ValueError(f"--sft_backend must be one of {BACKENDS}, got {self.sft_backend!r}.")
         if self.sft_backend == "collator":
@@ -59,7 +51,7 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
     resume_from = start_run(config, "sft")
 
     # ---- tokenizer with a chat template
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path or config.model_name_or_path)
+    tokenizer = load_tokenizer(config)
     if config.chat_template_path and config.chat_template_path.endswith((".jinja", ".j2")):
         with open(config.chat_template_path, encoding="utf-8") as f:
             tokenizer.chat_template = f.read()
@@ -69,16 +61,11 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
             "so instructions cannot be rendered. Use a tokenizer with one (hf-instruct pretrain saves one), or set "
             "--chat_template_path to a .jinja file."
         )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
 
     # ---- data: any instruction shape -> messages, with held-out examples
     with config.main_process_first(desc="normalising instructions"):
         examples = load_instruction_dataset(config.data_source, config.on_bad_record, config.dataset_split)
-    train_examples, eval_examples = examples, None
-    if config.eval_examples:
-        split = examples.train_test_split(test_size=config.eval_examples, seed=config.seed)
-        train_examples, eval_examples = split["train"], split["test"]
+    train_examples, eval_examples = hold_out(examples, config)
 
     # ---- model (+ LoRA)
     if not os.path.exists(config.model_name_or_path) and not is_hub_id(config.model_name_or_path):
