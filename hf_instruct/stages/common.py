@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -88,8 +89,11 @@ def load_tokenizer(config: StageArguments) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def hold_out(records: Dataset, config: TuningArguments) -> tuple[Dataset, Dataset | None]:
-    """(train, eval): `config.eval_examples` records held out at random (seeded), or none."""
+def load_held_out(config: TuningArguments, load: Callable[..., Dataset]) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) records of `config.data_source` normalised by `load` (a `hf_instruct.data` loader; the main
+    process first), with `config.eval_examples` of them held out at random (seeded)."""
+    with config.main_process_first(desc="normalising records"):
+        records = load(config.data_source, config.on_bad_record, config.dataset_split)
     if not config.eval_examples:
         return records, None
     split = records.train_test_split(test_size=config.eval_examples, seed=config.seed)

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from ..data import load_preference_dataset
-from .common import TuningArguments, hold_out, load_tokenizer, start_run, train_and_save
+from .common import TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
 
 
 @dataclass
@@ -26,9 +26,7 @@ def run_dpo(config: DPOStageConfig, callbacks: list[TrainerCallback] | None = No
 
     # ---- tokenizer and comparisons, with held-out pairs
     tokenizer = load_tokenizer(config)
-    with config.main_process_first(desc="normalising comparisons"):
-        comparisons = load_preference_dataset(config.data_source, config.on_bad_record, config.dataset_split)
-    train_pairs, eval_pairs = hold_out(comparisons, config)
+    train_pairs, eval_pairs = load_held_out(config, load_preference_dataset)
 
     # ---- policy from the saved SFT model; the reference is reloaded from the same folder by DPOTrainer
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **(config.model_init_kwargs or {}))

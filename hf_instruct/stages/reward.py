@@ -14,7 +14,7 @@ from transformers.utils import logging
 from trl import RewardConfig, RewardTrainer
 
 from ..data import load_instruction_dataset, load_preference_dataset
-from .common import TuningArguments, hold_out, load_tokenizer, start_run, train_and_save
+from .common import TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
 
 logger = logging.get_logger(__name__)
 
@@ -36,9 +36,7 @@ def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | Non
 
     # ---- tokenizer and comparisons, with held-out pairs
     tokenizer = load_tokenizer(config)
-    with config.main_process_first(desc="normalising comparisons"):
-        comparisons = load_preference_dataset(config.data_source, config.on_bad_record, config.dataset_split)
-    train_pairs, eval_pairs = hold_out(comparisons, config)
+    train_pairs, eval_pairs = load_held_out(config, load_preference_dataset)
 
     # ---- model: the SFT backbone with a new one-output `score` head; a pad token always set
     model = AutoModelForSequenceClassification.from_pretrained(config.model_name_or_path, num_labels=1)

@@ -16,7 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from ..collator import DataCollatorForInstructionTuning
 from ..data import load_instruction_dataset
 from ..hub import is_hub_id
-from .common import TuningArguments, hold_out, load_tokenizer, start_run, train_and_save
+from .common import TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
 
 BACKENDS = ("trl", "collator")
 
@@ -63,9 +63,7 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
         )
 
     # ---- data: any instruction shape -> messages, with held-out examples
-    with config.main_process_first(desc="normalising instructions"):
-        examples = load_instruction_dataset(config.data_source, config.on_bad_record, config.dataset_split)
-    train_examples, eval_examples = hold_out(examples, config)
+    train_examples, eval_examples = load_held_out(config, load_instruction_dataset)
 
     # ---- model (+ LoRA)
     if not os.path.exists(config.model_name_or_path) and not is_hub_id(config.model_name_or_path):
