@@ -13,7 +13,6 @@ from huggingface_hub import ModelCard, ModelCardData
 from . import __version__
 
 TEMPLATE = files("hf_instruct.model_cards") / "model_card.md.jinja"
-PIPELINE_TAGS = {"pretrain": "text-generation", "sft": "text-generation", "reward": "text-classification"}
 
 
 def write_model_card(
@@ -31,7 +30,7 @@ def write_model_card(
     """Render `model_cards/model_card.md.jinja` into `<output_dir>/README.md`; unknown fields are left out."""
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag=PIPELINE_TAGS.get(stage, "text-generation"),
+        pipeline_tag="text-classification" if stage == "reward" else "text-generation",
         license="apache-2.0",
         tags=["hf-instruct", stage],
         base_model=base_model if is_hub_id(base_model) else None,

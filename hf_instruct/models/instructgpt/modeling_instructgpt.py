@@ -203,22 +203,20 @@ class InstructGPTAttention(nn.Module):
             attn_output, attn_weights = sdpa_attention_per_sequence(
                 self, query_states, key_states, value_states, kwargs["cu_seq_lens_q"], self.scaling, dropout
             )
-            attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-            return self.o_proj(attn_output), attn_weights
-
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        else:
+            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+            attn_output, attn_weights = attention_interface(
+                self,
+                query_states,
+                key_states,
+                value_states,
+                attention_mask,
+                dropout=dropout,
+                scaling=self.scaling,
+                **kwargs,
+            )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # (B, T, nh * hs)
         return self.o_proj(attn_output), attn_weights
 
