@@ -22,6 +22,7 @@ from .models.instructgpt import (
     InstructGPTPreTrainedModel,
 )
 from .tokenization import train_tokenizer
+from .trainers import PPOConfig, PPOTrainer
 
 try:
     __version__ = version("hf-instruct")
@@ -41,5 +42,7 @@ __all__ = [
     "InstructGPTForCausalLM",
     "InstructGPTForSequenceClassification",
     "DataCollatorForInstructionTuning",
+    "PPOConfig",
+    "PPOTrainer",
     "train_tokenizer",
 ]

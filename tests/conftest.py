@@ -1,6 +1,9 @@
 """Shared fixtures: tiny configs and a real byte-level BPE tokenizer trained on the spot (no downloads)."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import LlamaConfig, PreTrainedTokenizerFast  # noqa: E402
 
-from hf_instruct import InstructGPTConfig, train_tokenizer  # noqa: E402
+from hf_instruct import InstructGPTConfig, InstructGPTForCausalLM, train_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -19,6 +22,8 @@ SHARED = REPO.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(
     not SHARED.exists() and not os.environ.get("CI"), reason="../shared/data is not here"
 )
+
+CLI_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 TINY = dict(
     vocab_size=320,
@@ -78,3 +83,55 @@ def tokenizer() -> PreTrainedTokenizerFast:
     tok = train_tokenizer([TEXT] * 20, vocab_size=TINY["vocab_size"], show_progress=False)
     assert len(tok) <= TINY["vocab_size"]
     return tok
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer) -> Path:
+    """A saved tiny InstructGPT model + tokenizer: what `hf-instruct pretrain` leaves behind."""
+    path = tmp_path / "base"
+    InstructGPTForCausalLM(tiny_config()).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def instructions(tmp_path) -> Path:
+    """Alpaca-style instruction records in a .jsonl file."""
+    sentences = [s.strip() for s in TEXT.split(".") if s.strip()]
+    rows = [{"instruction": f"Repeat: {s}", "input": "", "output": s + "."} for s in sentences * 8]
+    path = tmp_path / "instructions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# Runs a stage under torchrun and writes, per rank, a digest of the trained weights (for DDP, equal on every rank).
+DDP_SCRIPT = """
+import hashlib, os, sys
+from transformers import TrainerCallback
+from hf_instruct.stages import STAGES, parse_config
+
+class WeightsDigest(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+        with open(os.path.join(args.output_dir, f"rank{args.process_index}.sha256"), "w") as f:
+            f.write(f"{digest.hexdigest()} {args.world_size}")
+
+config_class, run = STAGES[sys.argv[1]]
+run(parse_config(config_class, sys.argv[2:]), callbacks=[WeightsDigest()])
+"""
+
+
+def torchrun_stage(stage: str, *args: str, tmp_path: Path) -> None:
+    """Run `stage` as 2-process gloo DDP on CPU; assert both ranks end with the same weights."""
+    script = tmp_path / "ddp_stage.py"
+    script.write_text(DDP_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), stage, *args],
+        cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    output_dir = Path(args[args.index("--output_dir") + 1])
+    digests = [(output_dir / f"rank{rank}.sha256").read_text().split() for rank in (0, 1)]
+    assert digests[0] == digests[1] and digests[0][1] == "2"  # same weights, and really two processes

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
-from conftest import REPO, TEXT, needs_shared, tiny_config, tiny_llama_config
+from conftest import CLI_ENV, REPO, TEXT, needs_shared, tiny_llama_config, torchrun_stage
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
@@ -46,7 +46,6 @@ from hf_instruct.stages.reward import mean_reward
 
 RECIPE_CONFIGS = sorted(REPO.glob("recipes/*/*/config.yaml"))
 ACCELERATE_CONFIGS = sorted(REPO.glob("recipes/accelerate/*.yaml"))
-CLI_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def cli(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -65,7 +64,8 @@ def test_there_are_recipes_for_every_setup_and_stage():
     names = {(p.parent.parent.name, p.parent.name) for p in RECIPE_CONFIGS}
     for setup in ("tiny", "gutenberg-dolly", "gpu-125m"):
         assert {(setup, "pretrain"), (setup, "sft")} <= names
-    assert {("tiny", "reward"), ("tiny", "dpo")} <= names
+    for setup in ("tiny", "gutenberg-dolly"):
+        assert {(setup, stage) for stage in ("reward", "ppo", "dpo", "grpo")} <= names
     assert {p.name for p in ACCELERATE_CONFIGS} == {
         "ddp.yaml",
         "fsdp.yaml",
@@ -116,24 +116,6 @@ def test_cli_help(capsys, args, expected):
 
 
 # ---------------------------------------------------------------- clear errors
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path, tokenizer) -> Path:
-    """A saved tiny InstructGPT model + tokenizer: what `hf-instruct pretrain` leaves behind."""
-    path = tmp_path / "base"
-    InstructGPTForCausalLM(tiny_config()).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def instructions(tmp_path) -> Path:
-    sentences = [s.strip() for s in TEXT.split(".") if s.strip()]
-    rows = [{"instruction": f"Repeat: {s}", "input": "", "output": s + "."} for s in sentences * 8]
-    path = tmp_path / "instructions.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def sft_config(model_dir: Path, data: Path, output_dir: Path, **overrides) -> SFTStageConfig:
@@ -289,23 +271,39 @@ def readme_commands(stage: str) -> set[str]:
 
 @needs_shared
 @pytest.mark.slow
-def test_readme_tiny_chain_pretrain_sft_reward_on_real_data(tmp_path):
-    (pretrain_line,) = readme_commands("pretrain")
-    (sft_line,) = readme_commands("sft")
-    (reward_line,) = readme_commands("reward")
-    pretrain_dir, sft_dir, reward_dir = tmp_path / "pretrain", tmp_path / "sft", tmp_path / "reward"
+def test_readme_tiny_chain_on_real_data(tmp_path):
+    """Every tiny-recipe command of the README, in order, on the shared data: pretrain → SFT → reward → PPO, DPO,
+    GRPO (the README's paths replaced by this test's folders)."""
+    lines = {stage: readme_commands(stage) for stage in ("pretrain", "sft", "reward", "ppo", "dpo", "grpo")}
+    assert all(len(found) == 1 for found in lines.values()), lines
+    args = {stage: found.pop().split()[1:] for stage, found in lines.items()}
+    runs = {stage: tmp_path / stage for stage in args}
     quiet = ("--disable_tqdm", "true")
-    cli(*pretrain_line.split()[1:], "--output_dir", str(pretrain_dir), *quiet)
-    pretrained = json.loads((pretrain_dir / "all_results.json").read_text())
+    cli(*args["pretrain"], "--output_dir", str(runs["pretrain"]), *quiet)
+    pretrained = json.loads((runs["pretrain"] / "all_results.json").read_text())
     assert pretrained["eval_perplexity"] < 400  # a uniform guess over the 2048-token vocabulary scores 2048
-    cli(*sft_line.split()[1:], "--model_name_or_path", str(pretrain_dir), "--output_dir", str(sft_dir), *quiet)
-    tuned = json.loads((sft_dir / "all_results.json").read_text())
+    sft = ("--model_name_or_path", str(runs["sft"]))
+    cli(*args["sft"], "--model_name_or_path", str(runs["pretrain"]), "--output_dir", str(runs["sft"]), *quiet)
+    tuned = json.loads((runs["sft"] / "all_results.json").read_text())
     assert tuned["eval_loss"] < tuned["eval_loss_before_training"] - 0.3  # held-out Dolly answers
-    assert InstructGPTForCausalLM.from_pretrained(sft_dir).config.vocab_size == 2048
-    cli(*reward_line.split()[1:], "--model_name_or_path", str(sft_dir), "--output_dir", str(reward_dir), *quiet)
-    rewarded = json.loads((reward_dir / "all_results.json").read_text())
+    assert InstructGPTForCausalLM.from_pretrained(runs["sft"]).config.vocab_size == 2048
+    cli(*args["reward"], *sft, "--output_dir", str(runs["reward"]), *quiet)
+    rewarded = json.loads((runs["reward"] / "all_results.json").read_text())
     assert 0.0 <= rewarded["eval_accuracy"] <= 1.0 and "eval_perplexity" not in rewarded
-    assert isinstance(json.loads((reward_dir / "config.json").read_text())["reward_shift"], float)
+    assert isinstance(json.loads((runs["reward"] / "config.json").read_text())["reward_shift"], float)
+
+    reward = ("--reward_model_path", str(runs["reward"]))
+    cli(*args["ppo"], *sft, *reward, "--output_dir", str(runs["ppo"]), *quiet)
+    optimised = json.loads((runs["ppo"] / "all_results.json").read_text())
+    assert {"eval_reward_before_training", "eval_reward", "eval_kl"} <= set(optimised)
+    assert (runs["ppo"] / "samples.jsonl").read_text().count("\n") == 4 * 4  # 4 answers at steps 0, 5, 10, 15
+    cli(*args["dpo"], *sft, "--output_dir", str(runs["dpo"]), *quiet)
+    assert "eval_rewards/margins" in json.loads((runs["dpo"] / "all_results.json").read_text())
+    cli(*args["grpo"], *sft, *reward, "--output_dir", str(runs["grpo"]), *quiet)
+    history = json.loads((runs["grpo"] / "trainer_state.json").read_text())["log_history"]
+    assert sum("reward" in entry for entry in history) == 4  # logged every 5 of 20 steps
+    for stage in ("ppo", "dpo", "grpo"):
+        assert AutoModelForCausalLM.from_pretrained(runs[stage]).config.vocab_size == 2048, stage
 
 
 # ---------------------------------------------------------------- fault tolerance: SIGKILL, re-run, same weights
@@ -346,38 +344,15 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
 
 # ---------------------------------------------------------------- multi-process: 2-process gloo DDP on CPU
 
-DDP_SCRIPT = """
-import hashlib, os, sys, torch
-from transformers import TrainerCallback
-from hf_instruct.stages import PretrainStageConfig, parse_config, run_pretrain
-
-class WeightsDigest(TrainerCallback):
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        digest = hashlib.sha256()
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
-        with open(os.path.join(args.output_dir, f"rank{args.process_index}.sha256"), "w") as f:
-            f.write(f"{digest.hexdigest()} {args.world_size}")
-
-run_pretrain(parse_config(PretrainStageConfig, sys.argv[1:]), callbacks=[WeightsDigest()])
-"""
-
 
 @needs_shared
 @pytest.mark.slow
 def test_torchrun_two_process_ddp_ends_with_identical_weights(tmp_path):
-    script = tmp_path / "ddp_pretrain.py"
-    script.write_text(DDP_SCRIPT)
     output_dir = tmp_path / "ddp"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-         "--config", "recipes/tiny/pretrain/config.yaml", "--output_dir", str(output_dir), "--max_steps", "6",
-         "--save_strategy", "no", "--eval_blocks", "8", "--disable_tqdm", "true"],
-        cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600,
+    torchrun_stage(
+        "pretrain", "--config", "recipes/tiny/pretrain/config.yaml", "--output_dir", str(output_dir),
+        "--max_steps", "6", "--save_strategy", "no", "--eval_blocks", "8", "--disable_tqdm", "true", tmp_path=tmp_path,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    digests = [(output_dir / f"rank{rank}.sha256").read_text().split() for rank in (0, 1)]
-    assert digests[0] == digests[1] and digests[0][1] == "2"  # same weights, and really two processes
     assert (output_dir / "model.safetensors").exists()
 
 

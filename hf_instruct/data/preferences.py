@@ -26,7 +26,7 @@ ASSISTANT_MARKER = "\n\nAssistant:"
 def to_preference(record: dict) -> dict[str, list[dict[str, str]]]:
     """One comparison in normal form; BadRecordError for missing/empty fields or a chosen equal to its rejected."""
     if "prompt" in record:
-        prompt = _prompt_messages(record)
+        prompt = prompt_messages(record)
         chosen, rejected = _answer(record, "chosen"), _answer(record, "rejected")
     elif "chosen" in record and "rejected" in record:
         prompt, chosen, rejected = _split_transcripts(require_text(record, "chosen"), require_text(record, "rejected"))
@@ -64,7 +64,7 @@ def parse_hh_transcript(text: str) -> list[dict[str, str]]:
     return messages
 
 
-def _prompt_messages(record: dict) -> list[dict[str, str]]:
+def prompt_messages(record: dict) -> list[dict[str, str]]:
     prompt = record["prompt"]
     if isinstance(prompt, list):
         return checked_messages(prompt, "prompt", "role", "content", CHAT_ROLES)

@@ -2,6 +2,8 @@
 
 from .common import parse_config
 from .dpo import DPOStageConfig, run_dpo
+from .grpo import GRPOStageConfig, run_grpo
+from .ppo import PPOStageConfig, run_ppo
 from .pretrain import PretrainStageConfig, run_pretrain
 from .reward import RewardStageConfig, run_reward
 from .sft import SFTStageConfig, run_sft
@@ -10,17 +12,23 @@ STAGES = {
     "pretrain": (PretrainStageConfig, run_pretrain),
     "sft": (SFTStageConfig, run_sft),
     "reward": (RewardStageConfig, run_reward),
+    "ppo": (PPOStageConfig, run_ppo),
     "dpo": (DPOStageConfig, run_dpo),
+    "grpo": (GRPOStageConfig, run_grpo),
 }
 
 __all__ = [
     "STAGES",
     "DPOStageConfig",
+    "GRPOStageConfig",
+    "PPOStageConfig",
     "PretrainStageConfig",
     "RewardStageConfig",
     "SFTStageConfig",
     "parse_config",
     "run_dpo",
+    "run_grpo",
+    "run_ppo",
     "run_pretrain",
     "run_reward",
     "run_sft",

@@ -19,6 +19,7 @@ from typing import TypeVar
 import torch
 from datasets import Dataset
 from huggingface_hub import HfApi
+from peft import LoraConfig
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
@@ -81,6 +82,32 @@ class TuningArguments(StageArguments):
         super().__post_init__()
 
 
+@dataclass
+class LoraArguments:
+    """LoRA adapters instead of full fine-tuning (the SFT and PPO stages)."""
+
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "Modules that get adapters."}
+    )
+
+    def lora_config(self) -> LoraConfig | None:
+        """The causal-LM `LoraConfig` these fields describe, or None without `use_peft`."""
+        if not self.use_peft:
+            return None
+        targets = self.lora_target_modules
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules="all-linear" if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM",
+        )
+
+
 def load_tokenizer(config: StageArguments) -> PreTrainedTokenizerBase:
     """The tokenizer of the run (default: the model's), with a pad token (the EOS token if it had none)."""
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path or config.model_name_or_path)
@@ -96,6 +123,11 @@ def load_held_out(config: TuningArguments, load: Callable[..., Dataset]) -> tupl
         records = load(config.data_source, config.on_bad_record, config.dataset_split)
     if not config.eval_examples:
         return records, None
+    if config.eval_examples >= len(records):
+        raise ValueError(
+            f"--eval_examples {config.eval_examples} would hold out all {len(records)} records of "
+            f"{config.data_source}: lower it (0: no held-out set)."
+        )
     split = records.train_test_split(test_size=config.eval_examples, seed=config.seed)
     return split["train"], split["test"]
 
@@ -172,10 +204,11 @@ def train_and_save(
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(config.output_dir)
+        # PPO trains a policy and a value model together: the card is the policy's
         write_model_card(
             config.output_dir,
             stage=stage,
-            model=trainer.model,
+            model=getattr(trainer, "policy", trainer.model),
             steps=trainer.state.global_step,
             wall_time_s=time.time() - start,
             hyperparameters=card_hyperparameters(config),
@@ -213,6 +246,9 @@ CARD_METRICS = (
     "eval_margin",
     "eval_rewards/accuracies",
     "eval_rewards/margins",
+    "eval_reward_before_training",
+    "eval_reward",
+    "eval_kl",
 )
 CARD_HYPERPARAMETERS = (
     "learning_rate",
@@ -229,4 +265,11 @@ CARD_HYPERPARAMETERS = (
     "max_length",
     "packing",
     "use_peft",
+    "kl_coef",
+    "kl_target",
+    "ptx_coef",
+    "num_ppo_epochs",
+    "response_length",
+    "num_generations",
+    "beta",
 )

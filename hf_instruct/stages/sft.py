@@ -9,31 +9,24 @@ and after training.
 import os
 from dataclasses import dataclass, field
 
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from ..collator import DataCollatorForInstructionTuning
 from ..data import load_instruction_dataset
 from ..hub import is_hub_id
-from .common import TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
+from .common import LoraArguments, TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
 
 BACKENDS = ("trl", "collator")
 
 
 @dataclass
-class SFTStageConfig(TuningArguments, SFTConfig):
+class SFTStageConfig(TuningArguments, LoraArguments, SFTConfig):
     """TRL's `SFTConfig` plus the model, the data and LoRA, with CPU-sensible defaults."""
 
     sft_backend: str = field(
         default="trl", metadata={"help": "'trl': SFTTrainer; 'collator': Trainer + DataCollatorForInstructionTuning."}
-    )
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["all-linear"], metadata={"help": "Modules that get adapters."}
     )
     assistant_only_loss: bool = field(default=True, metadata={"help": "Train only on assistant turns."})
 
@@ -69,16 +62,7 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
     if not os.path.exists(config.model_name_or_path) and not is_hub_id(config.model_name_or_path):
         raise FileNotFoundError(f"--model_name_or_path {config.model_name_or_path}: no such folder or Hub id.")
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **(config.model_init_kwargs or {}))
-    peft_config = None
-    if config.use_peft:
-        targets = config.lora_target_modules
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules="all-linear" if targets == ["all-linear"] else targets,
-            task_type="CAUSAL_LM",
-        )
+    peft_config = config.lora_config()
 
     # ---- generation stops at the end of an assistant turn, not only at the end of a document
     end_of_turn = end_of_turn_token_id(tokenizer)

@@ -1,0 +1,57 @@
+"""GRPO against the reward model: RL without a value model (an alternative to PPO), with the stock TRL trainer.
+
+The stock `GRPOTrainer` samples `num_generations` answers per prompt from the SFT policy and scores them with the
+reward model (TRL loads it as a one-output sequence classifier from `reward_model_path`); each answer's advantage
+is its reward relative to the others of its group, so no value model is trained. Prompts come from any
+instruction, comparison or prompt file. The reference for the KL term (`beta > 0`) is reloaded from the saved SFT
+model, which is why this stage, like DPO, always starts from a folder.
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import AutoModelForCausalLM, TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from ..data import load_prompt_dataset
+from .common import LoraArguments, TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
+
+
+@dataclass
+class GRPOStageConfig(TuningArguments, LoraArguments, GRPOConfig):
+    """TRL's `GRPOConfig` plus the SFT policy, the reward model and the prompts, with CPU-sensible defaults."""
+
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={"help": "The reward model: an `hf-instruct reward` output (or any 1-label classifier)."},
+    )
+
+    def __post_init__(self):
+        if not self.reward_model_path:
+            raise ValueError("Set --reward_model_path: the reward model to optimise against (hf-instruct reward).")
+        super().__post_init__()
+
+
+def run_grpo(config: GRPOStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
+    """Optimise the SFT policy against the reward model with GRPO; save model, tokenizer, metrics and card."""
+    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
+    resume_from = start_run(config, "grpo")
+
+    # ---- tokenizer and prompts, with held-out prompts
+    tokenizer = load_tokenizer(config)
+    train_prompts, eval_prompts = load_held_out(config, load_prompt_dataset)
+
+    # ---- policy from the saved SFT model (+ LoRA); the reward model is loaded by GRPOTrainer from its folder
+    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **(config.model_init_kwargs or {}))
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=config.reward_model_path,
+        args=config,
+        train_dataset=train_prompts,
+        eval_dataset=eval_prompts,
+        processing_class=tokenizer,
+        peft_config=config.lora_config(),
+        callbacks=callbacks,
+    )
+
+    # ---- train, evaluate, save, card
+    return train_and_save(trainer, config, "grpo", tokenizer, resume_from)

@@ -1,0 +1,82 @@
+"""Stage 3: PPO-ptx against the reward model (InstructGPT step 3), with `hf_instruct.PPOTrainer`.
+
+The policy and its frozen reference start from the SFT model, the value model from the reward model (as in the
+paper). Prompts come from any instruction, comparison or prompt file; with `ptx_coef > 0` every update also trains
+on a batch of the pretraining corpus. The mean reward of held-out prompts is measured before and after training.
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+
+from ..data import load_prompt_dataset, load_text_dataset, pack_texts
+from ..trainers import PPOConfig, PPOTrainer
+from .common import LoraArguments, TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
+
+
+@dataclass
+class PPOStageConfig(TuningArguments, LoraArguments, PPOConfig):
+    """`hf_instruct.PPOConfig` plus the SFT policy, the reward model, the prompts and the pretraining corpus."""
+
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={"help": "The reward model: an `hf-instruct reward` output (or any 1-label classifier)."},
+    )
+    value_model_path: str | None = field(default=None, metadata={"help": "Default: the reward model (InstructGPT)."})
+    ptx_files: list[str] | None = field(
+        default=None, metadata={"help": "Pretraining text for PPO-ptx (files, folders or globs; with ptx_coef > 0)."}
+    )
+    ptx_block_size: int = field(default=256, metadata={"help": "Tokens per pretraining block."})
+    ptx_streaming: bool = field(
+        default=False, metadata={"help": "Stream the pretraining corpus instead of loading it."}
+    )
+
+    def __post_init__(self):
+        if not self.reward_model_path:
+            raise ValueError("Set --reward_model_path: the reward model to optimise against (hf-instruct reward).")
+        if self.ptx_coef > 0 and not self.ptx_files:
+            raise ValueError(f"ptx_coef={self.ptx_coef} needs --ptx_files: the pretraining corpus (or ptx_coef 0).")
+        super().__post_init__()
+
+
+def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
+    """Optimise the SFT policy against the reward model; save policy, tokenizer, metrics, samples and card."""
+    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
+    resume_from = start_run(config, "ppo")
+
+    # ---- tokenizers (the reward model must read the policy's tokens) and prompts, with held-out prompts
+    tokenizer = load_tokenizer(config)
+    reward_tokenizer = AutoTokenizer.from_pretrained(config.reward_model_path)
+    train_prompts, eval_prompts = load_held_out(config, load_prompt_dataset)
+
+    # ---- pretraining blocks for PPO-ptx, shuffled once (seeded)
+    ptx_blocks = None
+    if config.ptx_coef > 0:
+        texts = load_text_dataset(config.ptx_files, streaming=config.ptx_streaming)
+        with config.main_process_first(desc="packing the pretraining corpus"):
+            ptx_blocks = pack_texts(texts, tokenizer, config.ptx_block_size)
+        ptx_blocks = ptx_blocks.shuffle(seed=config.seed, **({"buffer_size": 1000} if config.ptx_streaming else {}))
+
+    # ---- policy from the SFT model (+ LoRA), reward and value models from the reward model
+    policy = AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path)
+    value_model = AutoModelForSequenceClassification.from_pretrained(
+        config.value_model_path or config.reward_model_path
+    )
+    trainer = PPOTrainer(
+        model=policy,
+        args=config,
+        processing_class=tokenizer,
+        reward_model=reward_model,
+        value_model=value_model,
+        train_dataset=train_prompts,
+        eval_dataset=eval_prompts,
+        ptx_dataset=ptx_blocks,
+        peft_config=config.lora_config(),
+        reward_processing_class=reward_tokenizer,
+        callbacks=callbacks,
+    )
+
+    # ---- train, evaluate, save, card
+    before = {"eval_reward_before_training": trainer.evaluate()["eval_reward"]} if eval_prompts is not None else {}
+    return train_and_save(trainer, config, "ppo", tokenizer, resume_from, extra_metrics=before)
