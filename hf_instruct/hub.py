@@ -1,69 +1,109 @@
-"""Model cards written next to every saved model (and, later, pushed with it to the Hub)."""
+"""Publishing a saved model folder to the Hugging Face Hub in one commit: `hf-instruct push` and `push_to_hub: true`.
 
+Uploads the weights (safetensors), config with `auto_map` and the model code, tokenizer and chat template,
+generation config, run record, plot and the model card, re-rendered with the repo id in its quick-start snippet.
+Checkpoints and trainer internals stay local. The token comes from the usual places (`HF_TOKEN`, `hf auth login`)
+and is never printed or written anywhere.
+"""
+
+import json
 import os
-import platform
-from importlib.resources import files
 from pathlib import Path
 
-import torch
-import transformers
-import trl
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
-from . import __version__
+from .model_card import RUN_FILE, is_hub_id, render_model_card
 
-TEMPLATE = files("hf_instruct.model_cards") / "model_card.md.jinja"
+# What of a run folder is not the model: checkpoints, tensorboard runs, trainer internals.
+LOCAL_ONLY_DIRS = ("checkpoint-", "runs", "_")
+LOCAL_ONLY_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+MODEL_FILES = ("config.json", "adapter_config.json")
 
 
-def write_model_card(
-    output_dir: str | os.PathLike,
+class PushError(RuntimeError):
+    """A push that cannot happen, with the reason and the fix."""
+
+
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
     *,
-    stage: str,
-    model: torch.nn.Module,
-    steps: int,
-    wall_time_s: float,
-    hyperparameters: dict,
-    metrics: dict | None = None,
-    data: str | None = None,
-    base_model: str | None = None,
-) -> Path:
-    """Render `model_cards/model_card.md.jinja` into `<output_dir>/README.md`; unknown fields are left out."""
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-classification" if stage == "reward" else "text-generation",
-        license="apache-2.0",
-        tags=["hf-instruct", stage],
-        base_model=base_model if is_hub_id(base_model) else None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    base_model_repo_id: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Create `repo_id` if needed and upload the model in `folder` as one commit; returns the commit URL.
+
+    `repo_id` without a namespace goes to the token's user. For a LoRA adapter trained from a local base model,
+    `base_model_repo_id` names the base model's Hub repo, written into the uploaded adapter config.
+    """
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in MODEL_FILES):
+        raise PushError(f"{folder} is not a saved model: it has no config.json or adapter_config.json.")
+    token = token or get_token()
+    if not token:
+        raise PushError("No Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again.")
+    api = HfApi(token=token)
+    try:
+        if "/" not in repo_id:
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+        validate_repo_id(repo_id)
+        operations = _operations(folder, repo_id, base_model_repo_id)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.create_commit(
+            repo_id,
+            operations=operations,
+            commit_message=commit_message or f"Upload {folder.name} with hf-instruct",
+            revision=revision,
+        )
+    except HFValidationError as error:
+        raise PushError(f"{repo_id!r} is not a valid repo id ('namespace/name'): {error}") from None
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status == 401:
+            raise PushError("The Hub rejected the token (401): check HF_TOKEN or run `hf auth login`.") from None
+        if status == 403:
+            raise PushError(
+                f"The token may not write to {repo_id} (403): use a token with write access to its namespace."
+            ) from None
+        raise
+    return commit.commit_url
+
+
+def _operations(folder: Path, repo_id: str, base_model_repo_id: str | None) -> list[CommitOperationAdd]:
+    """The files of the commit: the folder minus the local-only ones, with the card (and an adapter's base model)
+    rewritten for the Hub."""
+    paths = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and not path.relative_to(folder).parts[0].startswith(LOCAL_ONLY_DIRS)
+        and path.name not in LOCAL_ONLY_FILES
     )
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(TEMPLATE),
-        model_name=Path(output_dir).resolve().name,
-        model_id=Path(output_dir).resolve().name,
-        summary=f"An InstructGPT-style model after the **{stage}** stage of hf-instruct.",
-        stage=stage,
-        base_model=base_model,
-        data=data,
-        parameters=f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M",
-        steps=steps,
-        hyperparameters={k: v for k, v in hyperparameters.items() if v is not None},
-        hardware=_hardware(),
-        wall_time=f"{wall_time_s / 60:.1f} min",
-        versions=f"hf-instruct {__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-        f"torch {torch.__version__}",
-        metrics={k: f"{v:.4g}" if isinstance(v, float) else v for k, v in (metrics or {}).items()},
-    )
-    path = Path(output_dir) / "README.md"
-    card.save(path)
-    return path
-
-
-def is_hub_id(name: str | None) -> bool:
-    """A Hub repo id ("org/name") rather than a local path."""
-    return bool(name) and not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/"))
-
-
-def _hardware() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    overrides = {}
+    if (folder / RUN_FILE).is_file():
+        overrides["README.md"] = str(render_model_card(folder, model_id=repo_id)).encode()
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.is_file():
+        config = json.loads(adapter_config.read_text())
+        base = base_model_repo_id or config.get("base_model_name_or_path")
+        if not is_hub_id(base):
+            raise PushError(
+                f"The adapter's base model {base!r} is a local folder, so the pushed adapter could not be loaded "
+                "anywhere else: push the base model too and pass its repo id (--base_model_repo_id)."
+            )
+        overrides["adapter_config.json"] = json.dumps({**config, "base_model_name_or_path": base}, indent=2).encode()
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in overrides.items()
+    ]
+    for path in paths:
+        name = path.relative_to(folder).as_posix()
+        if name not in overrides:
+            operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)))
+    return operations

@@ -277,7 +277,7 @@ def test_ppo_stage_with_a_reward_model_on_disk(tmp_path, tiny_model_dir, tokeniz
     assert results["eval_reward"] > results["eval_reward_before_training"] + 0.5, results
     assert results["eval_kl"] > 0
     card = (output_dir / "README.md").read_text()
-    assert "| stage | ppo |" in card and "| ptx_coef | 0.05 |" in card and "eval_reward" in card
+    assert "### 1. ppo" in card and "| ptx_coef | 0.05 |" in card and "| eval_reward |" in card
     samples = [json.loads(line) for line in (output_dir / "samples.jsonl").read_text().splitlines()]
     assert {row["step"] for row in samples} == {0, 8, 16} and all(len(row) == 4 for row in samples)
     assert not (output_dir / "value_model").exists()  # the output is the policy alone

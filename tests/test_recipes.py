@@ -187,7 +187,7 @@ def test_sft_variants_train_and_save(tmp_path, tiny_model_dir, instructions, ove
     assert {"README.md", "tokenizer.json", "chat_template.jinja", "hf_instruct_run.json"} <= files
     assert ("adapter_model.safetensors" in files) is bool(overrides.get("use_peft"))
     card = (Path(output_dir) / "README.md").read_text()
-    assert "| stage | sft |" in card and "None" not in card
+    assert "### 1. sft" in card and "None" not in card
     if not overrides.get("use_peft"):  # chat generation stops at <|im_end|> (id 4) as well as at <|endoftext|>
         assert GenerationConfig.from_pretrained(output_dir).eos_token_id == [2, 4]
 

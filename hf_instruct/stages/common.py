@@ -18,17 +18,16 @@ from typing import TypeVar
 
 import torch
 from datasets import Dataset
-from huggingface_hub import HfApi
 from peft import LoraConfig
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 from trl import TrlParser
 
-from ..hub import write_model_card
+from ..hub import push_to_hub
+from ..model_card import RUN_FILE, plot_training_curves, read_history, stage_record, write_model_card, write_run_record
 
 logger = logging.get_logger(__name__)
-RUN_FILE = "hf_instruct_run.json"
 LANGUAGE_MODELLING_STAGES = ("pretrain", "sft")
 TRACKERS = ("tensorboard", "trackio")  # report_to names that are also their module names
 ConfigT = TypeVar("ConfigT", bound=TrainingArguments)
@@ -58,6 +57,11 @@ class StageArguments:
         if not self.train_files and not self.dataset_name:
             raise ValueError("Set --train_files (local data files) or --dataset_name (a Hub dataset).")
         resolve_defaults(self)
+        if self.hub_token:  # to the environment, out of every file the run writes (training_args.bin pickles us)
+            os.environ["HF_TOKEN"], self.hub_token = self.hub_token, None
+        # The stage pushes the finished model with its own card; the Trainer's pushes (its generic card, every
+        # checkpoint) stay off.
+        self.push_when_done, self.push_to_hub = self.push_to_hub, False
         super().__post_init__()
 
     @property
@@ -204,27 +208,30 @@ def train_and_save(
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(config.output_dir)
-        # PPO trains a policy and a value model together: the card is the policy's
-        write_model_card(
-            config.output_dir,
+        record = stage_record(
             stage=stage,
-            model=getattr(trainer, "policy", trainer.model),
+            model=getattr(
+                trainer, "policy", trainer.model
+            ),  # PPO trains policy + value model: the card is the policy's
+            base_model=config.model_name_or_path,
+            data=config.data_source,
             steps=trainer.state.global_step,
             wall_time_s=time.time() - start,
             hyperparameters=card_hyperparameters(config),
             metrics={k: metrics[k] for k in CARD_METRICS if k in metrics},
-            data=", ".join(config.train_files) if config.train_files else config.dataset_name,
-            base_model=config.model_name_or_path,
         )
-    if config.push_to_hub and trainer.is_world_process_zero():
-        # Not Trainer.push_to_hub: it would replace our model card with its generic one.
-        HfApi(token=config.hub_token).upload_folder(
-            repo_id=trainer.hub_model_id,
-            folder_path=config.output_dir,
-            commit_message=f"hf-instruct {stage}: final model",
-            ignore_patterns=["_*", "checkpoint-*"],
-            revision=config.hub_revision,
-        )
+        write_run_record(config.output_dir, read_history(config.model_name_or_path) + [record])
+        plot_training_curves(trainer.state.log_history, stage, config.output_dir)
+        write_model_card(config.output_dir)
+        if config.push_when_done:
+            url = push_to_hub(
+                config.output_dir,
+                config.hub_model_id or Path(config.output_dir).name,
+                private=config.hub_private_repo,
+                revision=config.hub_revision,
+                commit_message=f"hf-instruct {stage}",
+            )
+            logger.warning(f"{stage}: pushed to {url}")
     return config.output_dir
 
 
