@@ -15,6 +15,16 @@ import torch  # noqa: E402
 from transformers import LlamaConfig, PreTrainedTokenizerFast  # noqa: E402
 
 from hf_instruct import InstructGPTConfig, InstructGPTForCausalLM, train_tokenizer  # noqa: E402
+from hf_instruct.stages import (  # noqa: E402
+    PretrainStageConfig,
+    RewardStageConfig,
+    SFTStageConfig,
+    run_pretrain,
+    run_reward,
+    run_sft,
+)
+
+pytest_plugins = ["hub_server"]  # the `hub_server` fixture: a local Hub-protocol server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -135,3 +145,37 @@ def torchrun_stage(stage: str, *args: str, tmp_path: Path) -> None:
     output_dir = Path(args[args.index("--output_dir") + 1])
     digests = [(output_dir / f"rank{rank}.sha256").read_text().split() for rank in (0, 1)]
     assert digests[0] == digests[1] and digests[0][1] == "2"  # same weights, and really two processes
+
+
+# Trainer settings of the few-step stage runs that tests chain together.
+QUICK = dict(per_device_train_batch_size=4, logging_steps=1, save_strategy="no", disable_tqdm=True, report_to="none")
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory) -> dict[str, Path]:
+    """pretrain → SFT (LoRA and full) → reward, a few steps each, on a tiny corpus."""
+    root = tmp_path_factory.mktemp("chain")
+    corpus, instructions, pairs = root / "corpus.txt", root / "instructions.jsonl", root / "pairs.jsonl"
+    corpus.write_text(TEXT * 40)
+    sentences = [s.strip() for s in TEXT.split(".") if s.strip()]
+    instructions.write_text(
+        "".join(json.dumps({"instruction": f"Repeat: {s}", "output": s}) + "\n" for s in sentences * 8)
+    )
+    pairs.write_text(
+        "".join(json.dumps({"prompt": f"Say {s}", "chosen": s, "rejected": "No."}) + "\n" for s in sentences * 8)
+    )
+    runs = {name: root / name for name in ("pretrain", "sft", "lora", "reward")}
+    model_config = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    run_pretrain(PretrainStageConfig(
+        train_files=[str(corpus)], output_dir=str(runs["pretrain"]), vocab_size=300, block_size=32, eval_blocks=4,
+        model_config=model_config, max_steps=3, **QUICK,
+    ))  # fmt: skip
+    tuning = dict(model_name_or_path=str(runs["pretrain"]), train_files=[str(instructions)], eval_examples=4,
+                  max_length=64, max_steps=3, **QUICK)  # fmt: skip
+    run_sft(SFTStageConfig(output_dir=str(runs["sft"]), **tuning))
+    run_sft(SFTStageConfig(output_dir=str(runs["lora"]), use_peft=True, **tuning))
+    run_reward(RewardStageConfig(
+        model_name_or_path=str(runs["sft"]), train_files=[str(pairs)], output_dir=str(runs["reward"]),
+        eval_examples=4, max_length=64, max_steps=3, **QUICK,
+    ))  # fmt: skip
+    return runs
