@@ -272,6 +272,7 @@ CARD_HYPERPARAMETERS = (
     "max_length",
     "packing",
     "use_peft",
+    "reward_model_path",
     "kl_coef",
     "kl_target",
     "ptx_coef",
