@@ -3,13 +3,18 @@
 hf-instruct pretrain --config recipes/tiny/pretrain/config.yaml [--field value ...]
 hf-instruct sft --config recipes/tiny/sft/config.yaml --model_name_or_path <pretrained dir> [...]
 hf-instruct <stage> --help     # every field of the stage's config
+hf-instruct evaluate <model> [--suite | --data file ...] [--reward-model rm] [--baseline model]
+hf-instruct generate <model> --prompt "..." [--num-return-sequences 5]
+hf-instruct data export <dir> [--seed 0] [--size tiny|default]
 hf-instruct push <model dir> <namespace/name> [--private] [--revision r] [--commit-message m]
 """
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
+from .hub import PushError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +29,37 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (config_class, _) in STAGES.items():
         commands.add_parser(name, help=(config_class.__doc__ or "").strip().splitlines()[0], add_help=False)
+
+    evaluate = commands.add_parser("evaluate", help="Answer held-out instructions with a model and score them.")
+    evaluate.add_argument("model", help="A saved chat model (an hf-instruct sft/ppo/dpo/grpo output) or adapter.")
+    evaluate.add_argument("--suite", action="store_true", help="The embedded suite's held-out splits (default).")
+    evaluate.add_argument("--data", nargs="+", help="Instruction files with reference answers instead.")
+    evaluate.add_argument("--reward-model", help="Also report mean reward and win rate against the references.")
+    evaluate.add_argument("--baseline", help="With --reward-model: also the win rate against this model's answers.")
+    evaluate.add_argument("--output-dir", help="Where eval_results.json/.md go (default: <model>/eval).")
+    evaluate.add_argument("--limit", type=int, help="At most this many examples per split.")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--suite-size", choices=("tiny", "default"), default="default")
+    evaluate.add_argument("--seed", type=int, default=0, help="Seed of the suite (use the one the model saw).")
+
+    generate = commands.add_parser("generate", help="Answer a prompt with a chat model.")
+    generate.add_argument("model", help="A saved chat model or adapter.")
+    generate.add_argument("--prompt", required=True, help="The user's message.")
+    generate.add_argument("--system", help="An optional system message.")
+    generate.add_argument("--num-return-sequences", type=int, default=1, help="Answers to sample (> 1 samples).")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--do-sample", action="store_true", help="Sample (default: greedy for one answer).")
+    generate.add_argument("--temperature", type=float, default=0.7)
+    generate.add_argument("--seed", type=int, default=0)
+
+    data = commands.add_parser("data", help="The embedded instruction suite.")
+    data_commands = data.add_subparsers(dest="data_command", metavar="<data command>", required=True)
+    export = data_commands.add_parser("export", help="Write every split of the suite as JSONL files.")
+    export.add_argument("directory")
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--size", choices=("tiny", "default"), default="default")
+
     push = commands.add_parser("push", help="Upload a saved model (weights, code, tokenizer, card) to the Hub.")
     push.add_argument("folder", help="A model folder written by a stage (or any saved model / LoRA adapter).")
     push.add_argument("repo_id", help="'namespace/name' (or 'name': the token's user).")
@@ -45,23 +81,75 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "push":
-        from .hub import PushError, push_to_hub
-
-        try:
-            url = push_to_hub(
-                args.folder,
-                args.repo_id,
-                private=args.private,
-                revision=args.revision,
-                commit_message=args.commit_message,
-                base_model_repo_id=args.base_model_repo_id,
-            )
-        except PushError as error:
-            parser.exit(1, f"hf-instruct push: {error}\n")
-        print(f"push: done, {url}")
+    commands = {"evaluate": evaluate_command, "generate": generate_command, "data": data_command, "push": push_command}
+    if args.command not in commands:
+        parser.print_help()
         return 0
-    parser.print_help()
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError, PushError) as error:  # our clear errors, without a traceback
+        parser.exit(1, f"hf-instruct {args.command}: {error}\n")
+
+
+def evaluate_command(args) -> int:
+    from .data.suite import SuiteConfig
+    from .evaluation import evaluate_model, load_scored_examples, suite_examples, write_results
+    from .evaluation.evaluator import results_markdown
+
+    if args.data:
+        splits = {Path(path).stem: load_scored_examples(path) for path in args.data}
+    else:
+        config = SuiteConfig.tiny() if args.suite_size == "tiny" else SuiteConfig()
+        config.seed = args.seed
+        splits = suite_examples(config)
+    results = evaluate_model(
+        args.model, splits, reward_model=args.reward_model, baseline_path=args.baseline,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
+    )  # fmt: skip
+    json_path, _ = write_results(results, args.output_dir or Path(args.model) / "eval")
+    print(results_markdown(results))
+    print(f"evaluate: done, results in {json_path}")
+    return 0
+
+
+def generate_command(args) -> int:
+    from transformers import set_seed
+
+    from .evaluation import generate_answers, load_chat_model
+
+    set_seed(args.seed)
+    model, tokenizer = load_chat_model(args.model)
+    conversation = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}
+    ]
+    (answers,) = generate_answers(
+        model, tokenizer, [conversation], max_new_tokens=args.max_new_tokens,
+        num_return_sequences=args.num_return_sequences, do_sample=args.do_sample or args.num_return_sequences > 1,
+        temperature=args.temperature, show_progress=False,
+    )  # fmt: skip
+    for number, answer in enumerate(answers, start=1):
+        print(f"[{number}] {answer}" if len(answers) > 1 else answer)
+    return 0
+
+
+def data_command(args) -> int:
+    from .data.suite import SuiteConfig, build_suite, export_suite
+
+    config = SuiteConfig.tiny() if args.size == "tiny" else SuiteConfig()
+    config.seed = args.seed
+    for split, path in export_suite(build_suite(config), args.directory).items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def push_command(args) -> int:
+    from .hub import push_to_hub
+
+    url = push_to_hub(
+        args.folder, args.repo_id, private=args.private, revision=args.revision,
+        commit_message=args.commit_message, base_model_repo_id=args.base_model_repo_id,
+    )  # fmt: skip
+    print(f"push: done, {url}")
     return 0
 
 

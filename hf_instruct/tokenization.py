@@ -83,3 +83,13 @@ def _checked(texts: Iterable[str], total: int | None, show_progress: bool) -> It
         if not isinstance(text, str):
             raise TypeError(f"train_tokenizer: text #{index} is a {type(text).__name__}, not a str.")
         yield text
+
+
+def end_of_turn_token_id(tokenizer) -> int | None:
+    """The token that closes an assistant turn in the chat template: the last one of its `{% generation %}` span."""
+    if tokenizer.chat_template is None:
+        return None
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    rendered = tokenizer.apply_chat_template(probe, return_dict=True, return_assistant_tokens_mask=True)
+    trained = [token for token, bit in zip(rendered["input_ids"], rendered["assistant_masks"], strict=True) if bit]
+    return trained[-1] if trained else None

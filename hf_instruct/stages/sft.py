@@ -16,6 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from ..collator import DataCollatorForInstructionTuning
 from ..data import load_instruction_dataset
 from ..hub import is_hub_id
+from ..tokenization import end_of_turn_token_id
 from .common import LoraArguments, TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
 
 BACKENDS = ("trl", "collator")
@@ -95,13 +96,3 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
     # ---- train, evaluate, save, card
     before = {"eval_loss_before_training": trainer.evaluate()["eval_loss"]} if eval_examples is not None else {}
     return train_and_save(trainer, config, "sft", tokenizer, resume_from, extra_metrics=before)
-
-
-def end_of_turn_token_id(tokenizer) -> int | None:
-    """The token that closes an assistant turn in the chat template: the last one of its `{% generation %}` span."""
-    if tokenizer.chat_template is None:  # TRL applies --chat_template_path later
-        return None
-    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-    rendered = tokenizer.apply_chat_template(probe, return_dict=True, return_assistant_tokens_mask=True)
-    trained = [token for token, bit in zip(rendered["input_ids"], rendered["assistant_masks"], strict=True) if bit]
-    return trained[-1] if trained else None

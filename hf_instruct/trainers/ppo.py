@@ -34,6 +34,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl.trainer.utils import entropy_from_logits, pad, selective_log_softmax
 
+from ..markdown import table_cell
+
 logger = logging.get_logger(__name__)
 
 VALUE_MODEL_DIR = "value_model"
@@ -588,7 +590,7 @@ class PPOTrainer(Trainer):
         with open(os.path.join(self.args.output_dir, SAMPLES_FILE), "a", encoding="utf-8") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         table = "\n".join(
-            f"| {row['score']:.3f} | {_one_line(row['prompt'])} | {_one_line(row['completion'])} |" for row in rows
+            f"| {row['score']:.3f} | {table_cell(row['prompt'])} | {table_cell(row['completion'])} |" for row in rows
         )
         print(
             f"ppo samples at step {self.state.global_step}:\n| score | prompt | completion |\n|---|---|---|\n{table}"
@@ -647,8 +649,3 @@ class PPOTrainer(Trainer):
 def _endless(dataset: datasets.Dataset | datasets.IterableDataset) -> Iterator[dict]:
     while True:
         yield from dataset
-
-
-def _one_line(text: str, width: int = 80) -> str:
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= width else text[: width - 1] + "…"

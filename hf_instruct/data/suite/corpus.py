@@ -1,0 +1,102 @@
+"""The pretraining corpus: natural-language documents that state every fact of the world many times.
+
+Encyclopedic entries, short stories, registers, arithmetic drills and spelling notes, in several phrasings each, so
+a tiny model can learn the facts (and the skills the tasks lean on) before it ever sees an instruction. Three
+entries per entity come first, each fact in a different phrasing, so every fact is stated at least three ways
+however small the corpus is; random documents then fill it to the requested size.
+"""
+
+import random
+
+from .world import ATTRIBUTES, KINDS, OPERATIONS, WORDS, Entity, World, arithmetic_problem, article
+
+KIND_NOUNS = {"town": "a town", "person": "a person", "animal": "an animal", "company": "a company"}
+STORIES = {
+    "person": (
+        "{name} woke early that day. Being {a_job}, {name} had plenty to do in {home_town}. At {age}, {name} still "
+        "walked everywhere, and on the way home {name} bought some {favourite_food}, as always. Everything in "
+        "{name}'s kitchen is {favourite_colour}, the colour {name} likes best.",
+        "Ask anyone in {home_town} about {name} and they will tell you the same things: {name} is {age} years old, "
+        "works as {a_job}, has {siblings} brothers and sisters, and never says no to {favourite_food}.",
+        "A letter from {name}. Dear friend, life in {home_town} is quiet. I am still {a_job}, and at {age} I feel as "
+        "strong as ever. My {siblings} siblings visit often. We eat {favourite_food} and I wear {favourite_colour}, "
+        "which is still my favourite colour.",
+    ),
+    "town": (
+        "{name} is a small town. {bridges} bridges cross its river, and its roofs are {roof_colour}. On {market_day} "
+        "the whole town comes to the market.",
+        "Travellers to {name} remember the {roof_colour} roofs first. Then they count the bridges: there are "
+        "{bridges} of them. If you arrive on {market_day}, you will find the market in full swing.",
+    ),
+    "animal": (
+        "{name} is {a_species} with a {coat_colour} coat. {name} lives with {owner}, who says that {name} weighs "
+        "{weight} kilograms.",
+        "Every morning {owner} feeds {name}, a {coat_colour} {species}. At {weight} kilograms, {name} is hard to "
+        "lift.",
+    ),
+    "company": (
+        "{name} was founded by {founder}. From its workshop in {location}, the company makes {product}, and "
+        "{workers} people work there today.",
+        "If you need {product}, go to {name} in {location}. {founder} started the company, and it now has {workers} "
+        "workers.",
+    ),
+}
+
+
+def write_corpus(world: World, rng: random.Random, megabytes: float) -> list[str]:
+    """Documents (one string each) totalling about `megabytes` MB, never fewer than three entries per entity."""
+    documents = [entry(entity, shift) for shift in range(3) for entity in world.entities]
+    size = sum(map(len, documents))
+    writers, weights = (random_entry, story, register, drill, spelling), (3, 3, 2, 1, 1)
+    while size < megabytes * 1e6:
+        documents.append(rng.choices(writers, weights)[0](world, rng))
+        size += len(documents[-1])
+    rng.shuffle(documents)
+    return documents
+
+
+def entry(entity: Entity, shift: int) -> str:
+    """An encyclopedic entry; `shift` picks the phrasing of each fact, so consecutive shifts phrase every fact anew."""
+    sentences = [f"{entity.name} is {KIND_NOUNS[entity.kind]}."]
+    for index, fact in enumerate(entity.facts):
+        phrasings = fact.sentences()
+        sentences.append(phrasings[(shift + index) % len(phrasings)])
+    return f"{entity.name}\n\n" + " ".join(sentences)
+
+
+def random_entry(world: World, rng: random.Random) -> str:
+    return entry(rng.choice(world.entities), rng.randrange(100))
+
+
+def story(world: World, rng: random.Random) -> str:
+    entity = rng.choice(world.entities)
+    slots = {"name": entity.name, **entity.values, **{f"a_{k}": article(v) for k, v in entity.values.items()}}
+    return rng.choice(STORIES[entity.kind]).format(**slots)
+
+
+def register(world: World, rng: random.Random) -> str:
+    """One attribute for several entities of a kind, as a list."""
+    kind = rng.choice(tuple(KINDS))
+    key = rng.choice(KINDS[kind][1])
+    entities = [e for e in world.entities if e.kind == kind]
+    lines = [f"{e.name}: {e.values[key]}" for e in rng.sample(entities, min(8, len(entities)))]
+    return f"Register of {ATTRIBUTES[key].noun}\n\n" + "\n".join(lines)
+
+
+def drill(world: World, rng: random.Random) -> str:
+    """Arithmetic facts, written with symbols or words."""
+    lines = []
+    for _ in range(10):
+        a, op, b, result = arithmetic_problem(rng)
+        lines.append(f"{a} {rng.choice(OPERATIONS[op])} {b} {rng.choice(('is', '='))} {result}.")
+    return "Arithmetic practice\n\n" + "\n".join(lines)
+
+
+def spelling(world: World, rng: random.Random) -> str:
+    """Spelling notes: length, first letter, the word backwards and in capitals."""
+    notes = [
+        f'The word "{w}" has {len(w)} letters. It begins with "{w[0]}". Backwards it reads "{w[::-1]}", and in '
+        f'capitals it is "{w.upper()}".'
+        for w in rng.sample(WORDS, 5)
+    ]
+    return "Spelling notes\n\n" + "\n".join(notes)

@@ -1,0 +1,130 @@
+"""`hf-instruct evaluate`: answer held-out instructions with a model and score the answers exactly.
+
+On the embedded suite (`hf_instruct.data.suite`), every example carries a verifier, so the score is instruction
+accuracy per task family on each held-out split (unseen entities, unseen paraphrases, unseen compositions). On a
+data file of instructions with reference answers, the scores are exact match and ROUGE-L against the references
+(plus instruction accuracy when the records carry the suite's `check` field). With a reward model, also the mean
+reward of the answers and their win rate against the references (and against a baseline model's answers).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import datasets
+
+from ..data.instructions import to_messages
+from ..data.records import normalize_records
+from ..data.suite import SuiteConfig, build_suite
+from ..markdown import table_cell
+from .generation import generate_answers, load_chat_model
+from .metric_modules import load_metric
+
+SUITE_SPLITS = ("held_out_entities", "held_out_paraphrases", "held_out_compositions")
+
+
+def load_scored_examples(source: str | os.PathLike | list) -> datasets.Dataset:
+    """Instruction records with a reference answer (any shape `hf_instruct.data` knows), keeping the suite's
+    `family` and `check` fields when present."""
+
+    def scored(record: dict) -> dict:
+        return {
+            "messages": to_messages(record),
+            "family": record.get("family", "all"),
+            "check": record.get("check", ""),
+        }
+
+    return normalize_records(source, scored, desc="Reading evaluation examples")
+
+
+def suite_examples(config: SuiteConfig | None = None) -> dict[str, datasets.Dataset]:
+    suite = build_suite(config)
+    return {split: suite[split] for split in SUITE_SPLITS}
+
+
+def evaluate_model(
+    model_path: str | os.PathLike,
+    splits: dict[str, datasets.Dataset],
+    reward_model: str | None = None,
+    baseline_path: str | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    limit: int | None = None,
+) -> dict:
+    """Scores of `model_path` on each split: {"model", "splits": {split: {metric: value, "per_family": {...}}}}."""
+    model, tokenizer = load_chat_model(model_path)
+    baseline = load_chat_model(baseline_path) if baseline_path else None
+    results = {"model": str(model_path), "splits": {}}
+    for name, examples in splits.items():
+        if limit is not None:
+            examples = examples.select(range(min(limit, len(examples))))
+        if len(examples) == 0:
+            raise ValueError(f"The evaluation split {name!r} has no examples.")
+        prompts = [messages[:-1] for messages in examples["messages"]]
+        references = [messages[-1]["content"] for messages in examples["messages"]]
+        answers = [a[0] for a in generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size)]
+        scores = {"examples": len(answers)}
+        if any(examples["check"]):
+            accuracy = load_metric("instruction_accuracy").compute(
+                predictions=answers, references=examples["check"], families=examples["family"]
+            )
+            scores.update(accuracy)
+        scores.update(load_metric("exact_match").compute(predictions=answers, references=references))
+        scores.update(load_metric("rouge_l").compute(predictions=answers, references=references))
+        if reward_model:
+            win_rate = load_metric("win_rate")
+            against_references = win_rate.compute(
+                predictions=answers, references=references, prompts=prompts, reward_model=reward_model
+            )
+            scores["mean_reward"] = against_references["mean_reward_a"]
+            scores["win_rate_vs_reference"] = against_references["win_rate"]
+            if baseline:
+                baseline_answers = [a[0] for a in generate_answers(*baseline, prompts, max_new_tokens, batch_size)]
+                scores["win_rate_vs_baseline"] = win_rate.compute(
+                    predictions=answers, references=baseline_answers, prompts=prompts, reward_model=reward_model
+                )["win_rate"]
+        scores["samples"] = [
+            {"prompt": prompt[-1]["content"], "answer": answer, "reference": reference}
+            for prompt, answer, reference in list(zip(prompts, answers, references, strict=True))[:5]
+        ]
+        results["splits"][name] = scores
+    return results
+
+
+def write_results(results: dict, output_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """`eval_results.json` and `eval_results.md` (a table per split, per-family accuracy, sample answers)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, markdown_path = output_dir / "eval_results.json", output_dir / "eval_results.md"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    markdown_path.write_text(results_markdown(results))
+    return json_path, markdown_path
+
+
+def results_markdown(results: dict) -> str:
+    lines = [f"# Evaluation of {results['model']}", ""]
+    splits = results["splits"]
+    metrics = [m for m in ("accuracy", "exact_match", "rouge_l", "mean_reward", "win_rate_vs_reference",
+                           "win_rate_vs_baseline") if any(m in s for s in splits.values())]  # fmt: skip
+    lines += ["| split | examples | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for name, scores in splits.items():
+        values = [_cell(scores.get(metric)) for metric in metrics]
+        lines.append(f"| {name} | {scores['examples']} | " + " | ".join(values) + " |")
+    families = sorted({family for scores in splits.values() for family in scores.get("per_family", {})})
+    if families:
+        lines += ["", "## Instruction accuracy per task family", ""]
+        lines += ["| family | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+        for family in families:
+            values = [_cell(scores.get("per_family", {}).get(family)) for scores in splits.values()]
+            lines.append(f"| {family} | " + " | ".join(values) + " |")
+    for name, scores in splits.items():
+        lines += ["", f"## Sample answers: {name}", "", "| prompt | answer | reference |", "|---|---|---|"]
+        for sample in scores["samples"]:
+            lines.append(
+                "| " + " | ".join(table_cell(sample[key], 100) for key in ("prompt", "answer", "reference")) + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,78 @@
+"""Answering chat prompts in batches, the way a chat model is served: the chat template with the generation prompt,
+left padding, the KV cache, and a stop at the end of the assistant turn."""
+
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..tokenization import end_of_turn_token_id
+
+Conversation = list[dict[str, str]]
+
+
+def load_chat_model(path: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A saved causal LM or LoRA adapter and its tokenizer, in eval mode; a clear error without a chat template."""
+    if (Path(path) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"The tokenizer of {path} has no chat template, so it cannot be asked instructions: evaluate a model "
+            "saved by hf-instruct sft (or later), or give its tokenizer a chat template."
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """End of the assistant turn, end of document, and whatever the model's generation config stops at."""
+    configured = model.generation_config.eos_token_id if model.generation_config is not None else None
+    configured = configured if isinstance(configured, list) else [configured]
+    return sorted({*configured, tokenizer.eos_token_id, end_of_turn_token_id(tokenizer)} - {None})
+
+
+@torch.no_grad()
+def generate_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[Conversation],
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    num_return_sequences: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    show_progress: bool = True,
+) -> list[list[str]]:
+    """The assistant's next turn for each conversation (`num_return_sequences` answers each), greedy by default."""
+    stops = stop_token_ids(model, tokenizer)
+    answers = []
+    batches = range(0, len(conversations), batch_size)
+    for start in tqdm(batches, desc="Generating", unit="batch", disable=not show_progress):
+        prompts = [
+            tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            for conversation in conversations[start : start + batch_size]
+        ]
+        inputs = tokenizer(prompts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
+        output = model.generate(
+            **inputs.to(model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature if do_sample else None,
+            top_p=None,
+            top_k=None,
+            num_return_sequences=num_return_sequences,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts = [text.strip() for text in texts]
+        answers.extend(texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
+    return answers

@@ -1,0 +1,93 @@
+"""Reward-model win rate: how often answers A beat answers B to the same prompts, as a trained reward model judges.
+
+It scores each (prompt, answer) exactly as the reward model was trained to read it: rendered with its tokenizer's chat
+template, right-padded, and read at the last real token.
+"""
+
+import datasets
+import evaluate
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+try:
+    import hf_instruct  # noqa: F401  (registers the `instructgpt` model type with the Auto classes)
+except ImportError:
+    pass
+
+_DESCRIPTION = "Share of prompts where answer A gets a higher reward than answer B (ties count half)."
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (list of str): answers A.
+    references (list of str): answers B, to the same prompts.
+    prompts (list of str or of chat messages): the prompt of each pair; a list of messages gets the answer appended
+        as the assistant turn. Needed with `reward_model`.
+    reward_model (str): folder (or Hub id) of a 1-label sequence-classification model and its tokenizer.
+    batch_size (int, default 16): texts scored per forward pass.
+    scores_a, scores_b (list of float, optional): precomputed rewards, used instead of a reward model.
+Returns:
+    win_rate (float): (wins of A + 0.5 * ties) / pairs.
+    mean_reward_a, mean_reward_b (float): the mean reward of each side.
+Example:
+    >>> metric = evaluate.load(metric_path("win_rate"))
+    >>> metric.compute(predictions=["a", "b"], references=["c", "d"], scores_a=[1.0, 0.0], scores_b=[0.0, 0.0])
+    {'win_rate': 0.75, 'mean_reward_a': 0.5, 'mean_reward_b': 0.0}
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class WinRate(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
+        )
+
+    def _compute(
+        self, predictions, references, prompts=None, reward_model=None, batch_size=16, scores_a=None, scores_b=None
+    ):
+        if scores_a is None and scores_b is None:
+            if reward_model is None or prompts is None:
+                raise ValueError(
+                    "win_rate needs `prompts` and a `reward_model`, or precomputed `scores_a` and `scores_b`."
+                )
+            if len(prompts) != len(predictions):
+                raise ValueError(f"Got {len(predictions)} answer pairs but {len(prompts)} prompts.")
+            scores = _rewards(reward_model, list(prompts) * 2, predictions + references, batch_size)
+            scores_a, scores_b = scores[: len(predictions)], scores[len(predictions) :]
+        elif scores_a is None or scores_b is None or reward_model is not None:
+            raise ValueError("Pass either a `reward_model` or both `scores_a` and `scores_b`.")
+        n = len(predictions)
+        if not len(scores_a) == len(scores_b) == n:
+            raise ValueError(f"Got {n} answer pairs but {len(scores_a)} scores_a and {len(scores_b)} scores_b.")
+        wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b, strict=True))
+        return {"win_rate": wins / n, "mean_reward_a": sum(scores_a) / n, "mean_reward_b": sum(scores_b) / n}
+
+
+@torch.no_grad()
+def _rewards(model_path, prompts, answers, batch_size):
+    """The reward of each (prompt, answer), rendered as the chat the reward model was trained on."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSequenceClassification.from_pretrained(model_path).to(device).eval()
+    if model.config.pad_token_id is None:  # batched scoring finds the last real token of padded rows
+        model.config.pad_token_id = tokenizer.pad_token_id
+    texts = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        messages.append({"role": "assistant", "content": answer})
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    rewards = []
+    for start in range(0, len(texts), batch_size):
+        # The template already holds the special tokens, so the tokenizer must not add a second BOS.
+        batch = tokenizer(
+            texts[start : start + batch_size], padding=True, add_special_tokens=False, return_tensors="pt"
+        ).to(device)
+        rewards += model(**batch).logits[:, 0].float().tolist()
+    return rewards

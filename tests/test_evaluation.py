@@ -1,0 +1,99 @@
+"""Evaluation: batched chat generation, `hf-instruct evaluate|generate|data export`, the training callback."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CLI_ENV, REPO
+
+from hf_instruct.data import load_instruction_dataset
+from hf_instruct.data.suite import COMPOSITIONS, FAMILIES, SuiteConfig, build_suite
+from hf_instruct.evaluation import InstructionAccuracyCallback, generate_answers, load_chat_model
+from hf_instruct.stages import SFTStageConfig, run_sft
+
+
+@pytest.fixture(scope="module")
+def tiny_suite():
+    return build_suite(SuiteConfig.tiny())
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hf_instruct.cli", *args], cwd=REPO, env=CLI_ENV,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_batched_generation_equals_one_conversation_at_a_time(chain):
+    """Left padding, the attention mask and the KV cache make a batch answer exactly like single prompts."""
+    model, tokenizer = load_chat_model(chain["sft"])
+    conversations = [[{"role": "user", "content": text}] for text in ("Hi", "Tell me a long story about a fox", "?")]
+    batched = generate_answers(model, tokenizer, conversations, max_new_tokens=12, batch_size=3, show_progress=False)
+    alone = [generate_answers(model, tokenizer, [c], max_new_tokens=12, show_progress=False)[0] for c in conversations]
+    assert batched == alone and all(len(answers) == 1 for answers in batched)
+
+
+def test_evaluate_a_tiny_model_on_the_suite_prints_per_family_accuracy(chain, tmp_path):
+    proc = cli("evaluate", str(chain["sft"]), "--suite", "--suite-size", "tiny", "--limit", "12", "--max-new-tokens",
+               "8", "--output-dir", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "## Instruction accuracy per task family" in proc.stdout
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert set(results["splits"]) == {"held_out_entities", "held_out_paraphrases", "held_out_compositions"}
+    for scores in results["splits"].values():
+        assert scores["examples"] == 12 and 0.0 <= scores["accuracy"] <= 1.0
+        assert set(scores["per_family"]) <= {*FAMILIES, *COMPOSITIONS} and 0.0 <= scores["rouge_l"] <= 1.0
+    assert (tmp_path / "eval_results.md").read_text().startswith("# Evaluation of")
+
+
+def test_evaluate_a_data_file_and_the_data_export(tmp_path, chain):
+    export = cli("data", "export", str(tmp_path / "suite"), "--size", "tiny")
+    assert export.returncode == 0, export.stderr[-4000:]
+    files = {path.stem: path for path in (tmp_path / "suite").glob("*.jsonl")}
+    assert {"pretrain", "sft", "comparisons", "held_out_entities"} <= set(files)
+    assert len(load_instruction_dataset(str(files["sft"]))) == len(build_suite(SuiteConfig.tiny())["sft"])
+    proc = cli("evaluate", str(chain["sft"]), "--data", str(files["held_out_paraphrases"]), "--limit", "6",
+               "--max-new-tokens", "6", "--output-dir", str(tmp_path / "eval"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    scores = json.loads((tmp_path / "eval" / "eval_results.json").read_text())["splits"]["held_out_paraphrases"]
+    assert {"accuracy", "per_family", "exact_match", "rouge_l"} <= set(scores)  # the export keeps the checks
+
+
+def test_generate_samples_several_answers(chain):
+    proc = cli("generate", str(chain["sft"]), "--prompt", "Tell me about the fox.", "--num-return-sequences", "3",
+               "--max-new-tokens", "8")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [line[:3] for line in proc.stdout.splitlines() if line.startswith("[")] == ["[1]", "[2]", "[3]"]
+
+
+def test_bad_inputs_give_clear_errors(chain, tmp_path):
+    without_template = tmp_path / "no-template"
+    shutil.copytree(chain["pretrain"], without_template)
+    (without_template / "chat_template.jinja").unlink(missing_ok=True)
+    config_path = without_template / "tokenizer_config.json"
+    config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items()
+                                       if k != "chat_template"}))  # fmt: skip
+    proc = cli("generate", str(without_template), "--prompt", "Hi")
+    assert proc.returncode == 1 and "has no chat template" in proc.stderr and "Traceback" not in proc.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    proc = cli("evaluate", str(chain["sft"]), "--data", str(empty))
+    assert proc.returncode == 1 and "no usable records" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_callback_logs_instruction_accuracy_during_sft(tmp_path, tiny_model_dir, tiny_suite):
+    sft = tiny_suite["sft"].select(range(64))
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in sft["messages"]))
+    held_out = tiny_suite["held_out_paraphrases"].select(range(8))
+    config = SFTStageConfig(
+        model_name_or_path=str(tiny_model_dir), train_files=[str(data)], output_dir=str(tmp_path / "sft"),
+        eval_examples=8, max_steps=4, eval_strategy="steps", eval_steps=2, per_device_train_batch_size=8,
+        max_length=128, save_strategy="no", logging_steps=2, disable_tqdm=True, report_to="none",
+    )  # fmt: skip
+    output_dir = Path(run_sft(config, callbacks=[InstructionAccuracyCallback(held_out, max_new_tokens=8)]))
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert 0.0 <= results["eval_instruction_accuracy"] <= 1.0
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history if "eval_instruction_accuracy" in entry][:2] == [2, 4]

@@ -1,0 +1,194 @@
+"""The embedded instruction-following suite: determinism, coverage, held-out disjointness, verifiers, export."""
+
+import json
+import re
+from collections import defaultdict
+
+import pytest
+
+from hf_instruct.data import load_instruction_dataset, load_preference_dataset, load_text_dataset
+from hf_instruct.data.suite import COMPOSITIONS, FAMILIES, SuiteConfig, build_suite, export_suite, verify
+from hf_instruct.data.suite.tasks import COMPOSITION_TABLE, FAMILY_TABLE
+from hf_instruct.data.suite.world import Fact, make_world
+
+MESSAGE_SPLITS = ("sft", "held_out_entities", "held_out_paraphrases", "held_out_compositions")
+BREAKS = {"wrong_value", "format", "verbose", "refusal", "repeat"}
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return build_suite(SuiteConfig.tiny())
+
+
+@pytest.fixture(scope="module")
+def corpus(suite):
+    return "\n".join(suite["pretrain"]["text"])
+
+
+def test_splits_sizes_and_columns(suite):
+    config = SuiteConfig.tiny()
+    assert 0.2e6 <= len("".join(suite["pretrain"]["text"])) < 0.25e6
+    assert len(suite["sft"]) == config.sft_examples and len(suite["comparisons"]) == config.comparisons
+    for split in MESSAGE_SPLITS[1:]:
+        assert len(suite[split]) == config.held_out_examples
+    for split in MESSAGE_SPLITS:
+        assert suite[split].column_names == ["messages", "family", "check", "template"]
+        assert all(m[-1]["role"] == "assistant" and m[-2]["role"] == "user" for m in suite[split]["messages"])
+    assert set(suite["comparisons"].column_names) >= {"prompt", "chosen", "rejected", "family", "broken", "check"}
+
+
+def test_same_seed_same_suite_other_seed_other_suite(suite):
+    again, other = build_suite(SuiteConfig.tiny()), build_suite(SuiteConfig.tiny(seed=1))
+    for split in suite:
+        assert again[split].to_list() == suite[split].to_list()
+        assert other[split].to_list() != suite[split].to_list()
+
+
+def test_every_family_in_sft_with_at_least_six_templates(suite):
+    assert len(FAMILIES) >= 15 and set(suite["sft"]["family"]) == set(FAMILIES)
+    templates = defaultdict(set)
+    for family, template in zip(suite["sft"]["family"], suite["sft"]["template"], strict=True):
+        templates[family].add(template)
+    assert min(len(used) for used in templates.values()) >= 6
+    assert any(len(messages) > 2 for messages in suite["sft"]["messages"])  # multi-turn conversations
+
+
+def test_held_out_entities_only_in_the_corpus(suite, corpus):
+    config = SuiteConfig.tiny()
+    world = make_world(config.seed, config.num_entities, config.held_out_fraction)
+    assert {e.kind for e in world.entities if e.name in world.held_out} == {"person", "town", "animal", "company"}
+    training = json.dumps(suite["sft"].to_list()) + json.dumps(suite["comparisons"].to_list())
+    for name in world.held_out:
+        assert name in corpus
+        assert not re.search(rf"\b{re.escape(name)}\b", training), name
+    asked = {fact[0] for check in suite["held_out_entities"]["check"] for fact in json.loads(check)["facts"]}
+    assert asked and asked <= world.held_out
+
+
+def test_held_out_paraphrases_use_templates_never_trained_on(suite):
+    trained = set(suite["sft"]["template"]) | set(suite["comparisons"]["template"])
+    held_out = set(suite["held_out_paraphrases"]["template"])
+    assert held_out and not held_out & trained
+    assert set(suite["held_out_paraphrases"]["family"]) == set(FAMILIES)
+    trained_prompts = {m[0]["content"] for m in suite["sft"]["messages"]}
+    assert not trained_prompts & {m[0]["content"] for m in suite["held_out_paraphrases"]["messages"]}
+
+
+def test_held_out_compositions_combine_families_as_sft_never_does(suite):
+    trained = {frozenset(FAMILY_TABLE[name].parts) for name in set(suite["sft"]["family"])}
+    assert set(suite["held_out_compositions"]["family"]) == set(COMPOSITIONS)
+    for name in COMPOSITIONS:
+        parts = COMPOSITION_TABLE[name].parts
+        assert name not in FAMILIES and len(parts) == 2 and set(parts) <= set(FAMILIES)
+        assert frozenset(parts) not in trained
+
+
+def test_every_fact_asked_about_is_stated_in_the_corpus_in_three_phrasings(suite, corpus):
+    facts = {
+        tuple(fact)
+        for split in (*MESSAGE_SPLITS, "comparisons")
+        for check in suite[split]["check"]
+        for fact in json.loads(check).get("facts", [])
+    }
+    assert len(facts) > 100
+    for fact in facts:
+        stated = [sentence for sentence in Fact(*fact).sentences() if sentence in corpus]
+        assert len(stated) >= 3, (fact, stated)
+
+
+def test_reference_answers_pass_their_checks(suite):
+    for split in MESSAGE_SPLITS:
+        for messages, check in zip(suite[split]["messages"], suite[split]["check"], strict=True):
+            assert verify(check, messages[-1]["content"]), (split, messages, check)
+
+
+def test_comparisons_chosen_passes_rejected_fails(suite):
+    for row in suite["comparisons"]:
+        assert verify(row["check"], row["chosen"][0]["content"]), row
+        assert not verify(row["check"], row["rejected"][0]["content"]), row
+    assert set(suite["comparisons"]["broken"]) == BREAKS
+
+
+EXACT = {"kind": "exact", "answer": "Tovik Bay"}
+UPPER = {"kind": "exact", "answer": "PLUMS", "case": True}
+NUMBER = {"kind": "number", "answer": 42}
+ONE_WORD = {"kind": "one_word", "answers": ["colour", "color"]}
+YES = {"kind": "yes_no", "answer": "yes"}
+JSON = {"kind": "json", "answer": {"name": "Bo Kin", "age": 3}}
+BULLETS = {"kind": "list", "style": "bullet", "items": ["pear", "fig"], "ordered": True}
+COMMAS = {"kind": "list", "style": "comma", "items": ["pear", "fig"], "ordered": False}
+ANY = {"kind": "list", "style": "any", "items": ["pear", "fig"], "ordered": True}
+POOL = {"kind": "list", "style": "bullet", "count": 2, "pool": ["pear", "fig", "plum"]}
+
+
+@pytest.mark.parametrize(
+    ("check", "response", "expected"),
+    [
+        (EXACT, "Tovik Bay", True),
+        (EXACT, "  tovik   bay. ", True),
+        (EXACT, '"Tovik Bay"', True),
+        (EXACT, "It is Tovik Bay.", False),
+        (EXACT, "Tovik", False),
+        (UPPER, "PLUMS.", True),
+        (UPPER, "Plums", False),
+        (NUMBER, "42", True),
+        (NUMBER, "42.", True),
+        (NUMBER, " 42.0\n", True),
+        (NUMBER, "43", False),
+        (NUMBER, "The answer is 42.", False),
+        (NUMBER, "forty-two", False),
+        (ONE_WORD, "Colour", True),
+        (ONE_WORD, "color.", True),
+        (ONE_WORD, "It is a colour.", False),
+        (ONE_WORD, "fruit", False),
+        (YES, "Yes.", True),
+        (YES, "yes", True),
+        (YES, "No", False),
+        (YES, "True.", False),
+        (YES, "Yes, it is.", False),
+        (JSON, '{"name": "Bo Kin", "age": 3}', True),
+        (JSON, '{"age": 3, "name": "bo kin"}', True),
+        (JSON, '```json\n{"name": "Bo Kin", "age": 3}\n```', True),
+        (JSON, '{"name": "Bo Kin", "age": 3, "job": "baker"}', False),
+        (JSON, '{"name": "Bo Kin"}', False),
+        (JSON, '{"name": "Bo Kin", "age": "3"}', False),
+        (JSON, '{"name": "Bo Kin", "age": 4}', False),
+        (JSON, 'Here you go: {"name": "Bo Kin", "age": 3}', False),
+        (JSON, "The name is Bo Kin, the age is 3.", False),
+        (JSON, '[{"name": "Bo Kin", "age": 3}]', False),
+        (BULLETS, "- pear\n- fig", True),
+        (BULLETS, "* Pear\n\n* fig.", True),
+        (BULLETS, "- fig\n- pear", False),
+        (BULLETS, "pear, fig", False),
+        (BULLETS, "Sure:\n- pear\n- fig", False),
+        (COMMAS, "fig, pear", True),
+        (COMMAS, "pear, fig, fig", False),
+        (COMMAS, "- pear\n- fig", False),
+        (ANY, "pear, fig", True),
+        (ANY, "- pear\n- fig", True),
+        (ANY, "fig, pear", False),
+        (POOL, "- plum\n- pear", True),
+        (POOL, "- plum\n- plum", False),
+        (POOL, "- plum\n- apple", False),
+        (POOL, "- plum\n- pear\n- fig", False),
+    ],
+)
+def test_verify(check, response, expected):
+    assert verify(check, response) is expected
+    assert verify(json.dumps(check), response) is expected
+
+
+def test_verify_rejects_unknown_check_kinds():
+    with pytest.raises(ValueError, match="unknown check kind"):
+        verify({"kind": "regex", "answer": "x"}, "x")
+
+
+def test_export_reads_back_with_the_package_loaders(suite, tmp_path):
+    paths = export_suite(suite, tmp_path / "suite")
+    assert set(paths) == set(suite) and all(path.suffix == ".jsonl" for path in paths.values())
+    for split in MESSAGE_SPLITS:
+        assert len(load_instruction_dataset(paths[split])) == len(suite[split])
+    assert len(load_preference_dataset(paths["comparisons"])) == len(suite["comparisons"])
+    assert len(load_text_dataset(paths["pretrain"])) == len(suite["pretrain"])
+    first = json.loads(paths["sft"].read_text(encoding="utf-8").splitlines()[0])
+    assert first == suite["sft"][0]
