@@ -30,6 +30,21 @@ def test_unknown_metric_names_the_shipped_ones():
         metric_path("bleu")
 
 
+def test_instruction_accuracy_overall_and_per_family(load):
+    checks = [
+        '{"kind": "number", "answer": 42}',
+        '{"kind": "yes_no", "answer": "yes"}',
+        '{"kind": "number", "answer": 7}',
+    ]
+    result = load("instruction_accuracy").compute(
+        predictions=["42.", "Yes, I think so.", "7"],
+        references=checks,
+        families=["arithmetic", "yes_no", "arithmetic"],
+    )
+    assert result["accuracy"] == pytest.approx(2 / 3)  # prose around a yes/no answer is not a yes/no answer
+    assert result["per_family"] == {"arithmetic": 1.0, "yes_no": 0.0}
+
+
 def test_exact_match_normalises_whitespace_and_case(load):
     exact_match = load("exact_match")
     predictions = ["  Paris\n", "the  Big   apple", "Rome.", "Oslo"]
