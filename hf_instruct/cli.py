@@ -3,6 +3,7 @@
 hf-instruct pretrain --config recipes/tiny/pretrain/config.yaml [--field value ...]
 hf-instruct sft --config recipes/tiny/sft/config.yaml --model_name_or_path <pretrained dir> [...]
 hf-instruct <stage> --help     # every field of the stage's config
+hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [--push_to namespace]
 hf-instruct evaluate <model> [--suite | --data file ...] [--reward-model rm] [--baseline model]
 hf-instruct generate <model> --prompt "..." [--num-return-sequences 5]
 hf-instruct data export <dir> [--seed 0] [--size tiny|default]
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from . import __version__
 from .hub import PushError
+
+DEFAULT_PIPELINE = "recipes/default/pipeline.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (config_class, _) in STAGES.items():
         commands.add_parser(name, help=(config_class.__doc__ or "").strip().splitlines()[0], add_help=False)
+
+    pipeline = commands.add_parser("pipeline", help="InstructGPT end to end: every stage, baselines, a report.")
+    pipeline.add_argument("--config", default=DEFAULT_PIPELINE, help=f"Pipeline YAML (default: {DEFAULT_PIPELINE}).")
+    pipeline.add_argument("--output_dir", help="Default: the config's output_dir.")
+    pipeline.add_argument("--push_to", help="A Hub namespace: push the final model there.")
 
     evaluate = commands.add_parser("evaluate", help="Answer held-out instructions with a model and score them.")
     evaluate.add_argument("model", help="A saved chat model (an hf-instruct sft/ppo/dpo/grpo output) or adapter.")
@@ -81,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"evaluate": evaluate_command, "generate": generate_command, "data": data_command, "push": push_command}
+    commands = {
+        "pipeline": pipeline_command,
+        "evaluate": evaluate_command,
+        "generate": generate_command,
+        "data": data_command,
+        "push": push_command,
+    }
     if args.command not in commands:
         parser.print_help()
         return 0
@@ -89,6 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, PushError) as error:  # our clear errors, without a traceback
         parser.exit(1, f"hf-instruct {args.command}: {error}\n")
+
+
+def pipeline_command(args) -> int:
+    from .pipeline import PipelineConfig, run_pipeline
+
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"--config {args.config}: no such file (run from the repository root, or pass one).")
+    config = PipelineConfig.from_yaml(args.config, output_dir=args.output_dir, push_to=args.push_to)
+    report = run_pipeline(config)
+    print(report.read_text())
+    print(f"pipeline: done, report in {report}")
+    return 0
 
 
 def evaluate_command(args) -> int:

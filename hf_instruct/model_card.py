@@ -71,7 +71,7 @@ def stage_record(
         "steps": steps,
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "hardware": _hardware(),
+        "hardware": hardware(),
         "wall_time_s": round(wall_time_s, 1),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": {
@@ -230,7 +230,7 @@ def _count(count: int) -> str:
     return f"{count / 1e6:.1f} M" if count >= 1e6 else f"{count:,}"
 
 
-def _hardware() -> str:
+def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"

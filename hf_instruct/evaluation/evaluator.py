@@ -51,7 +51,8 @@ def evaluate_model(
     batch_size: int = 16,
     limit: int | None = None,
 ) -> dict:
-    """Scores of `model_path` on each split: {"model", "splits": {split: {metric: value, "per_family": {...}}}}."""
+    """Scores of `model_path` on each split: {"model", "splits": {split: {metric: value, "per_family": {...},
+    "answers": [...], "samples": [...]}}}."""
     model, tokenizer = load_chat_model(model_path)
     baseline = load_chat_model(baseline_path) if baseline_path else None
     results = {"model": str(model_path), "splits": {}}
@@ -83,6 +84,7 @@ def evaluate_model(
                 scores["win_rate_vs_baseline"] = win_rate.compute(
                     predictions=answers, references=baseline_answers, prompts=prompts, reward_model=reward_model
                 )["win_rate"]
+        scores["answers"] = answers
         scores["samples"] = [
             {"prompt": prompt[-1]["content"], "answer": answer, "reference": reference}
             for prompt, answer, reference in list(zip(prompts, answers, references, strict=True))[:5]

@@ -1,0 +1,263 @@
+"""`hf-instruct pipeline`: the whole InstructGPT recipe on one machine, with baselines and a report.
+
+suite data → pretrain → sft → reward → ppo (PPO-ptx) → ppo_no_ptx and dpo (the baselines) → evaluation → report,
+each stage through the same `run_<stage>` function as its recipe, each output feeding the next. A finished stage
+(its `all_results.json` written) is skipped on a re-run and an interrupted one resumes from its last checkpoint, so
+re-running the same command after a crash finishes the job. The models are then compared on the suite's held-out
+splits (per-family instruction accuracy, reward-model win rate against the SFT model) and on held-out pretraining
+text (perplexity: the "alignment tax"), and `report.md` with plots lands in the output folder.
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+import trl
+import yaml
+from tqdm.auto import tqdm
+
+from . import __version__
+from .data.suite import SuiteConfig, build_suite, export_suite
+from .evaluation import evaluate_model, load_metric
+from .evaluation.evaluator import SUITE_SPLITS
+from .hub import push_to_hub
+from .markdown import table_cell
+from .model_card import RUN_FILE, hardware, write_model_card
+from .stages import STAGES, DPOStageConfig, PPOStageConfig, PretrainStageConfig, RewardStageConfig, SFTStageConfig
+
+# run name -> stage; the order is the order they run in.
+RUNS = {
+    "pretrain": "pretrain",
+    "sft": "sft",
+    "reward": "reward",
+    "ppo": "ppo",
+    "ppo_no_ptx": "ppo",
+    "dpo": "dpo",
+}
+COMPARED = ("pretrain", "sft", "ppo_no_ptx", "ppo", "dpo")  # the models of the comparison, base model first
+HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for the alignment-tax perplexity
+
+
+@dataclass
+class PipelineConfig:
+    """What `recipes/<setup>/pipeline.yaml` holds: the suite's size, each run's stage fields, the evaluation."""
+
+    output_dir: str = "runs/pipeline"
+    seed: int = 42
+    suite: dict = field(default_factory=dict)  # SuiteConfig fields
+    stages: dict = field(default_factory=dict)  # run name -> fields of its stage config (and `estimate_s`)
+    evaluation: dict = field(default_factory=dict)  # limit, max_new_tokens, batch_size
+    push_to: str | None = None  # a Hub namespace: the final model goes to <namespace>/<output_dir name>
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides) -> "PipelineConfig":
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}.")
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def run_pipeline(config: PipelineConfig) -> Path:
+    """Run every stage (skipping finished ones), evaluate every model, write the report; returns its path."""
+    output_dir = Path(config.output_dir)
+    data = prepare_data(config, output_dir / "data")
+    configs = {name: stage_config(name, config, data, output_dir) for name in RUNS}
+    print_plan(config, configs)
+    timings = {}
+    for name in tqdm(RUNS, desc="pipeline", unit="stage"):
+        tqdm.write(f"pipeline: {name} ({RUNS[name]})")
+        timings[name] = run_stage(name, configs[name])
+    results = compare_models(config, data, output_dir)
+    report = write_report(config, results, timings, output_dir)
+    if config.push_to:
+        final = output_dir / "ppo"
+        push_to_hub(final, f"{config.push_to}/{output_dir.name}", commit_message="hf-instruct pipeline: PPO-ptx")
+    return report
+
+
+def prepare_data(config: PipelineConfig, data_dir: Path) -> dict[str, Path]:
+    """The suite as JSONL files (once), with the last pretraining documents held out for the perplexity."""
+    files = {split: data_dir / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons", *SUITE_SPLITS)}
+    files["pretrain_held_out"] = data_dir / "pretrain_held_out.jsonl"
+    if all(path.is_file() for path in files.values()):
+        return files
+    suite = build_suite(SuiteConfig(**{"seed": config.seed, **config.suite}))
+    documents = suite["pretrain"]
+    kept = len(documents) - HELD_OUT_DOCUMENTS
+    suite["pretrain"], held_out = documents.select(range(kept)), documents.select(range(kept, len(documents)))
+    export_suite(suite, data_dir)
+    held_out.to_json(files["pretrain_held_out"])
+    return files
+
+
+def stage_config(name: str, config: PipelineConfig, data: dict[str, Path], output_dir: Path):
+    """The stage config of run `name`: its inputs (suite data, previous outputs) and the YAML's fields for it."""
+    fields = {k: v for k, v in (config.stages.get(name) or {}).items() if k != "estimate_s"}
+    run_dir = lambda run: str(output_dir / run)  # noqa: E731
+    inputs = {
+        "pretrain": dict(train_files=[str(data["pretrain"])]),
+        "sft": dict(model_name_or_path=run_dir("pretrain"), train_files=[str(data["sft"])]),
+        "reward": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparisons"])],
+                       demonstration_files=[str(data["sft"])]),
+        "ppo": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward"),
+                    train_files=[str(data["sft"])], ptx_files=[str(data["pretrain"])]),
+        "ppo_no_ptx": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward"),
+                           train_files=[str(data["sft"])], ptx_coef=0.0),
+        "dpo": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparisons"])]),
+    }[name]  # fmt: skip
+    config_class = {"pretrain": PretrainStageConfig, "sft": SFTStageConfig, "reward": RewardStageConfig,
+                    "ppo": PPOStageConfig, "dpo": DPOStageConfig}[RUNS[name]]  # fmt: skip
+    defaults = dict(seed=config.seed, output_dir=run_dir(name), save_strategy="steps", save_steps=50,
+                    save_total_limit=1, report_to="none", disable_tqdm=False, logging_steps=10)  # fmt: skip
+    return config_class(**{**defaults, **inputs, **fields})  # the YAML may replace inputs (e.g. real data files)
+
+
+def print_plan(config: PipelineConfig, configs: dict) -> None:
+    """The stages, their steps and the time each took on a 2-core CPU (from the YAML), before anything runs."""
+    lines = ["pipeline plan (times measured on 2 CPU cores):", "| stage | steps | estimated |", "|---|---|---|"]
+    total = 0
+    for name, stage in configs.items():
+        estimate = (config.stages.get(name) or {}).get("estimate_s")
+        total += estimate or 0
+        status = "done" if is_finished(stage.output_dir) else f"~{estimate / 60:.1f} min" if estimate else "?"
+        lines.append(f"| {name} | {stage.max_steps if stage.max_steps > 0 else 'epochs'} | {status} |")
+    lines.append(f"| evaluation | | ~{(config.evaluation.get('estimate_s') or 0) / 60:.1f} min |")
+    total += config.evaluation.get("estimate_s") or 0
+    print("\n".join(lines) + f"\ntotal ≈ {total / 60:.1f} min\n")
+
+
+def is_finished(run_dir: str | os.PathLike) -> bool:
+    return (Path(run_dir) / "all_results.json").is_file() and (Path(run_dir) / RUN_FILE).is_file()
+
+
+def run_stage(name: str, stage_config) -> float:
+    """Run one stage unless it finished before (an interrupted one resumes from its checkpoint); seconds taken."""
+    if is_finished(stage_config.output_dir):
+        tqdm.write(f"pipeline: {name} finished before, skipped")
+        return 0.0
+    start = time.time()
+    _, run = STAGES[RUNS[name]]
+    run(stage_config)
+    return time.time() - start
+
+
+def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:
+    """Held-out instruction accuracy, win rate against SFT (by the reward model) and pretraining perplexity."""
+    results_file = output_dir / "comparison.json"
+    if results_file.is_file():
+        return json.loads(results_file.read_text())
+    evaluation = {"limit": 100, "max_new_tokens": 32, "batch_size": 32, **config.evaluation}
+    evaluation.pop("estimate_s", None)
+    splits = {
+        split: datasets.load_dataset("json", data_files=str(data[split]), split="train") for split in SUITE_SPLITS
+    }
+    held_out_text = datasets.load_dataset("json", data_files=str(data["pretrain_held_out"]), split="train")["text"]
+    perplexity, win_rate = load_metric("perplexity"), load_metric("win_rate")
+    reward_model = str(output_dir / "reward")
+    results = {}
+    for name in tqdm(COMPARED, desc="evaluating", unit="model"):
+        scores = evaluate_model(output_dir / name, splits, **evaluation)
+        results[name] = {
+            "splits": scores["splits"],
+            "perplexity": perplexity.compute(
+                predictions=held_out_text, model_id=str(output_dir / name), max_length=512
+            )["mean_perplexity"],  # fmt: skip
+        }
+    for name in COMPARED:
+        for split in SUITE_SPLITS:
+            prompts = [messages[:-1] for messages in splits[split]["messages"]][
+                : len(results[name]["splits"][split]["answers"])
+            ]
+            results[name]["splits"][split]["win_rate_vs_sft"] = win_rate.compute(
+                predictions=results[name]["splits"][split]["answers"],
+                references=results["sft"]["splits"][split]["answers"],
+                prompts=prompts,
+                reward_model=reward_model,
+            )["win_rate"]
+    results_file.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def write_report(config: PipelineConfig, results: dict, timings: dict, output_dir: Path) -> Path:
+    """`report.md` and `accuracy.png`; the comparison also goes into the final (PPO-ptx) model's card."""
+    plot_accuracy(results, output_dir / "accuracy.png")
+    lines = ["# hf-instruct pipeline report", "", "## Results on held-out data", ""]
+    header = ["model", *[f"accuracy: {split.removeprefix('held_out_')}" for split in SUITE_SPLITS],
+              "win rate vs SFT", "pretraining perplexity"]  # fmt: skip
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name, model in results.items():
+        accuracies = [f"{model['splits'][split]['accuracy']:.3f}" for split in SUITE_SPLITS]
+        win = sum(model["splits"][split]["win_rate_vs_sft"] for split in SUITE_SPLITS) / len(SUITE_SPLITS)
+        lines.append(f"| {name} | " + " | ".join(accuracies) + f" | {win:.3f} | {model['perplexity']:.3f} |")
+    lines += ["", "![accuracy by model and held-out split](accuracy.png)", ""]
+    families = sorted({f for m in results.values() for f in m["splits"]["held_out_paraphrases"]["per_family"]})
+    lines += ["## Accuracy per task family (held-out paraphrases)", "",
+              "| family | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]  # fmt: skip
+    for family in families:
+        values = [f"{m['splits']['held_out_paraphrases']['per_family'].get(family, 0):.2f}" for m in results.values()]
+        lines.append(f"| {family} | " + " | ".join(values) + " |")
+    lines += ["", "## Sample answers (held-out paraphrases)", "", "| prompt | " + " | ".join(results) + " |",
+              "|---" * (len(results) + 1) + "|"]  # fmt: skip
+    samples = next(iter(results.values()))["splits"]["held_out_paraphrases"]["samples"]
+    for index, sample in enumerate(samples):
+        answers = [
+            table_cell(m["splits"]["held_out_paraphrases"]["samples"][index]["answer"], 40) for m in results.values()
+        ]
+        lines.append(f"| {table_cell(sample['prompt'], 60)} | " + " | ".join(answers) + " |")
+    lines += ["", "## Training curves", ""]
+    lines += [
+        f"![{name}]({name}/training_curves.png)"
+        for name in RUNS
+        if (output_dir / name / "training_curves.png").is_file()
+    ]
+    lines += ["", "## Run", "", "| | |", "|---|---|"]
+    lines += [f"| {name} wall time | {seconds / 60:.1f} min |" for name, seconds in timings.items()]
+    lines += [
+        f"| seed | {config.seed} |",
+        f"| hardware | {hardware()} |",
+        f"| versions | hf-instruct {__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
+        f"torch {torch.__version__} |",
+    ]
+    report = output_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    record_comparison(output_dir / "ppo", results)
+    return report
+
+
+def record_comparison(final_dir: Path, results: dict) -> None:
+    """Put the held-out comparison into the final model's run record and re-render its card."""
+    run_file = final_dir / RUN_FILE
+    record = json.loads(run_file.read_text())
+    record["history"][-1]["metrics"].update(
+        {f"suite_accuracy/{split}": results["ppo"]["splits"][split]["accuracy"] for split in SUITE_SPLITS}
+    )
+    run_file.write_text(json.dumps(record, indent=2) + "\n")
+    write_model_card(final_dir)
+
+
+def plot_accuracy(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(results)
+    for offset, (name, model) in enumerate(results.items()):
+        values = [model["splits"][split]["accuracy"] for split in SUITE_SPLITS]
+        axis.bar([i + offset * width for i in range(len(SUITE_SPLITS))], values, width, label=name)
+    axis.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(SUITE_SPLITS))], [s.removeprefix("held_out_") for s in SUITE_SPLITS]
+    )
+    axis.set_ylabel("instruction accuracy")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

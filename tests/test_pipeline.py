@@ -1,0 +1,84 @@
+"""`hf-instruct pipeline`: the smoke setup end to end (killed once, then finished by re-running the same command),
+and the default setup's sizes as the README states them."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import CLI_ENV, REPO
+from huggingface_hub import ModelCard
+
+from hf_instruct.evaluation.evaluator import SUITE_SPLITS
+from hf_instruct.pipeline import COMPARED, RUNS, PipelineConfig, stage_config
+
+PIPELINES = sorted(REPO.glob("recipes/*/pipeline.yaml"))
+
+
+def test_there_are_pipelines_for_every_setup():
+    assert {path.parent.name for path in PIPELINES} == {"default", "smoke", "gutenberg-dolly", "gpu-125m"}
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda path: path.parent.name)
+def test_every_pipeline_yaml_builds_the_config_of_every_stage(path, tmp_path):
+    config = PipelineConfig.from_yaml(path, output_dir=str(tmp_path / "run"))
+    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    for name in RUNS:
+        stage = stage_config(name, config, data, tmp_path / "run")
+        assert stage.output_dir == str(tmp_path / "run" / name) and stage.seed == config.seed
+    with pytest.raises(ValueError, match="unknown keys \\['stagez'\\]"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("stagez: {}\n")
+        PipelineConfig.from_yaml(bad)
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(tmp_path):
+    output_dir = tmp_path / "smoke"
+    command = [sys.executable, "-m", "hf_instruct.cli", "pipeline", "--config", "recipes/smoke/pipeline.yaml",
+               "--output_dir", str(output_dir)]  # fmt: skip
+    first = subprocess.Popen(command, cwd=REPO, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (output_dir / "sft" / "all_results.json").exists():
+        assert first.poll() is None and time.time() < deadline, "the first run ended before SFT finished"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (output_dir / "report.md").exists()
+
+    second = subprocess.run(command, cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "pipeline: pretrain finished before, skipped" in second.stderr + second.stdout
+    assert "pipeline: sft finished before, skipped" in second.stderr + second.stdout
+
+    comparison = json.loads((output_dir / "comparison.json").read_text())
+    assert list(comparison) == list(COMPARED)
+    for model in comparison.values():
+        assert set(model["splits"]) == set(SUITE_SPLITS) and model["perplexity"] > 1.0
+        assert all(0.0 <= split["win_rate_vs_sft"] <= 1.0 for split in model["splits"].values())
+    assert all(comparison["sft"]["splits"][split]["win_rate_vs_sft"] == 0.5 for split in SUITE_SPLITS)
+    report = (output_dir / "report.md").read_text()
+    assert all(f"| {name} |" in report for name in COMPARED) and (output_dir / "accuracy.png").is_file()
+    assert "## Sample answers" in report and "| seed | 42 |" in report
+    card = ModelCard.load(output_dir / "ppo" / "README.md")
+    assert {"pretrain", "sft", "ppo"} <= set(card.data.tags)
+    assert "suite_accuracy/held_out_entities" in card.text
+    assert all((output_dir / name / "all_results.json").is_file() for name in RUNS)
+
+
+def test_the_default_setup_is_what_the_readme_says():
+    config = yaml.safe_load((REPO / "recipes/default/pipeline.yaml").read_text())
+    suite, stages = config["suite"], config["stages"]
+    model = stages["pretrain"]["model_config"]
+    estimate = sum(stage["estimate_s"] for stage in stages.values()) + config["evaluation"]["estimate_s"]
+    sentence = (
+        f"a {suite['corpus_mb']} MB corpus about {suite['num_entities']} invented entities, "
+        f"{suite['sft_examples']} demonstrations, {suite['comparisons']} comparisons and "
+        f"{suite['held_out_examples']} examples per held-out split; a {model['num_hidden_layers']}-layer, "
+        f"{model['hidden_size']}-wide model pretrained for {stages['pretrain']['max_steps']} steps; "
+        f"about {round(estimate / 60)} minutes on 2 CPU cores"
+    )
+    assert sentence in " ".join((REPO / "README.md").read_text().split())
