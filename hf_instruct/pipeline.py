@@ -10,7 +10,6 @@ text (perplexity: the "alignment tax"), and `report.md` with plots lands in the 
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,12 +68,11 @@ def run_pipeline(config: PipelineConfig) -> Path:
     data = prepare_data(config, output_dir / "data")
     configs = {name: stage_config(name, config, data, output_dir) for name in RUNS}
     print_plan(config, configs)
-    timings = {}
     for name in tqdm(RUNS, desc="pipeline", unit="stage"):
         tqdm.write(f"pipeline: {name} ({RUNS[name]})")
-        timings[name] = run_stage(name, configs[name])
+        run_stage(name, configs[name])
     results = compare_models(config, data, output_dir)
-    report = write_report(config, results, timings, output_dir)
+    report = write_report(config, results, output_dir)
     if config.push_to:
         final = output_dir / "ppo"
         push_to_hub(final, f"{config.push_to}/{output_dir.name}", commit_message="hf-instruct pipeline: PPO-ptx")
@@ -136,15 +134,13 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / "all_results.json").is_file() and (Path(run_dir) / RUN_FILE).is_file()
 
 
-def run_stage(name: str, stage_config) -> float:
-    """Run one stage unless it finished before (an interrupted one resumes from its checkpoint); seconds taken."""
+def run_stage(name: str, stage_config) -> None:
+    """Run one stage unless it finished before (an interrupted one resumes from its last checkpoint)."""
     if is_finished(stage_config.output_dir):
         tqdm.write(f"pipeline: {name} finished before, skipped")
-        return 0.0
-    start = time.time()
+        return
     _, run = STAGES[RUNS[name]]
     run(stage_config)
-    return time.time() - start
 
 
 def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:
@@ -184,7 +180,7 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     return results
 
 
-def write_report(config: PipelineConfig, results: dict, timings: dict, output_dir: Path) -> Path:
+def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Path:
     """`report.md` and `accuracy.png`; the comparison also goes into the final (PPO-ptx) model's card."""
     plot_accuracy(results, output_dir / "accuracy.png")
     lines = ["# hf-instruct pipeline report", "", "## Results on held-out data", ""]
@@ -217,7 +213,9 @@ def write_report(config: PipelineConfig, results: dict, timings: dict, output_di
         if (output_dir / name / "training_curves.png").is_file()
     ]
     lines += ["", "## Run", "", "| | |", "|---|---|"]
-    lines += [f"| {name} wall time | {seconds / 60:.1f} min |" for name, seconds in timings.items()]
+    for name in RUNS:  # as each stage recorded it, so a resumed pipeline reports the real times
+        seconds = json.loads((output_dir / name / RUN_FILE).read_text())["history"][-1]["wall_time_s"]
+        lines.append(f"| {name} wall time | {seconds / 60:.1f} min |")
     lines += [
         f"| seed | {config.seed} |",
         f"| hardware | {hardware()} |",
