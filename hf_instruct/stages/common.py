@@ -5,6 +5,7 @@ command and the pipeline alike. Its config is a dataclass extending the stock tr
 `--config file.yaml` plus command-line overrides.
 """
 
+import atexit
 import importlib.util
 import json
 import math
@@ -110,6 +111,14 @@ class LoraArguments:
             target_modules="all-linear" if targets == ["all-linear"] else targets,
             task_type="CAUSAL_LM",
         )
+
+
+@atexit.register
+def leave_the_process_group() -> None:
+    """Under torchrun, leave the process group before the interpreter exits: a gloo group torn down at exit can abort
+    the process ("terminate called without an active exception") after the run has finished."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def load_tokenizer(config: StageArguments) -> PreTrainedTokenizerBase:
@@ -232,6 +241,7 @@ def train_and_save(
                 commit_message=f"hf-instruct {stage}",
             )
             logger.warning(f"{stage}: pushed to {url}")
+    trainer.accelerator.wait_for_everyone()  # the other ranks wait while the main one writes the card and pushes
     return config.output_dir
 
 
