@@ -118,16 +118,13 @@ def pipeline_command(args) -> int:
 
 
 def evaluate_command(args) -> int:
-    from .data.suite import SuiteConfig
     from .evaluation import evaluate_model, load_scored_examples, suite_examples, write_results
     from .evaluation.evaluator import results_markdown
 
     if args.data:
         splits = {Path(path).stem: load_scored_examples(path) for path in args.data}
     else:
-        config = SuiteConfig.tiny() if args.suite_size == "tiny" else SuiteConfig()
-        config.seed = args.seed
-        splits = suite_examples(config)
+        splits = suite_examples(suite_config(args.suite_size, args.seed))
     results = evaluate_model(
         args.model, splits, reward_model=args.reward_model, baseline_path=args.baseline,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
@@ -159,13 +156,18 @@ def generate_command(args) -> int:
 
 
 def data_command(args) -> int:
-    from .data.suite import SuiteConfig, build_suite, export_suite
+    from .data.suite import build_suite, export_suite
 
-    config = SuiteConfig.tiny() if args.size == "tiny" else SuiteConfig()
-    config.seed = args.seed
-    for split, path in export_suite(build_suite(config), args.directory).items():
+    for split, path in export_suite(build_suite(suite_config(args.size, args.seed)), args.directory).items():
         print(f"{split}: {path}")
     return 0
+
+
+def suite_config(size: str, seed: int):
+    """The embedded suite's config for `--size tiny|default`."""
+    from .data.suite import SuiteConfig
+
+    return SuiteConfig.tiny(seed) if size == "tiny" else SuiteConfig(seed=seed)
 
 
 def push_command(args) -> int:

@@ -27,7 +27,7 @@ from .evaluation.evaluator import SUITE_SPLITS
 from .hub import push_to_hub
 from .markdown import table_cell
 from .model_card import RUN_FILE, hardware, write_model_card
-from .stages import STAGES, DPOStageConfig, PPOStageConfig, PretrainStageConfig, RewardStageConfig, SFTStageConfig
+from .stages import STAGES
 
 # run name -> stage; the order is the order they run in.
 RUNS = {
@@ -109,8 +109,7 @@ def stage_config(name: str, config: PipelineConfig, data: dict[str, Path], outpu
                            train_files=[str(data["sft"])], ptx_coef=0.0),
         "dpo": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparisons"])]),
     }[name]  # fmt: skip
-    config_class = {"pretrain": PretrainStageConfig, "sft": SFTStageConfig, "reward": RewardStageConfig,
-                    "ppo": PPOStageConfig, "dpo": DPOStageConfig}[RUNS[name]]  # fmt: skip
+    config_class, _ = STAGES[RUNS[name]]
     defaults = dict(seed=config.seed, output_dir=run_dir(name), save_strategy="steps", save_steps=50,
                     save_total_limit=1, report_to="none", disable_tqdm=False, logging_steps=10)  # fmt: skip
     return config_class(**{**defaults, **inputs, **fields})  # the YAML may replace inputs (e.g. real data files)
@@ -165,16 +164,13 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
                 predictions=held_out_text, model_id=str(output_dir / name), max_length=512
             )["mean_perplexity"],  # fmt: skip
         }
-    for name in COMPARED:
-        for split in SUITE_SPLITS:
-            prompts = [messages[:-1] for messages in splits[split]["messages"]][
-                : len(results[name]["splits"][split]["answers"])
-            ]
-            results[name]["splits"][split]["win_rate_vs_sft"] = win_rate.compute(
-                predictions=results[name]["splits"][split]["answers"],
-                references=results["sft"]["splits"][split]["answers"],
-                prompts=prompts,
-                reward_model=reward_model,
+    for split in SUITE_SPLITS:  # every model's answers against the SFT model's, to the same prompts
+        sft_answers = results["sft"]["splits"][split]["answers"]
+        prompts = [messages[:-1] for messages in splits[split]["messages"]][: len(sft_answers)]
+        for name in COMPARED:
+            scores = results[name]["splits"][split]
+            scores["win_rate_vs_sft"] = win_rate.compute(
+                predictions=scores["answers"], references=sft_answers, prompts=prompts, reward_model=reward_model
             )["win_rate"]
     results_file.write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -56,6 +56,8 @@ def evaluate_model(
     model, tokenizer = load_chat_model(model_path)
     baseline = load_chat_model(baseline_path) if baseline_path else None
     results = {"model": str(model_path), "splits": {}}
+    names = ("instruction_accuracy", "exact_match", "rouge_l") + (("win_rate",) if reward_model else ())
+    metrics = {name: load_metric(name) for name in names}  # once, not per split
     for name, examples in splits.items():
         if limit is not None:
             examples = examples.select(range(min(limit, len(examples))))
@@ -66,14 +68,14 @@ def evaluate_model(
         answers = [a[0] for a in generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size)]
         scores = {"examples": len(answers)}
         if any(examples["check"]):
-            accuracy = load_metric("instruction_accuracy").compute(
+            accuracy = metrics["instruction_accuracy"].compute(
                 predictions=answers, references=examples["check"], families=examples["family"]
             )
             scores.update(accuracy)
-        scores.update(load_metric("exact_match").compute(predictions=answers, references=references))
-        scores.update(load_metric("rouge_l").compute(predictions=answers, references=references))
+        scores.update(metrics["exact_match"].compute(predictions=answers, references=references))
+        scores.update(metrics["rouge_l"].compute(predictions=answers, references=references))
         if reward_model:
-            win_rate = load_metric("win_rate")
+            win_rate = metrics["win_rate"]
             against_references = win_rate.compute(
                 predictions=answers, references=references, prompts=prompts, reward_model=reward_model
             )

@@ -113,6 +113,21 @@ class LoraArguments:
         )
 
 
+@dataclass
+class RewardModelArguments:
+    """The reward model the RL stages (PPO, GRPO) optimise against."""
+
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={"help": "The reward model: an `hf-instruct reward` output (or any 1-label classifier)."},
+    )
+
+    def __post_init__(self):
+        if not self.reward_model_path:
+            raise ValueError("Set --reward_model_path: the reward model to optimise against (hf-instruct reward).")
+        super().__post_init__()
+
+
 @atexit.register
 def leave_the_process_group() -> None:
     """Under torchrun, leave the process group before the interpreter exits: a gloo group torn down at exit can abort
@@ -217,11 +232,10 @@ def train_and_save(
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(config.output_dir)
+        # PPO trains a policy and a value model together: the card describes the policy
         record = stage_record(
             stage=stage,
-            model=getattr(
-                trainer, "policy", trainer.model
-            ),  # PPO trains policy + value model: the card is the policy's
+            model=getattr(trainer, "policy", trainer.model),
             base_model=config.model_name_or_path,
             data=config.data_source,
             steps=trainer.state.global_step,

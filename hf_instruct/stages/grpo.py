@@ -7,28 +7,26 @@ instruction, comparison or prompt file. The reference for the KL term (`beta > 0
 model, which is why this stage, like DPO, always starts from a folder.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from ..data import load_prompt_dataset
-from .common import LoraArguments, TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
+from .common import (
+    LoraArguments,
+    RewardModelArguments,
+    TuningArguments,
+    load_held_out,
+    load_tokenizer,
+    start_run,
+    train_and_save,
+)
 
 
 @dataclass
-class GRPOStageConfig(TuningArguments, LoraArguments, GRPOConfig):
+class GRPOStageConfig(TuningArguments, LoraArguments, RewardModelArguments, GRPOConfig):
     """TRL's `GRPOConfig` plus the SFT policy, the reward model and the prompts, with CPU-sensible defaults."""
-
-    reward_model_path: str | None = field(
-        default=None,
-        metadata={"help": "The reward model: an `hf-instruct reward` output (or any 1-label classifier)."},
-    )
-
-    def __post_init__(self):
-        if not self.reward_model_path:
-            raise ValueError("Set --reward_model_path: the reward model to optimise against (hf-instruct reward).")
-        super().__post_init__()
 
 
 def run_grpo(config: GRPOStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:

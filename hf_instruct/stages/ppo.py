@@ -11,17 +11,21 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from ..data import load_prompt_dataset, load_text_dataset, pack_texts
 from ..trainers import PPOConfig, PPOTrainer
-from .common import LoraArguments, TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
+from .common import (
+    LoraArguments,
+    RewardModelArguments,
+    TuningArguments,
+    load_held_out,
+    load_tokenizer,
+    start_run,
+    train_and_save,
+)
 
 
 @dataclass
-class PPOStageConfig(TuningArguments, LoraArguments, PPOConfig):
+class PPOStageConfig(TuningArguments, LoraArguments, RewardModelArguments, PPOConfig):
     """`hf_instruct.PPOConfig` plus the SFT policy, the reward model, the prompts and the pretraining corpus."""
 
-    reward_model_path: str | None = field(
-        default=None,
-        metadata={"help": "The reward model: an `hf-instruct reward` output (or any 1-label classifier)."},
-    )
     value_model_path: str | None = field(default=None, metadata={"help": "Default: the reward model (InstructGPT)."})
     ptx_files: list[str] | None = field(
         default=None, metadata={"help": "Pretraining text for PPO-ptx (files, folders or globs; with ptx_coef > 0)."}
@@ -32,8 +36,6 @@ class PPOStageConfig(TuningArguments, LoraArguments, PPOConfig):
     )
 
     def __post_init__(self):
-        if not self.reward_model_path:
-            raise ValueError("Set --reward_model_path: the reward model to optimise against (hf-instruct reward).")
         if self.ptx_coef > 0 and not self.ptx_files:
             raise ValueError(f"ptx_coef={self.ptx_coef} needs --ptx_files: the pretraining corpus (or ptx_coef 0).")
         super().__post_init__()
