@@ -8,12 +8,12 @@ stored in the saved config as `reward_shift`, for the RL stage to subtract.
 
 from dataclasses import dataclass, field
 
-import torch
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 from transformers.utils import logging
 from trl import RewardConfig, RewardTrainer
 
 from ..data import load_instruction_dataset, load_preference_dataset
+from ..reward_scores import reward_scores
 from .common import TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
 
 logger = logging.get_logger(__name__)
@@ -79,13 +79,7 @@ class RewardShiftCallback(TrainerCallback):
         model.config.reward_shift = -mean_reward(model, self.tokenizer, demonstrations)
 
 
-@torch.no_grad()
 def mean_reward(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16) -> float:
-    """Mean score of whole conversations rendered with the chat template (right-padded batches)."""
-    model.eval()
-    scores = []
-    for start in range(0, len(conversations), batch_size):
-        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start : start + batch_size]]
-        batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False).to(model.device)
-        scores.append(model(**batch).logits[:, 0].float())
-    return torch.cat(scores).mean().item()
+    """Mean score of whole conversations rendered with the chat template."""
+    texts = [tokenizer.apply_chat_template(conversation, tokenize=False) for conversation in conversations]
+    return reward_scores(model.eval(), tokenizer, texts, batch_size).mean().item()

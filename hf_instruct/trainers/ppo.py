@@ -35,6 +35,7 @@ from transformers.utils import logging
 from trl.trainer.utils import entropy_from_logits, pad, selective_log_softmax
 
 from ..markdown import table_cell
+from ..reward_scores import reward_scores
 
 logger = logging.get_logger(__name__)
 
@@ -502,8 +503,7 @@ class PPOTrainer(Trainer):
             else tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
             for prompt, completion in zip(prompts, completions, strict=True)
         ]
-        batch = tokenizer(texts, padding=True, padding_side="right", add_special_tokens=False, return_tensors="pt")
-        scores = self.reward_model(**batch.to(responses.device)).logits[:, 0].float()
+        scores = reward_scores(self.reward_model, tokenizer, texts, batch_size=len(texts))
         return scores + (getattr(self.reward_model.config, "reward_shift", 0.0) or 0.0)
 
     # ---- update

@@ -9,10 +9,7 @@ import evaluate
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-try:
-    import hf_instruct  # noqa: F401  (registers the `instructgpt` model type with the Auto classes)
-except ImportError:
-    pass
+from hf_instruct.reward_scores import reward_scores  # importing hf_instruct also registers `instructgpt` models
 
 _DESCRIPTION = "Share of prompts where answer A gets a higher reward than answer B (ties count half)."
 _KWARGS_DESCRIPTION = """
@@ -67,11 +64,9 @@ class WinRate(evaluate.Metric):
         return {"win_rate": wins / n, "mean_reward_a": sum(scores_a) / n, "mean_reward_b": sum(scores_b) / n}
 
 
-@torch.no_grad()
 def _rewards(model_path, prompts, answers, batch_size):
     """The reward of each (prompt, answer), rendered as the chat the reward model was trained on."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -83,11 +78,4 @@ def _rewards(model_path, prompts, answers, batch_size):
         messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         messages.append({"role": "assistant", "content": answer})
         texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
-    rewards = []
-    for start in range(0, len(texts), batch_size):
-        # The template already holds the special tokens, so the tokenizer must not add a second BOS.
-        batch = tokenizer(
-            texts[start : start + batch_size], padding=True, add_special_tokens=False, return_tensors="pt"
-        ).to(device)
-        rewards += model(**batch).logits[:, 0].float().tolist()
-    return rewards
+    return reward_scores(model, tokenizer, texts, batch_size).tolist()
