@@ -26,7 +26,7 @@ from .evaluation import evaluate_model, load_metric
 from .evaluation.evaluator import SUITE_SPLITS
 from .hub import push_to_hub
 from .markdown import table_cell
-from .model_card import RUN_FILE, hardware, write_model_card
+from .model_card import RUN_FILE, hardware, read_history, write_model_card
 from .stages import STAGES
 
 # run name -> stage; the order is the order they run in.
@@ -50,12 +50,19 @@ class PipelineConfig:
     seed: int = 42
     suite: dict = field(default_factory=dict)  # SuiteConfig fields
     stages: dict = field(default_factory=dict)  # run name -> fields of its stage config (and `estimate_s`)
+    # extra base models, e.g. 4x larger: run name -> pretrain fields that replace the pretrain stage's, so a baseline
+    # sees the same corpus, tokenizer and tokens unless it says otherwise
+    baselines: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)  # limit, max_new_tokens, batch_size
     push_to: str | None = None  # a Hub namespace: the final model goes to <namespace>/<output_dir name>
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> "PipelineConfig":
+        """`extends: <another pipeline.yaml>` (relative to this one) starts from that file's keys."""
         values = yaml.safe_load(Path(path).read_text()) or {}
+        if "extends" in values:
+            parent = Path(path).parent / values.pop("extends")
+            values = {**yaml.safe_load(parent.read_text()), **values}
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}.")
@@ -66,17 +73,27 @@ def run_pipeline(config: PipelineConfig) -> Path:
     """Run every stage (skipping finished ones), evaluate every model, write the report; returns its path."""
     output_dir = Path(config.output_dir)
     data = prepare_data(config, output_dir / "data")
-    configs = {name: stage_config(name, config, data, output_dir) for name in RUNS}
+    configs = {name: stage_config(name, config, data, output_dir) for name in runs(config)}
     print_plan(config, configs)
-    for name in tqdm(RUNS, desc="pipeline", unit="stage"):
-        tqdm.write(f"pipeline: {name} ({RUNS[name]})")
-        run_stage(name, configs[name])
+    for name, stage in tqdm(runs(config).items(), desc="pipeline", unit="stage"):
+        tqdm.write(f"pipeline: {name} ({stage})")
+        run_stage(name, stage, configs[name])
     results = compare_models(config, data, output_dir)
     report = write_report(config, results, output_dir)
     if config.push_to:
         final = output_dir / "ppo"
         push_to_hub(final, f"{config.push_to}/{output_dir.name}", commit_message="hf-instruct pipeline: PPO-ptx")
     return report
+
+
+def runs(config: PipelineConfig) -> dict[str, str]:
+    """Run name -> stage, in running order: the pipeline's runs with the config's baselines after pretraining."""
+    return {"pretrain": "pretrain", **dict.fromkeys(config.baselines, "pretrain"), **RUNS}
+
+
+def compared(config: PipelineConfig) -> tuple[str, ...]:
+    """The models of the comparison: the base model, the baselines, then the tuned models."""
+    return (COMPARED[0], *config.baselines, *COMPARED[1:])
 
 
 def prepare_data(config: PipelineConfig, data_dir: Path) -> dict[str, Path]:
@@ -94,10 +111,12 @@ def prepare_data(config: PipelineConfig, data_dir: Path) -> dict[str, Path]:
     return files
 
 
-def stage_config(name: str, config: PipelineConfig, data: dict[str, Path], output_dir: Path):
-    """The stage config of run `name`: its inputs (suite data, previous outputs) and the YAML's fields for it."""
-    fields = {k: v for k, v in (config.stages.get(name) or {}).items() if k != "estimate_s"}
-    run_dir = lambda run: str(output_dir / run)  # noqa: E731
+def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output_dir: Path):
+    """The stage config of `run`: its inputs (suite data, previous outputs) and the YAML's fields for it."""
+    template = "pretrain" if run in config.baselines else run  # a baseline is a pretrain run with its changes
+    fields = {**(config.stages.get(template) or {}), **config.baselines.get(run, {})}
+    fields.pop("estimate_s", None)
+    run_dir = lambda name: str(output_dir / name)  # noqa: E731
     inputs = {
         "pretrain": dict(train_files=[str(data["pretrain"])]),
         "sft": dict(model_name_or_path=run_dir("pretrain"), train_files=[str(data["sft"])]),
@@ -108,9 +127,11 @@ def stage_config(name: str, config: PipelineConfig, data: dict[str, Path], outpu
         "ppo_no_ptx": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward"),
                            train_files=[str(data["sft"])], ptx_coef=0.0),
         "dpo": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparisons"])]),
-    }[name]  # fmt: skip
-    config_class, _ = STAGES[RUNS[name]]
-    defaults = dict(seed=config.seed, output_dir=run_dir(name), save_strategy="steps", save_steps=50,
+    }[template]  # fmt: skip
+    if run in config.baselines:  # the base model's tokenizer, so the baseline reads the very same tokens
+        inputs["tokenizer_name_or_path"] = run_dir("pretrain")
+    config_class, _ = STAGES[RUNS[template]]
+    defaults = dict(seed=config.seed, output_dir=run_dir(run), save_strategy="steps", save_steps=50,
                     save_total_limit=1, report_to="none", disable_tqdm=False, logging_steps=10)  # fmt: skip
     return config_class(**{**defaults, **inputs, **fields})  # the YAML may replace inputs (e.g. real data files)
 
@@ -120,7 +141,7 @@ def print_plan(config: PipelineConfig, configs: dict) -> None:
     lines = ["pipeline plan (times measured on 2 CPU cores):", "| stage | steps | estimated |", "|---|---|---|"]
     total = 0
     for name, stage in configs.items():
-        estimate = (config.stages.get(name) or {}).get("estimate_s")
+        estimate = ({**config.stages, **config.baselines}.get(name) or {}).get("estimate_s")
         total += estimate or 0
         status = "done" if is_finished(stage.output_dir) else f"~{estimate / 60:.1f} min" if estimate else "?"
         lines.append(f"| {name} | {stage.max_steps if stage.max_steps > 0 else 'epochs'} | {status} |")
@@ -133,19 +154,19 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / "all_results.json").is_file() and (Path(run_dir) / RUN_FILE).is_file()
 
 
-def run_stage(name: str, stage_config) -> None:
+def run_stage(name: str, stage: str, stage_config) -> None:
     """Run one stage unless it finished before (an interrupted one resumes from its last checkpoint)."""
     if is_finished(stage_config.output_dir):
         tqdm.write(f"pipeline: {name} finished before, skipped")
         return
-    _, run = STAGES[RUNS[name]]
+    _, run = STAGES[stage]
     run(stage_config)
 
 
 def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:
     """Held-out instruction accuracy, win rate against SFT (by the reward model) and pretraining perplexity."""
     results_file = output_dir / "comparison.json"
-    if results_file.is_file():
+    if results_file.is_file() and list(json.loads(results_file.read_text())) == list(compared(config)):
         return json.loads(results_file.read_text())
     evaluation = {"limit": 100, "max_new_tokens": 32, "batch_size": 32, **config.evaluation}
     evaluation.pop("estimate_s", None)
@@ -156,9 +177,10 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     perplexity, win_rate = load_metric("perplexity"), load_metric("win_rate")
     reward_model = str(output_dir / "reward")
     results = {}
-    for name in tqdm(COMPARED, desc="evaluating", unit="model"):
+    for name in tqdm(compared(config), desc="evaluating", unit="model"):
         scores = evaluate_model(output_dir / name, splits, **evaluation)
         results[name] = {
+            "parameters": read_history(output_dir / name)[-1]["parameters"],
             "splits": scores["splits"],
             "perplexity": perplexity.compute(
                 predictions=held_out_text, model_id=str(output_dir / name), max_length=512
@@ -167,7 +189,7 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     for split in SUITE_SPLITS:  # every model's answers against the SFT model's, to the same prompts
         sft_answers = results["sft"]["splits"][split]["answers"]
         prompts = [messages[:-1] for messages in splits[split]["messages"]][: len(sft_answers)]
-        for name in COMPARED:
+        for name in compared(config):
             scores = results[name]["splits"][split]
             scores["win_rate_vs_sft"] = win_rate.compute(
                 predictions=scores["answers"], references=sft_answers, prompts=prompts, reward_model=reward_model
@@ -180,13 +202,24 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
     """`report.md` and `accuracy.png`; the comparison also goes into the final (PPO-ptx) model's card."""
     plot_accuracy(results, output_dir / "accuracy.png")
     lines = ["# hf-instruct pipeline report", "", "## Results on held-out data", ""]
-    header = ["model", *[f"accuracy: {split.removeprefix('held_out_')}" for split in SUITE_SPLITS],
+    header = ["model", "parameters", *[f"accuracy: {split.removeprefix('held_out_')}" for split in SUITE_SPLITS],
               "win rate vs SFT", "pretraining perplexity"]  # fmt: skip
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name, model in results.items():
         accuracies = [f"{model['splits'][split]['accuracy']:.3f}" for split in SUITE_SPLITS]
         win = sum(model["splits"][split]["win_rate_vs_sft"] for split in SUITE_SPLITS) / len(SUITE_SPLITS)
-        lines.append(f"| {name} | " + " | ".join(accuracies) + f" | {win:.3f} | {model['perplexity']:.3f} |")
+        row = [name, f"{model['parameters'] / 1e6:.2f} M", *accuracies, f"{win:.3f}", f"{model['perplexity']:.3f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    for name in config.baselines:  # the InstructGPT headline: a small tuned model against a bigger base model
+        final, base = results["ppo"], results[name]
+        scores = ", ".join(
+            f"{split.removeprefix('held_out_')} {final['splits'][split]['accuracy']:.2f} against "
+            f"{base['splits'][split]['accuracy']:.2f}"
+            for split in SUITE_SPLITS
+        )
+        lines += ["", f"The final model (PPO-ptx, {final['parameters'] / 1e6:.2f} M parameters) against {name} "
+                  f"({base['parameters'] / final['parameters']:.1f}x its parameters, pretrained on the same corpus "
+                  f"for the same tokens), held-out accuracy: {scores}."]  # fmt: skip
     lines += ["", "![accuracy by model and held-out split](accuracy.png)", ""]
     families = sorted({f for m in results.values() for f in m["splits"]["held_out_paraphrases"]["per_family"]})
     lines += ["## Accuracy per task family (held-out paraphrases)", "",
@@ -205,12 +238,12 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
     lines += ["", "## Training curves", ""]
     lines += [
         f"![{name}]({name}/training_curves.png)"
-        for name in RUNS
+        for name in runs(config)
         if (output_dir / name / "training_curves.png").is_file()
     ]
     lines += ["", "## Run", "", "| | |", "|---|---|"]
-    for name in RUNS:  # as each stage recorded it, so a resumed pipeline reports the real times
-        seconds = json.loads((output_dir / name / RUN_FILE).read_text())["history"][-1]["wall_time_s"]
+    for name in runs(config):  # as each stage recorded it, so a resumed pipeline reports the real times
+        seconds = read_history(output_dir / name)[-1]["wall_time_s"]
         lines.append(f"| {name} wall time | {seconds / 60:.1f} min |")
     lines += [
         f"| seed | {config.seed} |",

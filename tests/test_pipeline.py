@@ -13,7 +13,8 @@ from conftest import CLI_ENV, REPO
 from huggingface_hub import ModelCard
 
 from hf_instruct.evaluation.evaluator import SUITE_SPLITS
-from hf_instruct.pipeline import COMPARED, RUNS, PipelineConfig, stage_config
+from hf_instruct.models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
+from hf_instruct.pipeline import PipelineConfig, compared, runs, stage_config
 
 PIPELINES = sorted(REPO.glob("recipes/*/pipeline.yaml"))
 
@@ -26,13 +27,44 @@ def test_there_are_pipelines_for_every_setup():
 def test_every_pipeline_yaml_builds_the_config_of_every_stage(path, tmp_path):
     config = PipelineConfig.from_yaml(path, output_dir=str(tmp_path / "run"))
     data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
-    for name in RUNS:
+    for name in runs(config):
         stage = stage_config(name, config, data, tmp_path / "run")
         assert stage.output_dir == str(tmp_path / "run" / name) and stage.seed == config.seed
     with pytest.raises(ValueError, match="unknown keys \\['stagez'\\]"):
         bad = tmp_path / "bad.yaml"
         bad.write_text("stagez: {}\n")
         PipelineConfig.from_yaml(bad)
+
+
+def test_a_baseline_is_the_pretrain_run_with_its_changes_on_the_same_tokens(tmp_path):
+    config = PipelineConfig(
+        stages={"pretrain": {"max_steps": 7, "block_size": 32, "model_config": {"hidden_size": 32}, "estimate_s": 1}},
+        baselines={"base_4x": {"model_config": {"hidden_size": 64}}},
+    )
+    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    assert list(runs(config)) == ["pretrain", "base_4x", "sft", "reward", "ppo", "ppo_no_ptx", "dpo"]
+    assert compared(config) == ("pretrain", "base_4x", "sft", "ppo_no_ptx", "ppo", "dpo")
+    base, baseline = (stage_config(name, config, data, tmp_path) for name in ("pretrain", "base_4x"))
+    assert (baseline.max_steps, baseline.block_size, baseline.train_files) == (7, 32, [str(data["pretrain"])])
+    assert baseline.model_config == {"hidden_size": 64} and base.model_config == {"hidden_size": 32}
+    assert baseline.tokenizer_name_or_path == str(tmp_path / "pretrain") and base.tokenizer_name_or_path is None
+    assert baseline.output_dir == str(tmp_path / "base_4x")
+
+
+def test_the_headline_baseline_has_4x_the_parameters_and_the_same_tokens(tmp_path):
+    config = PipelineConfig.from_yaml(REPO / "recipes/tiny/headline.yaml", output_dir=str(tmp_path))
+    default = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
+    assert (config.stages, config.suite, config.seed) == (default.stages, default.suite, default.seed)
+    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    base, baseline = (stage_config(name, config, data, tmp_path) for name in ("pretrain", "base_4x"))
+    tokens = lambda stage: (stage.max_steps, stage.per_device_train_batch_size, stage.block_size, stage.train_files)  # noqa: E731
+    assert tokens(baseline) == tokens(base) and baseline.tokenizer_name_or_path == base.output_dir
+
+    def parameters(stage):
+        model_config = InstructGPTConfig(vocab_size=stage.vocab_size, **stage.model_config)
+        return sum(p.numel() for p in InstructGPTForCausalLM(model_config).parameters())
+
+    assert parameters(baseline) >= 4 * parameters(base)
 
 
 @pytest.mark.slow
@@ -55,18 +87,21 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(tmp_path
     assert "pipeline: sft finished before, skipped" in second.stderr + second.stdout
 
     comparison = json.loads((output_dir / "comparison.json").read_text())
-    assert list(comparison) == list(COMPARED)
+    config = PipelineConfig.from_yaml(REPO / "recipes/smoke/pipeline.yaml")
+    assert list(comparison) == ["pretrain", "base_4x", "sft", "ppo_no_ptx", "ppo", "dpo"] == list(compared(config))
+    assert comparison["base_4x"]["parameters"] >= 4 * comparison["ppo"]["parameters"]
     for model in comparison.values():
         assert set(model["splits"]) == set(SUITE_SPLITS) and model["perplexity"] > 1.0
         assert all(0.0 <= split["win_rate_vs_sft"] <= 1.0 for split in model["splits"].values())
     assert all(comparison["sft"]["splits"][split]["win_rate_vs_sft"] == 0.5 for split in SUITE_SPLITS)
     report = (output_dir / "report.md").read_text()
-    assert all(f"| {name} |" in report for name in COMPARED) and (output_dir / "accuracy.png").is_file()
+    assert all(f"| {name} |" in report for name in comparison) and (output_dir / "accuracy.png").is_file()
+    assert "The final model (PPO-ptx, " in report and "against base_4x (" in report
     assert "## Sample answers" in report and "| seed | 42 |" in report
     card = ModelCard.load(output_dir / "ppo" / "README.md")
     assert {"pretrain", "sft", "ppo"} <= set(card.data.tags)
     assert "suite_accuracy/held_out_entities" in card.text
-    assert all((output_dir / name / "all_results.json").is_file() for name in RUNS)
+    assert all((output_dir / name / "all_results.json").is_file() for name in runs(config))
 
 
 def test_the_default_setup_is_what_the_readme_says():
