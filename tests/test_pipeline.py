@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 
 from hf_instruct.evaluation.evaluator import SUITE_SPLITS
 from hf_instruct.models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
-from hf_instruct.pipeline import PipelineConfig, compared, runs, stage_config
+from hf_instruct.pipeline import PipelineConfig, compared, headline, runs, stage_config
 
 PIPELINES = sorted(REPO.glob("recipes/*/pipeline.yaml"))
 
@@ -65,6 +65,20 @@ def test_the_headline_baseline_has_4x_the_parameters_and_the_same_tokens(tmp_pat
         return sum(p.numel() for p in InstructGPTForCausalLM(model_config).parameters())
 
     assert parameters(baseline) >= 4 * parameters(base)
+
+
+def test_the_headline_claims_the_same_tokens_only_when_the_baseline_changes_none_of_them():
+    def model(parameters, accuracy):
+        return {"parameters": parameters, "splits": {split: {"accuracy": accuracy} for split in SUITE_SPLITS}}
+
+    results = {"ppo": model(1_000_000, 0.5), "base_4x": model(4_000_000, 0.25)}
+    sentence = headline("base_4x", results, {"model_config": {"hidden_size": 64}})
+    assert sentence == (
+        "The final model (PPO-ptx, 1.00 M parameters) against base_4x (4.0x its parameters, pretrained on the same "
+        "corpus for the same tokens), held-out accuracy: entities 0.50 against 0.25, paraphrases 0.50 against 0.25, "
+        "compositions 0.50 against 0.25."
+    )
+    assert "same corpus), held-out" in headline("base_4x", results, {"max_steps": 10})
 
 
 @pytest.mark.slow
