@@ -143,8 +143,9 @@ def print_plan(config: PipelineConfig, configs: dict) -> None:
     """The stages, their steps and the time each took on a 2-core CPU (from the YAML), before anything runs."""
     lines = ["pipeline plan (times measured on 2 CPU cores):", "| stage | steps | estimated |", "|---|---|---|"]
     total = 0
+    fields = {**config.stages, **config.baselines}
     for name, stage in configs.items():
-        estimate = ({**config.stages, **config.baselines}.get(name) or {}).get("estimate_s")
+        estimate = (fields.get(name) or {}).get("estimate_s")
         total += estimate or 0
         status = "done" if is_finished(stage.output_dir) else f"~{estimate / 60:.1f} min" if estimate else "?"
         lines.append(f"| {name} | {stage.max_steps if stage.max_steps > 0 else 'epochs'} | {status} |")
@@ -169,8 +170,9 @@ def run_stage(name: str, stage: str, stage_config) -> None:
 def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:
     """Held-out instruction accuracy, win rate against SFT (by the reward model) and pretraining perplexity."""
     results_file = output_dir / "comparison.json"
-    if results_file.is_file() and list(json.loads(results_file.read_text())) == list(compared(config)):
-        return json.loads(results_file.read_text())
+    cached = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    if list(cached) == list(compared(config)):  # the same models compared before
+        return cached
     evaluation = {"limit": 100, "max_new_tokens": 32, "batch_size": 32, **config.evaluation}
     evaluation.pop("estimate_s", None)
     splits = {
