@@ -27,6 +27,7 @@ from trl import TrlParser
 
 from ..hub import push_to_hub
 from ..model_card import RUN_FILE, plot_training_curves, read_history, stage_record, write_model_card, write_run_record
+from ..precision import default_bf16
 
 logger = logging.get_logger(__name__)
 LANGUAGE_MODELLING_STAGES = ("pretrain", "sft")
@@ -52,7 +53,14 @@ class StageArguments:
     report_to: None | str | list[str] = field(
         default="auto", metadata={"help": "'auto': tensorboard and/or trackio when installed, else none."}
     )
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on GPUs that have it."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision; default: where it is fast (a GPU with bf16, a CPU with AMX/AVX-512 "
+            "BF16 or that a matmul probe finds faster), else fp32."
+        },
+    )
+    bf16_reason: str = field(default="set in the config", init=False, repr=False)  # why bf16 is on or off
 
     def __post_init__(self):
         if not self.train_files and not self.dataset_name:
@@ -173,12 +181,15 @@ def parse_config(config_class: type[ConfigT], args: list[str] | None = None) -> 
 
 
 def resolve_defaults(config: TrainingArguments) -> None:
-    """CPU-sensible defaults: bf16 only where the GPU supports it; on a machine without an accelerator, CPU mode
-    (multi-process runs become gloo DDP) without pinned memory; report to tensorboard/trackio when installed."""
+    """CPU-sensible defaults: bf16 only where it is fast (`hf_instruct.precision`); on a machine without an
+    accelerator, CPU mode (multi-process runs become gloo DDP) without pinned memory; report to tensorboard/trackio
+    when installed."""
     if config.report_to == "auto":
         config.report_to = [name for name in TRACKERS if importlib.util.find_spec(name)] or "none"
     if getattr(config, "bf16", False) is None:
-        config.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        choice = default_bf16()
+        config.bf16, config.bf16_reason = choice.bf16, choice.reason
+        logger.info(f"bf16 {'on' if choice.bf16 else 'off'}: {choice.reason}")
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
         config.use_cpu = True  # also what makes torchrun / accelerate launch run gloo DDP instead of N lone copies
         config.dataloader_pin_memory = False
@@ -240,7 +251,7 @@ def train_and_save(
             data=config.data_source,
             steps=trainer.state.global_step,
             wall_time_s=time.time() - start,
-            hyperparameters=card_hyperparameters(config),
+            hyperparameters={**card_hyperparameters(config), "bf16_reason": config.bf16_reason},
             metrics={k: metrics[k] for k in CARD_METRICS if k in metrics},
         )
         write_run_record(config.output_dir, read_history(config.model_name_or_path) + [record])
@@ -293,6 +304,7 @@ CARD_HYPERPARAMETERS = (
     "seed",
     "bf16",
     "block_size",
+    "instruction_share",
     "max_length",
     "packing",
     "use_peft",
