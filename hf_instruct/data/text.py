@@ -2,17 +2,23 @@
 
 Packing concatenates documents with an EOS token between them and cuts the stream into `block_size` blocks, so no
 compute is spent on padding. Only the final partial block is dropped, with a warning that says how many tokens.
+With `keep_documents_apart`, each block also carries `position_ids` that restart at every document and `labels`
+that never ask a document's first token to be predicted from the previous document: a model then attends within
+documents only (block-diagonal attention). For a small model this matters a great deal: in a 128-token block of
+short documents, a question's answer otherwise attends over several unrelated documents, and the signal that
+teaches it to find the relevant words drowns (measured in docs/research-log.md).
 """
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
 from .records import expand_sources
 
+IGNORE_INDEX = -100
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -45,26 +51,70 @@ def pack_texts(
     tokenizer: PreTrainedTokenizerBase,
     block_size: int,
     batch_size: int = 256,
+    keep_documents_apart: bool = False,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """Tokenise the `text` column and pack it into `input_ids` blocks of exactly `block_size` tokens."""
+    """Tokenise the `text` column and pack it into `input_ids` blocks of exactly `block_size` tokens (plus
+    `position_ids` and `labels` with `keep_documents_apart`)."""
     if tokenizer.eos_token_id is None:
         raise ValueError("pack_texts needs a tokenizer with an eos_token to separate documents.")
-    gen_kwargs = {"texts": texts, "tokenizer": tokenizer, "block_size": block_size, "batch_size": batch_size}
-    if isinstance(texts, datasets.IterableDataset):
+
+    def sequences(texts) -> Iterator[tuple[list[int], list[int]]]:
+        for batch in texts.iter(batch_size=batch_size):
+            for ids in tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]:
+                yield ids, ids
+
+    return pack_sequences(sequences, {"texts": texts}, tokenizer.eos_token_id, block_size, keep_documents_apart)
+
+
+def pack_sequences(
+    sequences: Callable[..., Iterator[tuple[list[int], list[int]]]],
+    gen_kwargs: dict,
+    eos_token_id: int,
+    block_size: int,
+    keep_documents_apart: bool,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Blocks from `sequences(**gen_kwargs)`, which yields (input_ids, labels) per document (-100: not trained); a
+    streamed corpus in `gen_kwargs` gives streamed blocks."""
+    gen_kwargs = {"sequences": sequences, "gen_kwargs": gen_kwargs, "eos_token_id": eos_token_id,
+                  "block_size": block_size, "keep_documents_apart": keep_documents_apart}  # fmt: skip
+    if any(isinstance(value, datasets.IterableDataset) for value in gen_kwargs["gen_kwargs"].values()):
         return datasets.IterableDataset.from_generator(_blocks, gen_kwargs=gen_kwargs)
     return datasets.Dataset.from_list(list(_blocks(**gen_kwargs)))
 
 
-def _blocks(texts, tokenizer, block_size: int, batch_size: int) -> Iterator[dict[str, list[int]]]:
-    buffer: list[int] = []
-    for batch in texts.iter(batch_size=batch_size):
-        for ids in tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]:
-            buffer.extend(ids)
-            buffer.append(tokenizer.eos_token_id)
-        full = len(buffer) // block_size * block_size
+def _blocks(sequences, gen_kwargs, eos_token_id: int, block_size: int, keep_documents_apart: bool):
+    input_ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for ids, trained in sequences(**gen_kwargs):
+        input_ids += [*ids, eos_token_id]
+        labels += [IGNORE_INDEX, *trained[1:], eos_token_id] if ids else [IGNORE_INDEX]
+        positions += range(len(ids) + 1)
+        full = len(input_ids) // block_size * block_size
         for start in range(0, full, block_size):
-            yield {"input_ids": buffer[start : start + block_size]}
-        del buffer[:full]
-    if buffer:
-        unused = f"pack_texts: the last {len(buffer)} tokens do not fill a {block_size}-token block: unused."
+            block = {"input_ids": input_ids[start : start + block_size]}
+            if keep_documents_apart:  # a document cut by the block edge restarts at position 0 in the next block
+                block_positions = positions[start : start + block_size]
+                offset = block_positions[0]
+                first_restart = next((i for i, p in enumerate(block_positions) if p == 0), block_size)
+                block["position_ids"] = [p - offset if i < first_restart else p for i, p in enumerate(block_positions)]
+                block["labels"] = [IGNORE_INDEX, *labels[start + 1 : start + block_size]]
+            yield block
+        del input_ids[:full], labels[:full], positions[:full]
+    if input_ids:
+        unused = f"pack_texts: the last {len(input_ids)} tokens do not fill a {block_size}-token block: unused."
         warnings.warn(unused, stacklevel=2)
+
+
+def collate_blocks(blocks: list[dict[str, list[int]]]) -> dict:
+    """Stack packed blocks for a causal LM. Blocks that keep documents apart go without an attention mask and with
+    `use_cache=False`: transformers then builds block-diagonal attention from the restarting `position_ids` (with a
+    cache, stock models let the documents see each other)."""
+    import torch
+
+    batch = {key: torch.tensor([block[key] for block in blocks]) for key in blocks[0]}
+    if "position_ids" in batch:
+        batch["use_cache"] = False
+    else:
+        batch["labels"] = batch["input_ids"].clone()
+    return batch

@@ -1,26 +1,23 @@
-"""Stage 0: pretrain a causal LM on raw text with the stock `Trainer`.
+"""Stage 0: pretrain a causal LM on raw text with the stock `Trainer`, optionally with instructions mixed in.
 
 Trains a tokenizer (or loads one), builds an `InstructGPTConfig` from the YAML `model_config` (or continues from a
-checkpoint), packs the text into blocks with EOS between documents, trains, and reports the perplexity of held-out
-blocks.
+checkpoint), packs the text into blocks with EOS between documents (kept apart by default: each attends only to
+itself), trains, and reports the perplexity of held-out blocks. With `instruction_files` and `instruction_share`
+it is midtraining: chat-rendered instruction conversations make up that share of the tokens (`data/mixing.py`).
 """
 
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
 
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    DataCollatorForLanguageModeling,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-from ..data import load_text_dataset, pack_texts
+from ..data import load_instruction_dataset, load_text_dataset, pack_texts
+from ..data.mixing import pack_mixture, render_conversations
+from ..data.text import collate_blocks
 from ..models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
-from ..tokenization import train_tokenizer
+from ..tokenization import CHAT_TEMPLATE, train_tokenizer
 from .common import StageArguments, start_run, train_and_save
 
 
@@ -36,10 +33,31 @@ class PretrainStageConfig(StageArguments, TrainingArguments):
     )
     block_size: int = field(default=256, metadata={"help": "Tokens per training block."})
     eval_blocks: int = field(default=64, metadata={"help": "Blocks held out to report perplexity (0: none)."})
+    keep_documents_apart: bool = field(
+        default=True,
+        metadata={"help": "Each packed document attends only to itself (position_ids restart, no label crosses)."},
+    )
+    instruction_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Instruction data (any shape the SFT stage reads), rendered with the chat template: a new "
+            "tokenizer also learns from it, and instruction_share of the training tokens come from it."
+        },
+    )
+    instruction_share: float = field(
+        default=0.0, metadata={"help": "Share of training tokens from instruction_files (0: plain pretraining)."}
+    )
+    train_on_instruction_prompts: bool = field(
+        default=False, metadata={"help": "Train on the whole mixed-in conversation, not only the assistant turns."}
+    )
 
     def __post_init__(self):
         if isinstance(self.model_config, str):
             self.model_config = json.loads(self.model_config)
+        if not 0 <= self.instruction_share < 1:
+            raise ValueError(f"--instruction_share must be at least 0 and below 1, got {self.instruction_share}.")
+        if self.instruction_share > 0 and not self.instruction_files:
+            raise ValueError("--instruction_share > 0 needs --instruction_files (the instructions to mix in).")
         super().__post_init__()
 
 
@@ -48,8 +66,12 @@ def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] |
     # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
     resume_from = start_run(config, "pretrain")
 
-    # ---- data
+    # ---- data: the corpus, and the instruction conversations to mix in
     texts = load_text_dataset(config.data_source, config.dataset_split, config.text_field, config.streaming)
+    conversations = []
+    if config.instruction_files:
+        with config.main_process_first(desc="normalising instructions"):
+            conversations = load_instruction_dataset(config.instruction_files)["messages"]
 
     # ---- tokenizer: the given one, the continued model's, or one trained once by the main process and then read
     # by every process (and by a resumed run) from output_dir
@@ -57,13 +79,28 @@ def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] |
     with config.main_process_first(desc="training the tokenizer"):
         trained = os.path.isfile(os.path.join(config.output_dir, "tokenizer.json"))
         if tokenizer_path == config.output_dir and not trained:
-            new_tokenizer = train_tokenizer((row["text"] for row in texts), vocab_size=config.vocab_size)
+            corpus = itertools.chain(
+                (row["text"] for row in texts), render_conversations(conversations, CHAT_TEMPLATE)
+            )
+            new_tokenizer = train_tokenizer(corpus, vocab_size=config.vocab_size)
             new_tokenizer.save_pretrained(tokenizer_path)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
 
-    # ---- packed blocks, with held-out blocks for perplexity
+    # ---- packed blocks (documents and mixed-in conversations), with held-out blocks for perplexity
     with config.main_process_first(desc="packing the corpus"):
-        blocks = pack_texts(texts, tokenizer, config.block_size)
+        if config.instruction_share > 0:
+            blocks = pack_mixture(
+                texts,
+                conversations,
+                tokenizer,
+                config.block_size,
+                config.instruction_share,
+                config.seed,
+                config.train_on_instruction_prompts,
+                config.keep_documents_apart,
+            )
+        else:
+            blocks = pack_texts(texts, tokenizer, config.block_size, keep_documents_apart=config.keep_documents_apart)
     if config.eval_blocks == 0:
         train_blocks, eval_blocks = blocks, None
     elif config.streaming:
@@ -94,7 +131,7 @@ def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] |
         args=config,
         train_dataset=train_blocks,
         eval_dataset=eval_blocks,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        data_collator=collate_blocks,
         processing_class=tokenizer,
         callbacks=callbacks,
     )

@@ -1,0 +1,151 @@
+"""Midtraining and packing that keeps documents apart: what the batches contain, and what the model sees."""
+
+import datasets
+import pytest
+import torch
+from conftest import SMOKE_TRAINING, tiny_config
+
+from hf_instruct import InstructGPTForCausalLM
+from hf_instruct.data import pack_texts
+from hf_instruct.data.mixing import pack_mixture, render
+from hf_instruct.data.text import IGNORE_INDEX, collate_blocks
+from hf_instruct.precision import PROBE_SPEEDUP, decide_bf16
+from hf_instruct.stages import PretrainStageConfig, run_pretrain
+
+DOCS = ["alpha beta gamma delta", "the lazy dog sleeps", "a model learns what the labels say", "one two three"]
+CONVERSATIONS = [
+    [{"role": "user", "content": f"Say {word}."}, {"role": "assistant", "content": word}]
+    for word in ("alpha", "beta", "gamma", "dog", "model")
+]
+
+
+def test_documents_apart_restart_positions_and_never_predict_across(tokenizer):
+    docs = datasets.Dataset.from_dict({"text": DOCS * 3})
+    with pytest.warns(UserWarning, match="do not fill"):
+        blocks = pack_texts(docs, tokenizer, block_size=16, keep_documents_apart=True)
+        plain = pack_texts(docs, tokenizer, block_size=16)
+    assert blocks["input_ids"] == plain["input_ids"]  # the same tokens, only positions and labels differ
+    eos = tokenizer.eos_token_id
+    for ids, positions, labels in zip(blocks["input_ids"], blocks["position_ids"], blocks["labels"], strict=True):
+        assert positions[0] == 0 and labels[0] == IGNORE_INDEX
+        for i in range(1, 16):
+            restarts = ids[i - 1] == eos
+            assert positions[i] == (0 if restarts else positions[i - 1] + 1)
+            assert labels[i] == (IGNORE_INDEX if restarts else ids[i])
+
+
+def test_a_packed_block_computes_each_document_as_if_alone(tokenizer):
+    torch.manual_seed(0)
+    model = InstructGPTForCausalLM(tiny_config(vocab_size=len(tokenizer))).eval()
+    docs = datasets.Dataset.from_dict({"text": DOCS})
+    with pytest.warns(UserWarning, match="do not fill"):
+        (block,) = pack_texts(docs, tokenizer, block_size=24, keep_documents_apart=True).select(range(1))
+    batch = collate_blocks([block])
+    assert batch["use_cache"] is False and "attention_mask" not in batch
+    packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+    starts = [i for i, p in enumerate(block["position_ids"]) if p == 0] + [24]
+    for start, end in zip(starts, starts[1:], strict=False):
+        alone = model(input_ids=batch["input_ids"][:, start:end]).logits[0]
+        torch.testing.assert_close(packed[start:end], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_mixture_holds_the_instruction_share_and_trains_only_answers(tokenizer):
+    texts = datasets.Dataset.from_dict({"text": [f"{doc} {i}" for i in range(40) for doc in DOCS]})
+    rendered = {tuple(ids): labels for ids, labels in (render(tokenizer, m, False) for m in CONVERSATIONS)}
+    assert all(IGNORE_INDEX in labels and set(labels) != {IGNORE_INDEX} for labels in rendered.values())
+    for share in (0.2, 0.5):
+        with pytest.warns(UserWarning, match="do not fill"):
+            blocks = pack_mixture(texts, CONVERSATIONS, tokenizer, 32, share=share, seed=0)
+        stream = [token for ids in blocks["input_ids"] for token in ids]
+        labels = [label for ids in blocks["labels"] for label in ids]
+        eos, instruction_tokens, start = tokenizer.eos_token_id, 0, 0
+        while eos in stream[start:]:  # walk the documents of the stream and recognise the rendered conversations
+            end = stream.index(eos, start)
+            if tuple(stream[start:end]) in rendered:
+                instruction_tokens += end - start + 1
+                expected = rendered[tuple(stream[start:end])]  # assistant tokens only, none at a block's start
+                expected = [IGNORE_INDEX if k == 0 or (start + k) % 32 == 0 else x for k, x in enumerate(expected)]
+                assert labels[start:end] == expected
+            start = end + 1
+        assert instruction_tokens / len(stream) == pytest.approx(share, abs=0.03)
+
+
+def test_mixture_refuses_a_share_without_instructions(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="needs --instruction_files"):
+        PretrainStageConfig(output_dir=str(tmp_path), train_files=["x.txt"], instruction_share=0.3)
+    with pytest.raises(ValueError, match="below 1"):
+        PretrainStageConfig(
+            output_dir=str(tmp_path), train_files=["x.txt"], instruction_files=["i"], instruction_share=1
+        )
+
+
+def test_midtraining_stage_continues_a_model_on_the_mixture(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(f'{{"text": "{doc} {i}"}}\n' for i in range(30) for doc in DOCS))
+    instructions = tmp_path / "sft.jsonl"
+    words = ("a", "b", "c") * 10
+    instructions.write_text("".join(f'{{"instruction": "Please repeat {w}.", "output": "{w}"}}\n' for w in words))
+    common = dict(SMOKE_TRAINING, train_files=[str(corpus)], instruction_files=[str(instructions)], block_size=32)
+    base = run_pretrain(
+        PretrainStageConfig(
+            output_dir=str(tmp_path / "base"),
+            vocab_size=400,
+            eval_blocks=2,
+            model_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+            **common,
+        )
+    )
+    midtrained = run_pretrain(
+        PretrainStageConfig(
+            output_dir=str(tmp_path / "mid"), model_name_or_path=base, eval_blocks=2, instruction_share=0.3, **common
+        )
+    )
+    from transformers import AutoTokenizer
+
+    from hf_instruct.model_card import read_history
+
+    tokenizer = AutoTokenizer.from_pretrained(midtrained)
+    assert tokenizer.tokenize(" repeat") == ["Ġrepeat"]  # the base's tokenizer learnt the instructions' words too
+    base_record, mid_record = read_history(midtrained)
+    assert base_record["hyperparameters"]["instruction_share"] == 0
+    assert mid_record["hyperparameters"]["instruction_share"] == 0.3 and mid_record["base_model"] == base
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bf16", "reason"),
+    [
+        (dict(cuda=True, cuda_bf16=True), True, "GPU with bf16"),
+        (dict(cuda=True, cuda_bf16=False), False, "GPU without bf16"),
+        (dict(cuda=False, cpu_capabilities={"amx_bf16": True}), True, "amx_bf16"),
+        (dict(cuda=False, cpu_capabilities={"avx512_bf16": True, "avx2": True}), True, "avx512_bf16"),
+        (dict(cuda=False, cpu_capabilities={"avx2": True}), False, "not probed"),
+        (dict(cuda=False, cpu_capabilities={"avx2": True}, probe=(85.0, 1.5)), False, "bf16 not faster"),
+        (dict(cuda=False, cpu_capabilities={}, probe=(100.0, PROBE_SPEEDUP * 100.0)), True, "bf16 faster"),
+        (dict(cuda=False, cpu_capabilities={}, probe=(100.0, 110.0)), False, "bf16 not faster"),
+    ],
+)
+def test_bf16_only_where_it_is_fast(kwargs, bf16, reason):
+    choice = decide_bf16(**kwargs)
+    assert choice.bf16 is bf16 and reason in choice.reason
+
+
+def test_the_bf16_choice_and_its_reason_are_recorded(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(DOCS * 20))
+    config = dict(SMOKE_TRAINING, bf16=None, max_steps=1)
+    out = run_pretrain(
+        PretrainStageConfig(
+            output_dir=str(tmp_path / "run"),
+            train_files=[str(corpus)],
+            vocab_size=300,
+            block_size=16,
+            eval_blocks=0,
+            model_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+            **config,
+        )
+    )
+    from hf_instruct.model_card import read_history
+    from hf_instruct.precision import default_bf16
+
+    recorded = read_history(out)[-1]["hyperparameters"]
+    assert recorded["bf16"] is default_bf16().bf16 and recorded["bf16_reason"] == default_bf16().reason
