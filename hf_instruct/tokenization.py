@@ -19,14 +19,18 @@ IM_END = "<|im_end|>"  # ends a chat turn: generation stops here
 # Their ids are 0..4, matching InstructGPTConfig's pad/bos/eos defaults.
 SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, IM_START, IM_END]
 
+# ChatML, with one difference: every turn's content starts with a space (and is trimmed, so a decoded answer that
+# already starts with one renders the same). Byte-level BPE gives " word" and a word at the start of a line different
+# ids; with the space, a word the user writes and the same word in the answer are one token, so a model copies it
+# instead of learning every word twice (a small model's instruction accuracy depends on it; docs/research-log.md).
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{ '<|im_start|>assistant\n' }}"
-    "{%- generation -%}{{ message['content'] + '<|im_end|>' }}{%- endgeneration -%}"
+    "{%- generation -%}{{ ' ' + (message['content'] | trim) + '<|im_end|>' }}{%- endgeneration -%}"
     "{{ '\n' }}"
     "{%- else -%}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n ' + (message['content'] | trim) + '<|im_end|>\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"

@@ -26,9 +26,9 @@ def ids(tokenizer, text: str) -> list[int]:
 def turn(tokenizer, role: str, content: str) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one rendered chat turn: only an assistant's content and <|im_end|> are trained."""
     if role != "assistant":
-        tokens = ids(tokenizer, f"<|im_start|>{role}\n{content}<|im_end|>\n")
+        tokens = ids(tokenizer, f"<|im_start|>{role}\n {content}<|im_end|>\n")
         return tokens, [X] * len(tokens)
-    header, answer, newline = (ids(tokenizer, t) for t in ("<|im_start|>assistant\n", f"{content}<|im_end|>", "\n"))
+    header, answer, newline = (ids(tokenizer, t) for t in ("<|im_start|>assistant\n", f" {content}<|im_end|>", "\n"))
     return header + answer + newline, [X] * len(header) + answer + [X] * len(newline)
 
 
@@ -88,7 +88,7 @@ def test_single_turn_and_multi_turn_with_system_prompt_padded(tokenizer):
     batch = DataCollatorForInstructionTuning(tokenizer)([ALPACA, MULTI_TURN])
     assert_batch_equal(batch, padded([single, multi], len(multi[0])))
     trained = batch["labels"][1][batch["labels"][1] != X].tolist()
-    assert tokenizer.decode(trained) == "Reynard.<|im_end|>Rex.<|im_end|>"  # every turn ends with its trained EOT
+    assert tokenizer.decode(trained) == " Reynard.<|im_end|> Rex.<|im_end|>"  # every turn ends with its trained EOT
 
 
 def test_empty_and_missing_input_fields_render_the_same(tokenizer):
@@ -97,7 +97,7 @@ def test_empty_and_missing_input_fields_render_the_same(tokenizer):
     without = collator([{"instruction": "Say hi", "output": "Hi!"}])
     with_input = collator([{"instruction": "Say hi", "input": "to Bob", "output": "Hi!"}])
     assert_batch_equal(with_empty, without)
-    assert tokenizer.decode(with_input["input_ids"][0]).startswith("<|im_start|>user\nSay hi\n\nto Bob<|im_end|>")
+    assert tokenizer.decode(with_input["input_ids"][0]).startswith("<|im_start|>user\n Say hi\n\nto Bob<|im_end|>")
 
 
 def test_train_on_prompt_labels_every_real_token(tokenizer):
@@ -205,7 +205,7 @@ def test_labels_are_exactly_the_assistant_turns_for_random_conversations(tokeniz
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     batch = DataCollatorForInstructionTuning(tokenizer)([{"messages": messages}])
     trained = batch["labels"][0][batch["labels"][0] != X].tolist()
-    assert tokenizer.decode(trained) == "".join(f"{answer}<|im_end|>" for _, answer in turns)
+    assert tokenizer.decode(trained) == "".join(f" {answer.strip()}<|im_end|>" for _, answer in turns)
     free = DataCollatorForInstructionTuning(tokenizer, padding_free=True)([{"messages": messages}] * 2)
     starts = free["position_ids"][0] == 0
     assert (free["labels"][0][starts] == X).all()

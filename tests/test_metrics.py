@@ -96,8 +96,8 @@ def test_win_rate_scores_chat_renderings_with_the_reward_model(load, tokenizer, 
 
     def reward(prompt, answer):  # the ChatML rendering written out, scored alone (no padding)
         turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        text = "".join(f"<|im_start|>{t['role']}\n{t['content']}<|im_end|>\n" for t in turns)
-        text += f"<|im_start|>assistant\n{answer}<|im_end|>\n"
+        text = "".join(f"<|im_start|>{t['role']}\n {t['content']}<|im_end|>\n" for t in turns)
+        text += f"<|im_start|>assistant\n {answer}<|im_end|>\n"
         with torch.no_grad():
             return model(**tokenizer(text, add_special_tokens=False, return_tensors="pt")).logits[0, 0].item()
 

@@ -33,14 +33,27 @@ def test_any_text_round_trips_without_unknown_tokens(tokenizer, text):
     assert tokenizer.decode(ids) == text
 
 
-def test_chat_template_renders_chatml():
+def test_chat_template_renders_chatml_with_a_space_before_each_content():
     tokenizer = train_tokenizer([TEXT] * 5, vocab_size=300, show_progress=False)
     assert tokenizer.apply_chat_template(CONVERSATION[:2], tokenize=False, add_generation_prompt=True) == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName a fox.<|im_end|>\n<|im_start|>assistant\n"
+        "<|im_start|>system\n Be brief.<|im_end|>\n<|im_start|>user\n Name a fox.<|im_end|>\n<|im_start|>assistant\n"
     )
     assert tokenizer.apply_chat_template(CONVERSATION[:3], tokenize=False).endswith(
-        "<|im_start|>assistant\nReynard.<|im_end|>\n"
+        "<|im_start|>assistant\n Reynard.<|im_end|>\n"
     )
+    # a decoded answer keeps its leading space; rendered again, it is the same conversation
+    answered = [*CONVERSATION[:2], {"role": "assistant", "content": " Reynard. \n"}]
+    assert tokenizer.apply_chat_template(answered, tokenize=False) == tokenizer.apply_chat_template(
+        CONVERSATION[:3], tokenize=False
+    )
+
+
+def test_a_word_is_the_same_token_in_a_question_and_in_its_answer():
+    tokenizer = train_tokenizer([TEXT] * 5, vocab_size=400, show_progress=False)
+    conversation = [{"role": "user", "content": "fox"}, {"role": "assistant", "content": "fox"}]
+    ids = tokenizer.apply_chat_template(conversation)["input_ids"]
+    fox = tokenizer(" fox", add_special_tokens=False)["input_ids"]
+    assert len(fox) == 1 and ids.count(fox[0]) == 2
 
 
 def test_assistant_mask_covers_every_assistant_turn_and_its_end_of_turn_token(tokenizer):
@@ -48,7 +61,7 @@ def test_assistant_mask_covers_every_assistant_turn_and_its_end_of_turn_token(to
         CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     trained = [token for token, bit in zip(out["input_ids"], out["assistant_masks"], strict=True) if bit]
-    assert tokenizer.decode(trained) == "Reynard.<|im_end|>Rex ünï 🙂<|im_end|>"
+    assert tokenizer.decode(trained) == " Reynard.<|im_end|> Rex ünï 🙂<|im_end|>"
     # what TRL checks before `assistant_only_loss=True`
     assert has_generation_markers(tokenizer.chat_template)
     assert is_chat_template_stop_token_trained(tokenizer)
