@@ -1,5 +1,6 @@
 """The embedded instruction-following suite: determinism, coverage, held-out disjointness, verifiers, export."""
 
+import dataclasses
 import json
 import re
 from collections import defaultdict
@@ -72,6 +73,43 @@ def test_held_out_paraphrases_use_templates_never_trained_on(suite):
     assert set(suite["held_out_paraphrases"]["family"]) == set(FAMILIES)
     trained_prompts = {m[0]["content"] for m in suite["sft"]["messages"]}
     assert not trained_prompts & {m[0]["content"] for m in suite["held_out_paraphrases"]["messages"]}
+
+
+def test_the_training_grammar_cannot_produce_a_held_out_template():
+    for family in FAMILY_TABLE.values():
+        training, held = family.grammar(held_out=False), family.grammar(held_out=True)
+
+        def productions(grammar, family=family):
+            return {
+                family.template(core, prefix, suffix).turns
+                for core in grammar.cores
+                for prefix in grammar.prefixes
+                for suffix in grammar.suffixes
+            }
+
+        trained = productions(training)
+        assert len(trained) >= 300, family.name  # instruction diversity: hundreds of training templates
+        assert productions(held) and not productions(held) & trained, family.name
+        held_cores = {family.cores[core] for core in held.cores}
+        assert not held_cores & {family.cores[core] for core in training.cores}, family.name
+        for turns in trained:  # no held-out core hides inside a training template either
+            assert not any(core[0] in turns[0] for core in held_cores), (family.name, turns)
+
+
+def test_a_development_suite_never_uses_the_reported_held_out_templates():
+    development = build_suite(dataclasses.replace(SuiteConfig.tiny(seed=7), development=True))
+    reported = {
+        family.template(core, prefix, suffix).name
+        for family in FAMILY_TABLE.values()
+        for grammar in [family.grammar(held_out=True)]
+        for core in grammar.cores
+        for prefix in grammar.prefixes
+        for suffix in grammar.suffixes
+    }
+    used = {name for split in MESSAGE_SPLITS for name in development[split]["template"]}
+    assert used and not used & reported
+    trained, held_out = set(development["sft"]["template"]), set(development["held_out_paraphrases"]["template"])
+    assert held_out and not held_out & trained
 
 
 def test_held_out_compositions_combine_families_as_sft_never_does(suite):

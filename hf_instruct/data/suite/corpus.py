@@ -8,8 +8,13 @@ however small the corpus is; random documents then fill it to the requested size
 
 import random
 
+from .tasks import CONTEXTS, GREETINGS, HELD_OUT_PARTS, REQUESTS, THANKS
 from .world import ATTRIBUTES, KINDS, OPERATIONS, WORDS, Entity, World, arithmetic_problem, article
 
+NOTE_GREETINGS = (*GREETINGS, *HELD_OUT_PARTS["greetings"])
+NOTE_CONTEXTS = (*CONTEXTS, *HELD_OUT_PARTS["contexts"])
+NOTE_REQUESTS = (*REQUESTS, *HELD_OUT_PARTS["requests"])
+NOTE_THANKS = (*THANKS, *HELD_OUT_PARTS["thanks"])
 KIND_NOUNS = {"town": "a town", "person": "a person", "animal": "an animal", "company": "a company"}
 STORIES = {
     "person": (
@@ -47,7 +52,7 @@ def write_corpus(world: World, rng: random.Random, megabytes: float) -> list[str
     """Documents (one string each) totalling about `megabytes` MB, never fewer than three entries per entity."""
     documents = [entry(entity, shift) for shift in range(3) for entity in world.entities]
     size = sum(map(len, documents))
-    writers, weights = (random_entry, story, register, drill, spelling), (3, 3, 2, 1, 1)
+    writers, weights = (random_entry, story, register, drill, spelling, note), (3, 3, 2, 1, 1, 1)
     while size < megabytes * 1e6:
         documents.append(rng.choices(writers, weights)[0](world, rng))
         size += len(documents[-1])
@@ -55,17 +60,23 @@ def write_corpus(world: World, rng: random.Random, megabytes: float) -> list[str
     return documents
 
 
-def entry(entity: Entity, shift: int) -> str:
-    """An encyclopedic entry; `shift` picks the phrasing of each fact, so consecutive shifts phrase every fact anew."""
+def entry(entity: Entity, shift: int, rng: random.Random | None = None) -> str:
+    """An encyclopedic entry; `shift` picks the phrasing of each fact, so consecutive shifts phrase every fact anew.
+    With `rng`, the facts come in a random order (every sentence names the entity, so any order reads well): a fact
+    is then not learnt as "the sentence after the age" but as a property of the name, which is what makes it
+    retrievable by a question (Allen-Zhu & Li, Physics of Language Models 3.1)."""
+    facts = list(enumerate(entity.facts))
+    if rng is not None:
+        rng.shuffle(facts)
     sentences = [f"{entity.name} is {KIND_NOUNS[entity.kind]}."]
-    for index, fact in enumerate(entity.facts):
+    for index, fact in facts:
         phrasings = fact.sentences()
         sentences.append(phrasings[(shift + index) % len(phrasings)])
     return f"{entity.name}\n\n" + " ".join(sentences)
 
 
 def random_entry(world: World, rng: random.Random) -> str:
-    return entry(rng.choice(world.entities), rng.randrange(100))
+    return entry(rng.choice(world.entities), rng.randrange(100), rng)
 
 
 def story(world: World, rng: random.Random) -> str:
@@ -83,6 +94,18 @@ def register(world: World, rng: random.Random) -> str:
     return f"Register of {ATTRIBUTES[key].noun}\n\n" + "\n".join(lines)
 
 
+def note(world: World, rng: random.Random) -> str:
+    """A short note between people, opened and closed with the phrases instructions are wrapped in, held-out ones
+    included: a model should know them as language, as any pretrained model knows "Cheers!" (it never sees the
+    held-out ones around an instruction)."""
+    entity = rng.choice(world.entities)
+    facts = rng.sample(entity.facts, min(2, len(entity.facts)))
+    opening = " ".join(part for part in (rng.choice(NOTE_GREETINGS), rng.choice(NOTE_CONTEXTS)) if part)
+    closing = " ".join(part for part in (rng.choice(NOTE_REQUESTS), rng.choice(NOTE_THANKS)) if part)
+    body = " ".join(rng.choice(fact.sentences()) for fact in facts)
+    return f"A note about {entity.name}\n\n{opening} {body} {closing}".replace("  ", " ").strip()
+
+
 def drill(world: World, rng: random.Random) -> str:
     """Arithmetic facts, written with symbols or words."""
     lines = []
@@ -93,10 +116,10 @@ def drill(world: World, rng: random.Random) -> str:
 
 
 def spelling(world: World, rng: random.Random) -> str:
-    """Spelling notes: length, first letter, the word backwards and in capitals."""
+    """Spelling notes: length, first letter and the word in capitals (no quotes: a word glued to a quote is another
+    token than the same word after a space)."""
     notes = [
-        f'The word "{w}" has {len(w)} letters. It begins with "{w[0]}". Backwards it reads "{w[::-1]}", and in '
-        f'capitals it is "{w.upper()}".'
+        f"The word {w} has {len(w)} letters. It begins with {w[0]}, and in capitals it is {w.upper()}."
         for w in rng.sample(WORDS, 5)
     ]
     return "Spelling notes\n\n" + "\n".join(notes)

@@ -1,18 +1,57 @@
-"""Task families: paraphrased instruction templates plus a maker of verifiable instances.
+"""Task families: instruction templates from a small grammar, plus a maker of verifiable instances.
+
+A template is PREFIX + CORE + SUFFIX. Each family has training cores and held-out cores (distinct phrasings of its
+instruction); the prefixes ("Hi! Quick question. ") and suffixes (" Be brief. Thanks.") are shared by all families
+and built from parts, again split into training and held-out ones. Training data is drawn from training cores x
+training wrappers (thousands of templates per family: instruction diversity is what makes a small model generalise
+to new phrasings, Zhang, Wang & Charton 2024); held_out_paraphrases from held-out cores x held-out wrappers, which
+the training grammar cannot produce (tested).
 
 A family's maker draws a `Task` (template slots, reference answers, a check, a plausible wrong answer) from what a
-`Pool` allows; a template phrases it. Every family has ten templates: the suite keeps the last few for
-held_out_paraphrases only. Compositions are families made of two others (a world fact, then formatting or string
-work) that no SFT family combines that way; they only appear in held_out_compositions. Families and compositions
-share the helpers below, so a composition checks its answer exactly as its parts do.
+`Pool` allows. Compositions are families made of two others (a world fact or a list, then a string operation) that
+no training family combines that way; they only appear in held_out_compositions. Families and compositions share
+the task builders below, so a composition checks its answer exactly as its parts do.
+
+Slots are written without quotes ("Write pear in capital letters."): byte-level BPE gives a word glued to a quote
+another token than the same word after a space, and a model would have to learn every word twice to copy it.
 """
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .world import CATEGORIES, FOODS, MONTHS, OPERATIONS, PRODUCTS, WORDS, Fact, Pool, arithmetic_problem
+from .world import CATEGORIES, MONTHS, OPERATIONS, PRODUCTS, WORDS, Fact, Pool, arithmetic_problem
+
+
+def wrappers(firsts: tuple[str, ...], seconds: tuple[str, ...], before: bool) -> tuple[str, ...]:
+    """Every "first second" pair as a prefix (before the core) or a suffix (after it); "" parts drop out."""
+    joined = (" ".join(part for part in (first, second) if part) for first in firsts for second in seconds)
+    return tuple(f"{text} " if before and text else f" {text}" if text else "" for text in joined)
+
+
+GREETINGS = ("", "Hi!", "Hello.", "Hey.", "Hi there.", "Good day.", "Greetings.")
+CONTEXTS = ("", "Quick question.", "I need some help.", "Question:", "Help me out here.", "I am curious.",
+            "This is for a quiz.", "My friend asked me this.", "Here is a task.", "Please help.")  # fmt: skip
+REQUESTS = (
+    "",
+    "Be brief.",
+    "Keep it short.",
+    "Just the answer, please.",
+    "Answer directly.",
+    "No explanation needed.",
+)
+THANKS = ("", "Thanks.", "Thank you!", "Much appreciated.")
+TRAINING_PREFIXES = wrappers(GREETINGS, CONTEXTS, before=True)
+TRAINING_SUFFIXES = wrappers(REQUESTS, THANKS, before=False)
+# Held out: every part new, so no training wrapper contains them.
+HELD_OUT_PARTS = {
+    "greetings": ("Good morning.", "Howdy."),
+    "contexts": ("One more thing:", "I was wondering."),
+    "requests": ("A short answer will do.", "Reply tersely."),
+    "thanks": ("Cheers!", "Many thanks."),
+}
+HELD_OUT_PREFIXES = wrappers(HELD_OUT_PARTS["greetings"], HELD_OUT_PARTS["contexts"], before=True)
+HELD_OUT_SUFFIXES = wrappers(HELD_OUT_PARTS["requests"], HELD_OUT_PARTS["thanks"], before=False)
 
 
 @dataclass(frozen=True)
@@ -24,16 +63,71 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Template:
+    """One production of the grammar: the turns of a conversation (the wrapper goes around the first) and its id."""
+
+    name: str  # "family/core.prefix.suffix", indices into the family's cores and the wrapper lists
+    turns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """The cores and wrappers one split draws from."""
+
+    cores: tuple[int, ...]  # indices into the family's cores (training ones first, then the held-out ones)
+    prefixes: tuple[int, ...]  # indices into PREFIXES
+    suffixes: tuple[int, ...]  # indices into SUFFIXES
+
+
+def split_wrappers(wrappers: tuple[str, ...], first: str, second: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(indices of the wrappers with neither part, indices of those with both): a development split of wrappers."""
+    return (
+        tuple(i for i, text in enumerate(wrappers) if first not in text and second not in text),
+        tuple(i for i, text in enumerate(wrappers) if first in text and second in text),
+    )
+
+
+PREFIXES = TRAINING_PREFIXES + HELD_OUT_PREFIXES
+SUFFIXES = TRAINING_SUFFIXES + HELD_OUT_SUFFIXES
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
-    templates: tuple[tuple[str, ...], ...]  # each: one user turn per answer
+    cores: tuple[tuple[str, ...], ...]  # each: one user turn per answer
+    roles: tuple[str, ...]  # per core: "train", "dev" (trained, but held out in development) or "held_out"
     make: Callable[[random.Random, Pool], Task]
     parts: tuple[str, ...]  # the families it combines (itself, for a plain family)
 
-    def render(self, template: int, task: Task) -> list[dict[str, str]]:
+    def grammar(self, held_out: bool, development: bool = False) -> Grammar:
+        """Training or held-out cores and wrappers. In development the reported held-out ones are left out and
+        stand-in training cores and wrapper parts take their place, so tuning never sees the reported templates."""
+        if development:
+            chosen = ("dev",) if held_out else ("train",)
+            prefixes = split_wrappers(TRAINING_PREFIXES, GREETINGS[-1], CONTEXTS[-1])[held_out]
+            suffixes = split_wrappers(TRAINING_SUFFIXES, REQUESTS[-1], THANKS[-1])[held_out]
+        elif held_out:
+            chosen = ("held_out",)
+            prefixes = tuple(range(len(TRAINING_PREFIXES), len(PREFIXES)))
+            suffixes = tuple(range(len(TRAINING_SUFFIXES), len(SUFFIXES)))
+        else:
+            chosen = ("train", "dev")
+            prefixes, suffixes = tuple(range(len(TRAINING_PREFIXES))), tuple(range(len(TRAINING_SUFFIXES)))
+        return Grammar(tuple(i for i, role in enumerate(self.roles) if role in chosen), prefixes, suffixes)
+
+    def template(self, core: int, prefix: int, suffix: int) -> Template:
+        first, *rest = self.cores[core]
+        return Template(f"{self.name}/{core}.{prefix}.{suffix}", (PREFIXES[prefix] + first + SUFFIXES[suffix], *rest))
+
+    def draw(self, rng: random.Random, grammar: Grammar, core: int | None = None) -> Template:
+        """A template of the grammar: the given core (else a random one) in a random wrapper."""
+        core = rng.choice(grammar.cores) if core is None else core
+        return self.template(core, rng.choice(grammar.prefixes), rng.choice(grammar.suffixes))
+
+    def render(self, template: Template, task: Task) -> list[dict[str, str]]:
         """The conversation, up to and including the reference answer."""
         messages = []
-        for turn, reply in zip(self.templates[template], task.answers, strict=True):
+        for turn, reply in zip(template.turns, task.answers, strict=True):
             messages += [
                 {"role": "user", "content": turn.format(**task.slots)},
                 {"role": "assistant", "content": reply},
@@ -43,22 +137,64 @@ class Family:
 
 FAMILY_TABLE: dict[str, Family] = {}
 COMPOSITION_TABLE: dict[str, Family] = {}
-ENTITY_FAMILIES = ("knowledge", "yes_no", "multi_step")  # ask about one entity's facts: held_out_entities uses them
+ENTITY_FAMILIES = ("knowledge", "yes_no", "choice")  # ask about one entity's facts: held_out_entities uses them
 
 
-def family(name: str, *templates: str | tuple[str, ...], parts: tuple[str, ...] = (), table: dict = FAMILY_TABLE):
-    """Registers the decorated maker as a family; a composition is named after its parts ("knowledge+json")."""
+# Requests that fit any family's ask (a noun phrase: "the first letter of {word}", "{word} in capital letters").
+# They carry no hint of the task, so a model must read what is asked for, not recognise a memorised sentence. The
+# last training frame stands in for the held-out ones in development.
+TRAINING_FRAMES = (
+    "What is {ask}?",
+    "Tell me {ask}.",
+    "Give me {ask}.",
+    "I need {ask}.",
+    "Please write {ask}.",
+    "Can you tell me {ask}?",
+    "Reply with {ask}.",
+    "Write {ask}.",
+    "Show me {ask}.",
+    "Find {ask}.",
+)
+HELD_OUT_FRAMES = ("I'd like to know {ask}.", "Could you give me {ask}?")
+
+
+def family(name: str, *cores: str | tuple[str, ...], held_out: int = 2, table: dict = FAMILY_TABLE):
+    """Registers the decorated maker as a family with its own cores: the last `held_out` are held out, and as many
+    before them stand in for them in development."""
 
     def register(make: Callable[[random.Random, Pool], Task]) -> Callable[[random.Random, Pool], Task]:
-        turns = tuple(t if isinstance(t, tuple) else (t,) for t in templates)
-        table[name] = Family(name, turns, make, parts or tuple(name.split("+")))
+        turns = tuple(c if isinstance(c, tuple) else (c,) for c in cores)
+        trained = len(turns) - held_out
+        roles = tuple(
+            "held_out" if i >= trained else "dev" if i >= trained - held_out else "train" for i in range(len(turns))
+        )
+        table[name] = Family(name, turns, roles, make, tuple(name.split("+")))
         return make
 
     return register
 
 
-def composition(name: str, *templates: str):
-    return family(name, *templates, table=COMPOSITION_TABLE)
+def asking(name: str, *asks: str, table: dict = FAMILY_TABLE):
+    """Registers the decorated maker as a family whose cores are every frame around every one of its asks;
+    compositions ("knowledge+uppercase", named after their parts) are built the same way."""
+
+    def register(make: Callable[[random.Random, Pool], Task]) -> Callable[[random.Random, Pool], Task]:
+        frames = [*TRAINING_FRAMES, *HELD_OUT_FRAMES]
+        cores = tuple((frame.format(ask=ask),) for frame in frames for ask in asks)
+        roles = tuple(
+            "held_out" if frame in HELD_OUT_FRAMES else "dev" if frame == TRAINING_FRAMES[-1] else "train"
+            for frame in frames
+            for _ in asks
+        )
+        table[name] = Family(name, cores, roles, make, tuple(name.split("+")))
+        return make
+
+    return register
+
+
+def composition(name: str, *asks: str):
+    """A held-out combination of two families' asks; every core is used (no training split keeps it from any)."""
+    return asking(name, *asks, table=COMPOSITION_TABLE)
 
 
 # ---------------------------------------------------------------- answers and their checks
@@ -71,82 +207,61 @@ def answer(slots: dict, text: str, wrong: object, check: dict, facts: Sequence[F
     return Task(slots, (text,), check, str(wrong))
 
 
-def number(slots: dict, value: int, wrong: object, facts: Sequence[Fact] = ()) -> Task:
+def number_answer(slots: dict, value: int, wrong: object, facts: Sequence[Fact] = ()) -> Task:
     return answer(slots, str(value), wrong, {"kind": "number", "answer": value}, facts)
 
 
-def exact(slots: dict, text: str, wrong: str, facts: Sequence[Fact] = (), case: bool = False) -> Task:
+def exact_answer(slots: dict, text: str, wrong: str, facts: Sequence[Fact] = (), case: bool = False) -> Task:
     return answer(slots, text, wrong, {"kind": "exact", "answer": text, **({"case": True} if case else {})}, facts)
 
 
 def fact_answer(slots: dict, fact: Fact, wrong: str, facts: Sequence[Fact]) -> Task:
-    return number(slots, int(fact.value), wrong, facts) if fact.numeric else exact(slots, fact.value, wrong, facts)
+    if fact.numeric:
+        return number_answer(slots, int(fact.value), wrong, facts)
+    return exact_answer(slots, fact.value, wrong, facts)
 
 
 def join_items(items: list[str], style: str) -> str:
     return "\n".join(f"- {item}" for item in items) if style == "bullet" else commas(items)
 
 
-def listing(slots: dict, items: list[str], wrong: list[str], style: str, ordered: bool = True) -> Task:
-    """A list answer: bullets for style "bullet", else one comma-separated line ("any" accepts either back)."""
-    check = {"kind": "list", "style": style, "items": items, "ordered": ordered}
-    return answer(slots, join_items(items, style), join_items(wrong, style), check)
+def uppercase_answer(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
+    return exact_answer(slots, word.upper(), word.capitalize(), facts, case=True)
 
 
-def json_object(slots: dict, value: dict, wrong: dict, facts: Sequence[Fact] = ()) -> Task:
-    return answer(slots, json.dumps(value), json.dumps(wrong), {"kind": "json", "answer": value}, facts)
+def first_letter_answer(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
+    return exact_answer(slots, word[0].lower(), word[-1].lower(), facts)
 
 
-def upper(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
-    return exact(slots, word.upper(), word.capitalize(), facts, case=True)
-
-
-def backwards(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
-    return exact(slots, word.lower()[::-1], word.lower(), facts)
-
-
-def initial(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
-    return exact(slots, word[0].lower(), word[-1].lower(), facts)
-
-
-def letter_count(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
-    return number(slots, len(word), len(word) + 1, facts)
-
-
-def record(rng: random.Random, pool: Pool, slots: dict, subject: str, facts: Sequence[Fact]) -> Task:
-    """A JSON object with the subject's name and the given facts; the wrong one gets one value wrong."""
-    value = {"name": subject, **{f.key: int(f.value) if f.numeric else f.value for f in facts}}
-    broken = rng.choice(facts)
-    wrong_value = pool.other_value(broken, rng)
-    wrong = {**value, broken.key: int(wrong_value) if broken.numeric else wrong_value}
-    keys = [f'"{key}"' for key in value]
-    return json_object({**slots, "keys": ", ".join(keys[:-1]) + " and " + keys[-1]}, value, wrong, facts)
-
-
-def some_facts(rng: random.Random, pool: Pool) -> tuple[str, list[Fact]]:
-    subject = rng.choice([s for s, facts in pool.by_subject.items() if len(facts) >= 2])
-    return subject, rng.sample(pool.by_subject[subject], 2)
+def letter_count_answer(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
+    return number_answer(slots, len(word), len(word) + 1, facts)
 
 
 def commas(items: list) -> str:
     return ", ".join(map(str, items))
 
 
+def word_list(rng: random.Random) -> tuple[list[str], str]:
+    """3 to 6 distinct suite words, and which end of the list a question asks for."""
+    return rng.sample(WORDS, rng.randint(3, 6)), rng.choice(("first", "last"))
+
+
+def list_end(items: list[str], end: str) -> tuple[str, str]:
+    """(the item at that end, the one at the other end)."""
+    return (items[0], items[-1]) if end == "first" else (items[-1], items[0])
+
+
+def word_facts(pool: Pool) -> list[Fact]:
+    """Facts whose value is one of the suite's words, for string tasks on facts."""
+    return [fact for fact in pool.facts if fact.value in WORDS]
+
+
 # ---------------------------------------------------------------- families on the world's facts
 
 
-@family(
+@asking(
     "knowledge",
-    "What is {about}?",
-    "Tell me {about}.",
-    "Do you know {about}? Reply briefly.",
-    "Quick question: what is {about}?",
-    "I'd like to know {about}.",
-    "Please state {about}.",
-    "Can you tell me {about}?",
-    "Answer with just the answer: what is {about}?",
-    "Remind me: what is {about}?",
-    "What would you say {about} is?",
+    "{about}",
 )
 def knowledge(rng: random.Random, pool: Pool) -> Task:
     fact = rng.choice(pool.facts)
@@ -161,10 +276,11 @@ def knowledge(rng: random.Random, pool: Pool) -> Task:
     "Yes or no: {statement}?",
     "Here is a claim: {statement}. Is it correct? Reply yes or no.",
     "Tell me yes or no. Is it so that {statement}?",
-    "Check this for me, yes or no: {statement}.",
     "Would you say that {statement}? Yes or no.",
-    "Someone told me that {statement}. Are they right? Just say yes or no.",
     "Reply with yes or no only. Claim: {statement}.",
+    # held out
+    "Check this for me, yes or no: {statement}.",
+    "Someone told me that {statement}. Are they right? Just say yes or no.",
 )
 def yes_no(rng: random.Random, pool: Pool) -> Task:
     fact = rng.choice(pool.facts)
@@ -180,24 +296,18 @@ def yes_no(rng: random.Random, pool: Pool) -> Task:
     )
 
 
-@family(
-    "multi_step",
-    "What is {about} plus {n}?",
-    "Add {n} to {about}. What number do you get?",
-    "Take {about} and add {n} to it.",
-    "If you add {n} to {about}, what do you get?",
-    "Compute {about} + {n}.",
-    "What do you get when {n} is added to {about}?",
-    "Tell me {about} increased by {n}.",
-    "Give me the sum of {about} and {n}.",
-    "Start from {about}, then add {n}. What is the result?",
-    "Work out {n} more than {about}.",
-    parts=("knowledge", "arithmetic"),
+@asking(
+    "choice",
+    "{about}: {a} or {b}",
+    "{about}, {a} or {b}",
+    "{about} (either {a} or {b})",
 )
-def multi_step(rng: random.Random, pool: Pool) -> Task:
-    fact = rng.choice(pool.numeric)
-    n = rng.randint(1, 20)
-    return number({"about": fact.about, "n": n}, int(fact.value) + n, fact.value, [fact])
+def choice(rng: random.Random, pool: Pool) -> Task:
+    """Knowledge with the answer among two options: whether the model knows the fact, not how it phrases it."""
+    fact = rng.choice(pool.facts)
+    wrong = pool.other_value(fact, rng)
+    a, b = rng.sample([fact.value, wrong], 2)
+    return fact_answer({"about": fact.about, "a": a, "b": b}, fact, wrong, [fact])
 
 
 @family(
@@ -210,9 +320,9 @@ def multi_step(rng: random.Random, pool: Pool) -> Task:
     ("Can you tell me {about}?", "OK. And the {attribute} of {that}?"),
     ("Please state {about}.", "Then what is the {attribute} of {that}?"),
     ("What is {about}? Just the name.", "Now give me the {attribute} of {that}."),
+    # held out
     ("Remind me: what is {about}?", "Good. Do you also know the {attribute} of {that}?"),
     ("Who or what is {about}?", "Right. And what is the {attribute} of {that}?"),
-    parts=("knowledge", "knowledge"),
 )
 def multi_turn(rng: random.Random, pool: Pool) -> Task:
     """Two hops: a fact naming an entity, then a follow-up about "that town" / "that person"."""
@@ -226,236 +336,116 @@ def multi_turn(rng: random.Random, pool: Pool) -> Task:
 # ---------------------------------------------------------------- arithmetic and numbers
 
 
-@family(
+@asking(
     "arithmetic",
-    "What is {expr}?",
-    "Compute {expr}.",
-    "Calculate {expr} and give only the result.",
-    "{expr} = ?",
-    "Work out {expr}.",
-    "What do you get for {expr}?",
-    "Please evaluate {expr}.",
-    "Solve: {expr}",
-    "I need the value of {expr}.",
-    "Find {expr}.",
+    "{expr}",
+    "the value of {expr}",
+    "the result of {expr}",
 )
 def arithmetic(rng: random.Random, pool: Pool) -> Task:
     a, op, b, result = arithmetic_problem(rng)
-    return number({"expr": f"{a} {rng.choice(OPERATIONS[op])} {b}"}, result, result + rng.choice((-2, -1, 1, 2, 10)))
+    return number_answer(
+        {"expr": f"{a} {rng.choice(OPERATIONS[op])} {b}"}, result, result + rng.choice((-2, -1, 1, 2, 10))
+    )
 
 
-@family(
+@asking(
     "compare_numbers",
-    "Which is {which}, {a} or {b}?",
-    "Of {a} and {b}, which number is {which}?",
-    "Tell me the {which} of these two numbers: {a} and {b}.",
-    "Compare {a} and {b}. Which one is {which}?",
-    "{a} or {b}: which is {which}?",
-    "Between {a} and {b}, give the {which} number.",
-    "Pick the {which} number: {a}, {b}.",
-    "Which number is {which}: {a} or {b}?",
-    "Here are two numbers, {a} and {b}. Reply with the {which} one.",
-    "Look at {a} and {b} and say which is {which}.",
+    "the {which} of {a} and {b}",
+    "the {which} number out of {a} and {b}",
+    "the {which} number: {a} or {b}",
 )
 def compare_numbers(rng: random.Random, pool: Pool) -> Task:
-    a, b = rng.sample(range(1, 1000), 2)
+    a, b = rng.sample(range(1, 100), 2)
     which = rng.choice(("larger", "smaller"))
     best = max(a, b) if which == "larger" else min(a, b)
-    return number({"a": a, "b": b, "which": which}, best, a + b - best)
+    return number_answer({"a": a, "b": b, "which": which}, best, a + b - best)
 
 
-@family(
+@asking(
     "min_max",
-    "What is the {which} number in this list: {items}?",
-    "Find the {which} number among {items}.",
-    "Which of these numbers is the {which}: {items}?",
-    "Give me the {which} value in {items}.",
-    "From {items}, pick the {which} number.",
-    "Here is a list: {items}. What is its {which} number?",
-    "Tell me the {which} of these numbers: {items}.",
-    "Which number is the {which} in {items}?",
-    "Look through {items} and report the {which} number.",
-    "Out of {items}, which is the {which}?",
+    "the {which} number in the list {items}",
+    "the {which} of the numbers {items}",
+    "the {which} value among {items}",
 )
 def min_max(rng: random.Random, pool: Pool) -> Task:
-    items = rng.sample(range(1, 100), rng.randint(4, 7))
+    items = rng.sample(range(1, 100), rng.randint(3, 5))
     which = rng.choice(("largest", "smallest"))
     best, worst = (max(items), min(items)) if which == "largest" else (min(items), max(items))
-    return number({"items": commas(items), "which": which}, best, worst)
+    return number_answer({"items": commas(items), "which": which}, best, worst)
 
 
 # ---------------------------------------------------------------- words and letters
 
 
-@family(
-    "count_words",
-    'How many words are in "{text}"?',
-    "Count the words in this text: {text}",
-    'How many words does this phrase have? "{text}"',
-    "Give the number of words in: {text}",
-    'Tell me how many words there are in "{text}".',
-    'Word count of "{text}"?',
-    'Count how many words appear here: "{text}"',
-    'What is the number of words in the phrase "{text}"?',
-    'I wrote "{text}". How many words is that?',
-    "Here is a phrase: {text}. How many words does it contain?",
-)
-def count_words(rng: random.Random, pool: Pool) -> Task:
-    count = rng.randint(3, 9)
-    return number({"text": " ".join(rng.sample(WORDS, count))}, count, count + rng.choice((-1, 1)))
-
-
-@family(
+@asking(
     "count_letters",
-    'How many letters are in the word "{word}"?',
-    'Count the letters in "{word}".',
-    'How long is the word "{word}", in letters?',
-    'How many letters does "{word}" have?',
-    "Give the number of letters in {word}.",
-    'What is the letter count of "{word}"?',
-    'Tell me how many letters "{word}" has.',
-    'Count the characters in the word "{word}".',
-    'The word is "{word}". How many letters?',
-    'Spell out "{word}" in your head and tell me how many letters it has.',
+    "the number of letters in {word}",
+    "the letter count of {word}",
+    "the length of {word} in letters",
 )
 def count_letters(rng: random.Random, pool: Pool) -> Task:
     word = rng.choice(WORDS)
-    return letter_count({"word": word}, word)
+    return letter_count_answer({"word": word}, word)
 
 
-@family(
-    "reverse_word",
-    'Reverse the word "{word}".',
-    'Spell "{word}" backwards.',
-    'Write "{word}" in reverse order.',
-    'What is "{word}" spelled backwards?',
-    "Reverse the letters of {word}.",
-    'Give me the word "{word}" written back to front.',
-    'Turn "{word}" around, letter by letter.',
-    'Write the letters of "{word}" from last to first.',
-    'Flip "{word}" so it reads backwards.',
-    'What do you get if you read "{word}" from right to left?',
-)
-def reverse_word(rng: random.Random, pool: Pool) -> Task:
-    word = rng.choice(WORDS)
-    return backwards({"word": word}, word)
-
-
-@family(
+@asking(
     "uppercase",
-    'Write "{word}" in capital letters.',
-    'Convert "{word}" to uppercase.',
-    "Give me {word} in all caps.",
-    "Uppercase this word: {word}",
-    'Rewrite "{word}" using only capital letters.',
-    'What is "{word}" in upper case?',
-    'Make "{word}" uppercase.',
-    'Put "{word}" in block capitals.',
-    'Shout the word "{word}" (all capitals).',
-    'Change every letter of "{word}" to a capital.',
+    "{word} in capital letters",
+    "{word} in uppercase",
+    "{word} in all caps",
+    "the word {word} in block capitals",
 )
 def uppercase(rng: random.Random, pool: Pool) -> Task:
     word = rng.choice(WORDS)
-    return upper({"word": word}, word)
+    return uppercase_answer({"word": word}, word)
 
 
-@family(
+@asking(
     "first_letter",
-    'What is the first letter of "{word}"?',
-    'Which letter does "{word}" start with?',
-    "Give the first letter of the word {word}.",
-    'Tell me the initial letter of "{word}".',
-    '"{word}" begins with which letter?',
-    'What letter comes first in "{word}"?',
-    'Name the first letter of "{word}".',
-    'Write only the first letter of "{word}".',
-    'Look at "{word}". What is its opening letter?',
-    'The word "{word}" starts with what letter?',
+    "the first letter of {word}",
+    "the initial letter of {word}",
+    "the letter that {word} starts with",
 )
 def first_letter(rng: random.Random, pool: Pool) -> Task:
     word = rng.choice(WORDS)
-    return initial({"word": word}, word)
+    return first_letter_answer({"word": word}, word)
 
 
 # ---------------------------------------------------------------- lists
 
 
-@family(
-    "sort_list",
-    "Sort these words alphabetically: {items}",
-    "Put these words in alphabetical order: {items}",
-    "Arrange in A to Z order: {items}",
-    "Alphabetise this list: {items}",
-    "Sort the following list from A to Z: {items}",
-    "Order these words alphabetically: {items}",
-    "Can you sort {items} alphabetically?",
-    "Give these words in dictionary order: {items}",
-    "List {items} again, but sorted alphabetically.",
-    "Reorder the words {items} so they are in alphabetical order.",
+@asking(
+    "list_item",
+    "the {end} item of the list {items}",
+    "the {end} word in the list {items}",
+    "the {end} entry of {items}",
 )
-def sort_list(rng: random.Random, pool: Pool) -> Task:
-    items = rng.sample(WORDS, rng.randint(3, 6))
-    ordered = sorted(items)
-    swap = rng.randrange(len(items) - 1)
-    wrong = ordered[:swap] + [ordered[swap + 1], ordered[swap]] + ordered[swap + 2 :]
-    return listing({"items": commas(items)}, ordered, wrong, style="any")
+def list_item(rng: random.Random, pool: Pool) -> Task:
+    items, end = word_list(rng)
+    return exact_answer({"items": commas(items), "end": end}, *list_end(items, end))
 
 
-@family(
-    "last_item",
-    "What is the last item in this list: {items}?",
-    "Give the final item of {items}.",
-    "Which word comes last in this list: {items}?",
-    "Tell me the last element of the list {items}.",
-    "Here is a list: {items}. What is at the end?",
-    "Name the last entry in: {items}",
-    "What comes last: {items}?",
-    "Return the final word of the list {items}.",
-    "Read {items} and give me only the item at the end.",
-    "In the list {items}, what is the very last item?",
+@asking(
+    "count_items",
+    "the number of items in the list {items}",
+    "the count of items in {items}",
+    "the length of the list {items}",
 )
-def last_item(rng: random.Random, pool: Pool) -> Task:
-    items = rng.sample(WORDS, rng.randint(3, 7))
-    return exact({"items": commas(items)}, items[-1], items[0])
+def count_items(rng: random.Random, pool: Pool) -> Task:
+    count = rng.randint(2, 7)
+    return number_answer({"items": commas(rng.sample(WORDS, count))}, count, count + rng.choice((-1, 1)))
 
 
-@family(
-    "dedupe",
-    "Remove the duplicates from this list: {items}",
-    "Deduplicate: {items}",
-    "Give this list with each word only once, keeping the order: {items}",
-    "Drop repeated words from {items}, keeping the first of each.",
-    "List the distinct words of {items} in order of first appearance.",
-    "Remove repeats: {items}",
-    "Write {items} again without duplicates.",
-    "Keep only the first occurrence of each word: {items}",
-    "Some words repeat in {items}. Give the list with the repeats taken out.",
-    "Clean up {items} so that no word appears twice.",
-)
-def dedupe(rng: random.Random, pool: Pool) -> Task:
-    distinct = rng.sample(WORDS, rng.randint(3, 5))
-    items = distinct + rng.choices(distinct, k=rng.randint(1, 3))
-    rng.shuffle(items)
-    once = list(dict.fromkeys(items))
-    return listing({"items": commas(items)}, once, once[:-1], style="any", ordered=False)
-
-
-@family(
+@asking(
     "bullet_list",
-    "Give me a bullet list of {n} {things}.",
-    "List {n} {things} as bullet points.",
-    "Write a bulleted list with {n} {things}.",
-    "Name {n} {things}, one bullet per line.",
-    "Make a bullet list of exactly {n} {things}.",
-    "I need {n} {things} in a bullet list.",
-    "Bullet points please: {n} {things}.",
-    'Produce a list of {n} {things}, each on its own line starting with "- ".',
-    "Could you jot down {n} {things} as bullets?",
-    "Write {n} bullet points, each naming one of the {things}.",
+    "a bullet list of {n} {things}",
+    "{n} {things} as bullet points",
+    "{n} {things}, one bullet per line",
 )
 def bullet_list(rng: random.Random, pool: Pool) -> Task:
     category = rng.choice(tuple(CATEGORIES))
-    n = rng.randint(2, 5)
+    n = rng.randint(2, 4)
     items = rng.sample(CATEGORIES[category], n + 1)
     check = {"kind": "list", "style": "bullet", "count": n, "pool": list(CATEGORIES[category])}
     return answer(
@@ -463,94 +453,42 @@ def bullet_list(rng: random.Random, pool: Pool) -> Task:
     )
 
 
-@family(
-    "comma_list",
-    "Rewrite this bullet list as a comma-separated list:\n{bullets}",
-    "Put these on one line, separated by commas:\n{bullets}",
-    "Turn the list below into a comma-separated line.\n{bullets}",
-    "Join these items with commas:\n{bullets}",
-    "Give me these items as a comma-separated list, in the same order:\n{bullets}",
-    "Convert to a single line with commas between items:\n{bullets}",
-    "Write the following as one comma-separated line:\n{bullets}",
-    "Make this a comma-separated list:\n{bullets}",
-    "{bullets}\n\nSame items, but as a comma-separated list please.",
-    "Flatten this list into one line with commas:\n{bullets}",
-)
-def comma_list(rng: random.Random, pool: Pool) -> Task:
-    items = rng.sample(WORDS, rng.randint(3, 6))
-    return listing({"bullets": join_items(items, "bullet")}, items, items[:-1], style="comma")
-
-
-# ---------------------------------------------------------------- extraction and formats
+# ---------------------------------------------------------------- extraction and classification
 
 SENTENCES = (
-    "On {date}, {name} sold {number} {product} in {town}.",
-    "{name} paid {number} coins for {food} in {town} on {date}.",
-    "{number} people came to hear {name} sing in {town} on {date}.",
-    "In {town} on {date}, {name} counted {number} boats on the river.",
+    "In {date}, {name} sold {number} {product} in {town}",
+    "{name} paid {number} coins for {product} in {town} in {date}",
+    "{number} people came to hear {name} sing in {town} in {date}",
+    "In {town}, in {date}, {name} counted {number} boats on the river",
 )
-FIELDS = {"name": "the person's name", "number": "the quantity", "date": "the date", "town": "the town"}
+FIELDS = {"name": "the person's name", "number": "the quantity", "date": "the month", "town": "the town"}
 ONE_WORD_OPTIONS = "fruit, animal, colour, tool or vehicle"
 SPELLINGS = {"colour": ["colour", "color"]}  # accepted one-word answers besides the category itself
 
 
-@family(
+@asking(
     "extract",
-    "Extract {field} from this sentence: {sentence}",
-    "What is {field} mentioned in the following sentence? {sentence}",
-    'Here is a sentence: "{sentence}" Pull out {field}.',
-    'From "{sentence}", give me {field}.',
-    "Read this and tell me {field}: {sentence}",
-    "Find {field} in: {sentence}",
-    "{sentence}\n\nWhat is {field} in the sentence above?",
-    'Identify {field} in this sentence: "{sentence}"',
-    "Sentence: {sentence}\nReturn only {field}.",
-    "I need {field} from this line: {sentence}",
+    "{field} in this sentence: {sentence}",
+    "{field} mentioned here: {sentence}",
+    "{field} from the sentence {sentence}",
 )
 def extract(rng: random.Random, pool: Pool) -> Task:
     values = {
         "name": rng.choice(pool.names["person"]),
-        "number": str(rng.randint(30, 500)),
-        "date": f"{rng.randint(1, 28)} {rng.choice(MONTHS)}",
+        "number": str(rng.randint(2, 99)),
+        "date": rng.choice(MONTHS),
         "town": rng.choice(pool.names["town"]),
     }
-    sentence = rng.choice(SENTENCES).format(product=rng.choice(PRODUCTS), food=rng.choice(FOODS), **values)
+    sentence = rng.choice(SENTENCES).format(product=rng.choice(PRODUCTS), **values)
     field, other = rng.sample(tuple(FIELDS), 2)
-    return exact({"field": FIELDS[field], "sentence": sentence}, values[field], values[other])
+    return exact_answer({"field": FIELDS[field], "sentence": sentence}, values[field], values[other])
 
 
-@family(
-    "json",
-    "Write a JSON object with the keys {keys} for this: {description}",
-    "Turn this into JSON with keys {keys}: {description}",
-    "Fill in a JSON object with the keys {keys}, using this text: {description}",
-    "{description}\n\nReturn these facts as a JSON object with the keys {keys}.",
-    "Give me JSON (keys: {keys}) for the text below.\n{description}",
-    "Read the text and output a JSON object with keys {keys}. Text: {description}",
-    "Encode this as a JSON object whose keys are {keys}: {description}",
-    "Produce only a JSON object with the keys {keys} from: {description}",
-    "Here are some facts: {description} Put them in JSON with the keys {keys}.",
-    "Convert to a JSON record (keys {keys}): {description}",
-)
-def json_format(rng: random.Random, pool: Pool) -> Task:
-    """The facts are in the prompt: this family is about the format, not about knowing the world."""
-    subject, facts = some_facts(rng, pool)
-    description = " ".join(rng.choice(fact.sentences()) for fact in facts)
-    return record(rng, pool, {"description": description}, subject, facts)
-
-
-@family(
+@asking(
     "one_word",
-    'Is "{item}" a {options}? Answer with one word.',
-    'In exactly one word, which category is "{item}": {options}?',
-    'Classify "{item}" as {options}. Reply with a single word.',
-    'One word only: is "{item}" a {options}?',
-    'Which kind of thing is "{item}" ({options})? Use one word.',
-    'Give a one-word answer ({options}): what is "{item}"?',
-    'Categorise "{item}" ({options}) in a single word.',
-    'Pick one word from {options} that describes "{item}".',
-    'Using just one word, tell me whether "{item}" is a {options}.',
-    'Respond with a single word ({options}): what is "{item}"?',
+    "the category of {item} in one word ({options})",
+    "in one word, the kind of thing {item} is ({options})",
+    "the kind of thing {item} is, in one word ({options})",
 )
 def one_word(rng: random.Random, pool: Pool) -> Task:
     category, wrong = rng.sample(tuple(CATEGORIES), 2)
@@ -562,67 +500,41 @@ def one_word(rng: random.Random, pool: Pool) -> Task:
 
 
 @composition(
-    "knowledge+json",
-    "Using what you know about {name}, write a JSON object with the keys {keys}.",
-    "Return a JSON object about {name} with the keys {keys}.",
-    "Describe {name} as JSON with exactly the keys {keys}.",
-)
-def knowledge_json(rng: random.Random, pool: Pool) -> Task:
-    subject, facts = some_facts(rng, pool)
-    return record(rng, pool, {"name": subject}, subject, facts)
-
-
-@composition(
     "knowledge+uppercase",
-    "Write {about} in capital letters.",
-    "Give me {about}, in all caps.",
-    "What is {about}? Answer in uppercase.",
+    "{about} in capital letters",
+    "{about} in all caps",
 )
 def knowledge_uppercase(rng: random.Random, pool: Pool) -> Task:
-    fact = rng.choice(pool.words)
-    return upper({"about": fact.about}, fact.value, [fact])
-
-
-@composition(
-    "knowledge+reverse_word",
-    "Spell {about} backwards.",
-    "Write {about} in reverse, letter by letter.",
-    "What is {about}, written back to front?",
-)
-def knowledge_reverse(rng: random.Random, pool: Pool) -> Task:
-    fact = rng.choice(pool.words)
-    return backwards({"about": fact.about}, fact.value, [fact])
+    fact = rng.choice(word_facts(pool))
+    return uppercase_answer({"about": fact.about}, fact.value, [fact])
 
 
 @composition(
     "knowledge+first_letter",
-    "What is the first letter of {about}?",
-    "Which letter does {about} start with?",
-    "Give only the first letter of {about}.",
+    "the first letter of {about}",
+    "the letter that {about} starts with",
 )
-def knowledge_initial(rng: random.Random, pool: Pool) -> Task:
-    fact = rng.choice(pool.words)
-    return initial({"about": fact.about}, fact.value, [fact])
+def knowledge_first_letter(rng: random.Random, pool: Pool) -> Task:
+    fact = rng.choice(word_facts(pool))
+    return first_letter_answer({"about": fact.about}, fact.value, [fact])
 
 
 @composition(
     "knowledge+count_letters",
-    "Think of {about}. How many letters does that word have?",
-    "Count the letters in the word that is {about}.",
-    "How many letters long is {about}, as a word?",
+    "the number of letters in {about}",
+    "the letter count of {about}",
 )
-def knowledge_letters(rng: random.Random, pool: Pool) -> Task:
-    fact = rng.choice(pool.words)
-    return letter_count({"about": fact.about}, fact.value, [fact])
+def knowledge_count_letters(rng: random.Random, pool: Pool) -> Task:
+    fact = rng.choice(word_facts(pool))
+    return letter_count_answer({"about": fact.about}, fact.value, [fact])
 
 
 @composition(
     "knowledge+compare_numbers",
-    "Whose {noun} is larger, {a}'s or {b}'s? Answer with the name.",
-    "Which has the larger {noun}: {a} or {b}?",
-    "Compare the {noun} of {a} and of {b}. Name the one with the larger value.",
+    "the name of whoever has the larger {noun}, {a} or {b}",
+    "the one of {a} and {b} with the larger {noun}",
 )
-def knowledge_compare(rng: random.Random, pool: Pool) -> Task:
+def knowledge_compare_numbers(rng: random.Random, pool: Pool) -> Task:
     while True:
         a = rng.choice(pool.numeric)
         rivals = [f for f in pool.numeric if f.key == a.key and f.value != a.value]
@@ -630,26 +542,41 @@ def knowledge_compare(rng: random.Random, pool: Pool) -> Task:
             break
     b = rng.choice(rivals)
     winner, loser = (a, b) if int(a.value) > int(b.value) else (b, a)
-    return exact({"a": a.subject, "b": b.subject, "noun": a.attribute.noun}, winner.subject, loser.subject, [a, b])
+    return exact_answer(
+        {"a": a.subject, "b": b.subject, "noun": a.attribute.noun}, winner.subject, loser.subject, [a, b]
+    )
 
 
 @composition(
-    "arithmetic+json",
-    'Give the sum and the product of {a} and {b} as a JSON object with the keys "sum" and "product".',
-    'Compute {a} + {b} and {a} * {b}; reply with JSON using the keys "sum" and "product".',
-    'For the numbers {a} and {b}, return a JSON object {{"sum": ..., "product": ...}}.',
+    "list_item+uppercase",
+    "the {end} item of the list {items} in capital letters",
+    "the {end} word in the list {items} in all caps",
 )
-def arithmetic_json(rng: random.Random, pool: Pool) -> Task:
-    a, b = rng.randint(2, 20), rng.randint(2, 20)
-    return json_object({"a": a, "b": b}, {"sum": a + b, "product": a * b}, {"sum": a + b, "product": a * b + 1})
+def list_item_uppercase(rng: random.Random, pool: Pool) -> Task:
+    items, end = word_list(rng)
+    return uppercase_answer({"items": commas(items), "end": end}, list_end(items, end)[0])
 
 
 @composition(
-    "sort_list+bullet_list",
-    "Sort these words alphabetically and give them as a bullet list: {items}",
-    "Put {items} in alphabetical order, one bullet per word.",
-    "Make a bullet list of these words in A to Z order: {items}",
+    "list_item+first_letter",
+    "the first letter of the {end} item of the list {items}",
+    "the letter that the {end} word in the list {items} starts with",
 )
-def sorted_bullets(rng: random.Random, pool: Pool) -> Task:
-    items = rng.sample(WORDS, rng.randint(3, 6))
-    return listing({"items": commas(items)}, sorted(items), items[::-1], style="bullet")
+def list_item_first_letter(rng: random.Random, pool: Pool) -> Task:
+    items, end = word_list(rng)
+    return first_letter_answer({"items": commas(items), "end": end}, list_end(items, end)[0])
+
+
+@composition(
+    "one_word+bullet_list",
+    "a bullet list of {n} things of the same kind as {item}",
+    "{n} things in the same category as {item}, as bullet points",
+)
+def one_word_bullet_list(rng: random.Random, pool: Pool) -> Task:
+    """Classify the item, then list members of its category: the category is never named."""
+    category = rng.choice(tuple(CATEGORIES))
+    item, *others = rng.sample(CATEGORIES[category], len(CATEGORIES[category]))
+    n = rng.randint(2, 4)
+    check = {"kind": "list", "style": "bullet", "count": n, "pool": others}
+    wrong = join_items(rng.sample(CATEGORIES[rng.choice([c for c in CATEGORIES if c != category])], n), "bullet")
+    return answer({"n": n, "item": item}, join_items(others[:n], "bullet"), wrong, check)
