@@ -3,7 +3,7 @@
 hf-instruct pretrain --config recipes/tiny/pretrain/config.yaml [--field value ...]
 hf-instruct sft --config recipes/tiny/sft/config.yaml --model_name_or_path <pretrained dir> [...]
 hf-instruct <stage> --help     # every field of the stage's config
-hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [--push_to namespace]
+hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [--seed n] [--push_to namespace]
 hf-instruct evaluate <model> [--suite | --data file ...] [--reward-model rm] [--baseline model]
 hf-instruct generate <model> --prompt "..." [--num-return-sequences 5]
 hf-instruct data export <dir> [--seed 0] [--size tiny|default]
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--config", default=DEFAULT_PIPELINE, help=f"Pipeline YAML (default: {DEFAULT_PIPELINE}).")
     pipeline.add_argument("--output_dir", help="Default: the config's output_dir.")
     pipeline.add_argument("--push_to", help="A Hub namespace: push the final model there.")
+    pipeline.add_argument("--seed", type=int, help="Default: the config's seed (it also seeds the suite).")
 
     evaluate = commands.add_parser("evaluate", help="Answer held-out instructions with a model and score them.")
     evaluate.add_argument("model", help="A saved chat model (an hf-instruct sft/ppo/dpo/grpo output) or adapter.")
@@ -110,7 +111,7 @@ def pipeline_command(args) -> int:
 
     if not Path(args.config).is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file (run from the repository root, or pass one).")
-    config = PipelineConfig.from_yaml(args.config, output_dir=args.output_dir, push_to=args.push_to)
+    config = PipelineConfig.from_yaml(args.config, output_dir=args.output_dir, push_to=args.push_to, seed=args.seed)
     report = run_pipeline(config)
     print(report.read_text())
     print(f"pipeline: done, report in {report}")

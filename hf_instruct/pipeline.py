@@ -1,6 +1,7 @@
 """`hf-instruct pipeline`: the whole InstructGPT recipe on one machine, with baselines and a report.
 
-suite data → pretrain → sft → reward → ppo (PPO-ptx) → ppo_no_ptx and dpo (the baselines) → evaluation → report,
+suite data → pretrain → midtrain → sft → reward → ppo (PPO-ptx) → ppo_no_ptx and dpo (the baselines) → evaluation
+→ report,
 each stage through the same `run_<stage>` function as its recipe, each output feeding the next. A finished stage
 (its `all_results.json` written) is skipped on a re-run and an interrupted one resumes from its last checkpoint, so
 re-running the same command after a crash finishes the job. The models are then compared on the suite's held-out
@@ -23,25 +24,28 @@ from tqdm.auto import tqdm
 from . import __version__
 from .data.suite import SuiteConfig, build_suite, export_suite
 from .evaluation import evaluate_model, load_metric
-from .evaluation.evaluator import SUITE_SPLITS
+from .evaluation.evaluator import SUITE_SPLITS, few_shot
 from .hub import push_to_hub
 from .markdown import table_cell
 from .model_card import RUN_FILE, hardware, read_history, write_model_card
 from .stages import STAGES
 
-# run name -> stage; the order is the order they run in.
+# run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
+# runs when the YAML configures it; the base model of the comparison is the plain pretrain run.
 RUNS = {
     "pretrain": "pretrain",
+    "midtrain": "pretrain",
     "sft": "sft",
     "reward": "reward",
     "ppo": "ppo",
     "ppo_no_ptx": "ppo",
     "dpo": "dpo",
 }
-COMPARED = ("pretrain", "sft", "ppo_no_ptx", "ppo", "dpo")  # the models of the comparison, base model first
+COMPARED = ("pretrain", "midtrain", "sft", "ppo_no_ptx", "ppo", "dpo")  # the models compared, base model first
 # pretrain fields that change how many tokens a baseline reads (a baseline that sets none reads the base's tokens)
 TOKEN_FIELDS = {"max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
                 "block_size", "train_files", "tokenizer_name_or_path", "vocab_size"}  # fmt: skip
+FEW_SHOT = " (3-shot)"  # a base model asked with 3 solved examples of the same family before each question
 HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for the alignment-tax perplexity
 
 
@@ -91,12 +95,20 @@ def run_pipeline(config: PipelineConfig) -> Path:
 
 def runs(config: PipelineConfig) -> dict[str, str]:
     """Run name -> stage, in running order: the pipeline's runs with the config's baselines after pretraining."""
-    return {"pretrain": "pretrain", **dict.fromkeys(config.baselines, "pretrain"), **RUNS}
+    chosen = {name: stage for name, stage in RUNS.items() if name != "midtrain" or "midtrain" in config.stages}
+    return {"pretrain": "pretrain", **dict.fromkeys(config.baselines, "pretrain"), **chosen}
 
 
 def compared(config: PipelineConfig) -> tuple[str, ...]:
-    """The models of the comparison: the base model, the baselines, then the tuned models."""
-    return (COMPARED[0], *config.baselines, *COMPARED[1:])
+    """The rows of the comparison: each base model (the base, the baselines) asked zero-shot and then few-shot, then
+    the tuned models."""
+    bases = [row for base in (COMPARED[0], *config.baselines) for row in (base, f"{base}{FEW_SHOT}")]
+    return (*bases, *[name for name in COMPARED[1:] if name in runs(config)])
+
+
+def model_of(row: str) -> str:
+    """The run whose model answers a row of the comparison ("pretrain (3-shot)" -> "pretrain")."""
+    return row.removesuffix(FEW_SHOT)
 
 
 def prepare_data(config: PipelineConfig, data_dir: Path) -> dict[str, Path]:
@@ -120,9 +132,13 @@ def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output
     fields = {**(config.stages.get(template) or {}), **config.baselines.get(run, {})}
     fields.pop("estimate_s", None)
     run_dir = lambda name: str(output_dir / name)  # noqa: E731
-    inputs = {
-        "pretrain": dict(train_files=[str(data["pretrain"])]),
-        "sft": dict(model_name_or_path=run_dir("pretrain"), train_files=[str(data["sft"])]),
+    tuned = run_dir("midtrain" if "midtrain" in config.stages else "pretrain")  # where instruction tuning starts
+    corpus = (config.stages.get("pretrain") or {}).get("train_files") or [str(data["pretrain"])]
+    instructions = (config.stages.get("sft") or {}).get("train_files") or [str(data["sft"])]
+    inputs = {  # the tokenizer also learns the SFT data's words; only midtrain trains on them
+        "pretrain": dict(train_files=[str(data["pretrain"])], instruction_files=instructions),
+        "midtrain": dict(model_name_or_path=run_dir("pretrain"), train_files=corpus, instruction_files=instructions),
+        "sft": dict(model_name_or_path=tuned, train_files=[str(data["sft"])]),
         "reward": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparisons"])],
                        demonstration_files=[str(data["sft"])]),
         "ppo": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward"),
@@ -181,15 +197,23 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     held_out_text = datasets.load_dataset("json", data_files=str(data["pretrain_held_out"]), split="train")["text"]
     perplexity, win_rate = load_metric("perplexity"), load_metric("win_rate")
     reward_model = str(output_dir / "reward")
+    solved = datasets.load_dataset("json", data_files=str(data["sft"]), split="train")
+    few_shot_splits = {  # compositions are never solved in training data: their shots come from the split itself
+        split: few_shot(rows, rows if split == "held_out_compositions" else solved, seed=config.seed)
+        for split, rows in splits.items()
+    }
     results = {}
     for name in tqdm(compared(config), desc="evaluating", unit="model"):
-        scores = evaluate_model(output_dir / name, splits, **evaluation)
+        model_dir = output_dir / model_of(name)
+        scores = evaluate_model(model_dir, few_shot_splits if name.endswith(FEW_SHOT) else splits, **evaluation)
         results[name] = {
-            "parameters": read_history(output_dir / name)[-1]["parameters"],
+            "parameters": read_history(model_dir)[-1]["parameters"],
             "splits": scores["splits"],
-            "perplexity": perplexity.compute(
-                predictions=held_out_text, model_id=str(output_dir / name), max_length=512
-            )["mean_perplexity"],  # fmt: skip
+            "perplexity": results[model_of(name)]["perplexity"]
+            if name.endswith(FEW_SHOT)
+            else perplexity.compute(predictions=held_out_text, model_id=str(model_dir), max_length=512)[
+                "mean_perplexity"
+            ],  # fmt: skip
         }
     for split in SUITE_SPLITS:  # every model's answers against the SFT model's, to the same prompts
         sft_answers = results["sft"]["splits"][split]["answers"]
@@ -217,6 +241,7 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
         lines.append("| " + " | ".join(row) + " |")
     for name in config.baselines:
         lines += ["", headline(name, results, config.baselines[name])]
+        lines += [headline(f"{name}{FEW_SHOT}", results, config.baselines[name])]
     lines += ["", "![accuracy by model and held-out split](accuracy.png)", ""]
     families = sorted({f for m in results.values() for f in m["splits"]["held_out_paraphrases"]["per_family"]})
     lines += ["## Accuracy per task family (held-out paraphrases)", "",

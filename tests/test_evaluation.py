@@ -97,3 +97,26 @@ def test_the_callback_logs_instruction_accuracy_during_sft(tmp_path, tiny_model_
     assert 0.0 <= results["eval_instruction_accuracy"] <= 1.0
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     assert [entry["step"] for entry in history if "eval_instruction_accuracy" in entry][:2] == [2, 4]
+
+
+def test_few_shot_prompts_put_three_solved_examples_of_the_same_family_first(tiny_suite):
+    from hf_instruct.evaluation.evaluator import few_shot
+
+    held_out, solved = tiny_suite["held_out_paraphrases"], tiny_suite["sft"]
+    prompted = few_shot(held_out, solved, shots=3, seed=0)
+    assert prompted["family"] == held_out["family"] and prompted["check"] == held_out["check"]
+    solved_by_family = {}
+    for row in solved:
+        solved_by_family.setdefault(row["family"], []).append(row["messages"])
+    for row, original in zip(prompted, held_out, strict=True):
+        question = original["messages"]
+        assert row["messages"][-len(question) :] == question  # the question and its reference answer come last
+        shots = row["messages"][: -len(question)]
+        conversations, start = [], 0
+        for end in range(1, len(shots) + 1):  # split the shots back into the solved conversations they came from
+            if shots[start:end] in solved_by_family[row["family"]]:
+                conversations.append(shots[start:end])
+                start = end
+        assert start == len(shots) and len(conversations) == 3, row["family"]
+    with pytest.raises(ValueError, match="only 0 solved examples"):
+        few_shot(held_out, held_out.select([]), shots=3)

@@ -43,22 +43,32 @@ def test_a_baseline_is_the_pretrain_run_with_its_changes_on_the_same_tokens(tmp_
     )
     data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
     assert list(runs(config)) == ["pretrain", "base_4x", "sft", "reward", "ppo", "ppo_no_ptx", "dpo"]
-    assert compared(config) == ("pretrain", "base_4x", "sft", "ppo_no_ptx", "ppo", "dpo")
+    assert compared(config) == ("pretrain", "pretrain (3-shot)", "base_4x", "base_4x (3-shot)", "sft", "ppo_no_ptx",
+                                "ppo", "dpo")  # fmt: skip
     base, baseline = (stage_config(name, config, data, tmp_path) for name in ("pretrain", "base_4x"))
     assert (baseline.max_steps, baseline.block_size, baseline.train_files) == (7, 32, [str(data["pretrain"])])
     assert baseline.model_config == {"hidden_size": 64} and base.model_config == {"hidden_size": 32}
     assert baseline.tokenizer_name_or_path == str(tmp_path / "pretrain") and base.tokenizer_name_or_path is None
+    assert base.instruction_share == 0 and baseline.instruction_share == 0  # the base models read raw text only
+    config.stages["midtrain"] = {"instruction_share": 0.3, "max_steps": 3}  # then SFT starts from the midtrained model
+    assert list(runs(config)) == ["pretrain", "base_4x", "midtrain", "sft", "reward", "ppo", "ppo_no_ptx", "dpo"]
+    midtrain, sft = (stage_config(name, config, data, tmp_path) for name in ("midtrain", "sft"))
+    assert midtrain.model_name_or_path == str(tmp_path / "pretrain") and midtrain.instruction_share == 0.3
+    assert midtrain.instruction_files == [str(data["sft"])] and sft.model_name_or_path == str(tmp_path / "midtrain")
     assert baseline.output_dir == str(tmp_path / "base_4x")
 
 
-def test_the_headline_baseline_has_4x_the_parameters_and_the_same_tokens(tmp_path):
+def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_text(tmp_path):
     config = PipelineConfig.from_yaml(REPO / "recipes/tiny/headline.yaml", output_dir=str(tmp_path))
     default = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
     assert (config.stages, config.suite, config.seed) == (default.stages, default.suite, default.seed)
     data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
-    base, baseline = (stage_config(name, config, data, tmp_path) for name in ("pretrain", "base_4x"))
-    tokens = lambda stage: (stage.max_steps, stage.per_device_train_batch_size, stage.block_size, stage.train_files)  # noqa: E731
-    assert tokens(baseline) == tokens(base) and baseline.tokenizer_name_or_path == base.output_dir
+    base, midtrain, baseline = (
+        stage_config(name, config, data, tmp_path) for name in ("pretrain", "midtrain", "base_4x")
+    )
+    tokens = lambda stage: stage.max_steps * stage.per_device_train_batch_size * stage.block_size  # noqa: E731
+    assert tokens(baseline) == tokens(base) + tokens(midtrain) and baseline.instruction_share == 0
+    assert baseline.train_files == base.train_files and baseline.tokenizer_name_or_path == base.output_dir
 
     def parameters(stage):
         model_config = InstructGPTConfig(vocab_size=stage.vocab_size, **stage.model_config)
@@ -102,7 +112,9 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(tmp_path
 
     comparison = json.loads((output_dir / "comparison.json").read_text())
     config = PipelineConfig.from_yaml(REPO / "recipes/smoke/pipeline.yaml")
-    assert list(comparison) == ["pretrain", "base_4x", "sft", "ppo_no_ptx", "ppo", "dpo"] == list(compared(config))
+    assert list(comparison) == ["pretrain", "pretrain (3-shot)", "base_4x", "base_4x (3-shot)", "midtrain", "sft",
+                                "ppo_no_ptx", "ppo", "dpo"]  # fmt: skip
+    assert list(comparison) == list(compared(config))
     assert comparison["base_4x"]["parameters"] >= 4 * comparison["ppo"]["parameters"]
     for model in comparison.values():
         assert set(model["splits"]) == set(SUITE_SPLITS) and model["perplexity"] > 1.0
@@ -127,7 +139,9 @@ def test_the_default_setup_is_what_the_readme_says():
         f"a {suite['corpus_mb']} MB corpus about {suite['num_entities']} invented entities, "
         f"{suite['sft_examples']} demonstrations, {suite['comparisons']} comparisons and "
         f"{suite['held_out_examples']} examples per held-out split; a {model['num_hidden_layers']}-layer, "
-        f"{model['hidden_size']}-wide model pretrained for {stages['pretrain']['max_steps']} steps; "
+        f"{model['hidden_size']}-wide model pretrained for {stages['pretrain']['max_steps']} steps on raw text and "
+        f"midtrained for {stages['midtrain']['max_steps']} steps with {stages['midtrain']['instruction_share']:.0%} "
+        "instruction conversations; "
         f"about {round(estimate / 60)} minutes on 2 CPU cores"
     )
     assert sentence in " ".join((REPO / "README.md").read_text().split())

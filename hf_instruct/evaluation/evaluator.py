@@ -9,6 +9,7 @@ reward of the answers and their win rate against the references (and against a b
 
 import json
 import os
+import random
 from pathlib import Path
 
 import datasets
@@ -93,6 +94,26 @@ def evaluate_model(
         ]
         results["splits"][name] = scores
     return results
+
+
+def few_shot(examples: datasets.Dataset, solved: datasets.Dataset, shots: int = 3, seed: int = 0) -> datasets.Dataset:
+    """`examples` with `shots` solved conversations of the same family before each one (drawn from `solved`, never
+    the example itself): how a base model is given its best chance, as in the GPT-3 paper's few-shot setting."""
+    rng = random.Random(seed)
+    by_family: dict[str, list] = {}
+    for row in solved:
+        by_family.setdefault(row["family"], []).append(row["messages"])
+
+    def prompted(row: dict) -> dict:
+        candidates = [messages for messages in by_family.get(row["family"], []) if messages != row["messages"]]
+        if len(candidates) < shots:
+            raise ValueError(f"few_shot: only {len(candidates)} solved examples of family {row['family']!r}.")
+        return {
+            **row,
+            "messages": [m for messages in rng.sample(candidates, shots) for m in messages] + row["messages"],
+        }
+
+    return datasets.Dataset.from_list([prompted(row) for row in examples])
 
 
 def write_results(results: dict, output_dir: str | os.PathLike) -> tuple[Path, Path]:
