@@ -1,15 +1,23 @@
-"""Padded vs padding-free SFT batches from DataCollatorForInstructionTuning, on the Dolly file, in one run.
+"""Padded vs padding-free SFT batches from DataCollatorForInstructionTuning, on the Dolly file, in one run; then
+our SFT path against the fastest one TRL offers.
 
-Trains our tiny model on the same batches of Dolly open-QA examples (../shared/data/sft/dolly_open_qa.jsonl) in
-both modes, alternating batch by batch, and reports trained (non-pad) tokens per second, the collator's share of the
-step time (raw chat examples in, tensors out, tokenisation included) and peak training memory (fresh process each).
+Part 1 trains our tiny model on the same batches of Dolly open-QA examples (../shared/data/sft/dolly_open_qa.jsonl)
+in both modes, alternating batch by batch, and reports trained (non-pad) tokens per second, the collator's share of
+the step time (raw chat examples in, tensors out, tokenisation included) and peak training memory (fresh process
+each).
 
-    python benchmarks/bench_collator.py               # the README table (about 2 minutes on 2 CPU cores)
+Part 2 runs the alternative a user would pick, TRL's `SFTTrainer` with `packing: true, padding_free: true`, against
+a stock `Trainer` with our padding-free collator (`sft_backend: collator, padding_free: true`): the same model
+initialisation, the same examples, the same number of optimiser steps, runs alternated and repeated; it reports
+tokens per second (every token of the batches: both paths train on the assistant turns only) and the mean loss.
+
+    python benchmarks/bench_collator.py               # the README tables (about 5 minutes on 2 CPU cores)
 """
 
 import argparse
 import os
 import random
+import statistics
 import sys
 import time
 
@@ -72,6 +80,8 @@ def memory_probe(mode: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12, help="batches per mode")
+    parser.add_argument("--trl_steps", type=int, default=20, help="optimiser steps per run in the TRL comparison")
+    parser.add_argument("--repeats", type=int, default=4, help="runs per path in the TRL comparison")
     parser.add_argument("--memory-probe", metavar="MODE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -113,6 +123,70 @@ def main() -> None:
         f"{sum(padding) / len(padding):.0f} % padding, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
     )
     print_table(rows, "padding-free", "padded")
+    compare_with_trl(args.trl_steps, args.repeats)
+
+
+def train_once(path: str, model: torch.nn.Module, tokenizer, examples: list, steps: int) -> tuple[float, float]:
+    """(tokens per second of training, mean training loss) of `steps` optimiser steps on one SFT path."""
+    import copy
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import Trainer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    common = dict(output_dir=tempfile.mkdtemp(), max_steps=steps, learning_rate=1e-4, logging_steps=1)
+    common.update(save_strategy="no", report_to="none", use_cpu=True, bf16=False, disable_tqdm=True, seed=0)
+    dataset = Dataset.from_list([{"messages": example["messages"]} for example in examples])
+    model = copy.deepcopy(model)
+    if path == "trl":  # packs examples into rows of max_length tokens, padding-free
+        config = SFTConfig(per_device_train_batch_size=1, max_length=BATCH_SIZE * MAX_LENGTH // 4, packing=True,
+                           padding_free=True, assistant_only_loss=True, **common)  # fmt: skip
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    else:
+        config = SFTConfig(per_device_train_batch_size=BATCH_SIZE, remove_unused_columns=False, **common)
+        collator = DataCollatorForInstructionTuning(tokenizer, max_length=MAX_LENGTH, padding_free=True)
+        trainer = Trainer(model=model, args=config, train_dataset=dataset, data_collator=collator)
+    tokens, collate = [0], trainer.data_collator
+
+    def counting(features):
+        batch = collate(features)
+        tokens[0] += batch["input_ids"].numel()
+        return batch
+
+    trainer.data_collator = counting
+
+    class Clock(TrainerCallback):  # time from the first optimiser step, so dataset preparation is not counted
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = getattr(self, "start", None) or time.perf_counter()
+
+    clock = Clock()
+    trainer.add_callback(clock)
+    trainer.train()
+    seconds = time.perf_counter() - clock.start
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return tokens[0] / seconds, sum(losses) / len(losses)
+
+
+def compare_with_trl(steps: int, repeats: int) -> None:
+    model, collators, batches = setup()
+    tokenizer = collators["padded"].tokenizer
+    examples = [example for batch in batches for example in batch]
+    rates, losses = {"ours": [], "trl": []}, {"ours": [], "trl": []}
+    for repeat in range(repeats):
+        for path in ("ours", "trl") if repeat % 2 == 0 else ("trl", "ours"):
+            rate, loss = train_once(path, model, tokenizer, examples, steps)
+            rates[path].append(rate)
+            losses[path].append(loss)
+            print(f"{path} run {repeat + 1}/{repeats}: {rate:.0f} tokens/s, mean loss {loss:.3f}", file=sys.stderr)
+    print(
+        f"\nSFT on Dolly open-QA, {steps} optimiser steps per run, {repeats} runs per path: stock Trainer + our "
+        "padding-free collator (batches of 16 examples) against TRL SFTTrainer (packing, padding-free, rows of "
+        f"{BATCH_SIZE * MAX_LENGTH // 4} tokens)\n"
+    )
+    print_table([("tokens/s", summarise(rates["ours"], rates["trl"]))], "ours", "TRL packed")
+    ours, trl = statistics.mean(losses["ours"]), statistics.mean(losses["trl"])
+    print(f"\nmean training loss: ours {ours:.3f}, TRL {trl:.3f}")
 
 
 if __name__ == "__main__":
