@@ -137,6 +137,7 @@ def train_once(path: str, model: torch.nn.Module, tokenizer, examples: list, ste
 
     common = dict(output_dir=tempfile.mkdtemp(), max_steps=steps, learning_rate=1e-4, logging_steps=1)
     common.update(save_strategy="no", report_to="none", use_cpu=True, bf16=False, disable_tqdm=True, seed=0)
+    common.update(gradient_checkpointing=False)  # TRL turns it on by default; it only slows a model this small
     dataset = Dataset.from_list([{"messages": example["messages"]} for example in examples])
     model = copy.deepcopy(model)
     if path == "trl":  # packs examples into rows of max_length tokens, padding-free
