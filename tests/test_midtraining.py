@@ -5,9 +5,9 @@ import pytest
 import torch
 from conftest import SMOKE_TRAINING, tiny_config
 
-from hf_instruct import InstructGPTForCausalLM
+from hf_instruct import DataCollatorForInstructionTuning, InstructGPTForCausalLM
 from hf_instruct.data import pack_texts
-from hf_instruct.data.mixing import pack_mixture, render
+from hf_instruct.data.mixing import pack_mixture
 from hf_instruct.data.text import IGNORE_INDEX, collate_blocks
 from hf_instruct.precision import PROBE_SPEEDUP, decide_bf16
 from hf_instruct.stages import PretrainStageConfig, run_pretrain
@@ -51,7 +51,8 @@ def test_a_packed_block_computes_each_document_as_if_alone(tokenizer):
 
 def test_mixture_holds_the_instruction_share_and_trains_only_answers(tokenizer):
     texts = datasets.Dataset.from_dict({"text": [f"{doc} {i}" for i in range(40) for doc in DOCS]})
-    rendered = {tuple(ids): labels for ids, labels in (render(tokenizer, m, False) for m in CONVERSATIONS)}
+    collator = DataCollatorForInstructionTuning(tokenizer)
+    rendered = {tuple(ids): labels for ids, labels in (collator.tokenize({"messages": m}) for m in CONVERSATIONS)}
     assert all(IGNORE_INDEX in labels and set(labels) != {IGNORE_INDEX} for labels in rendered.values())
     for share in (0.2, 0.5):
         with pytest.warns(UserWarning, match="do not fill"):

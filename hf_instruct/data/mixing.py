@@ -16,7 +16,8 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from .text import IGNORE_INDEX, pack_sequences
+from ..collator import DataCollatorForInstructionTuning
+from .text import pack_sequences
 
 Conversation = list[dict[str, str]]
 
@@ -49,7 +50,9 @@ def pack_mixture(
         (ids, ids) for ids in tokenizer(list(texts["text"]), add_special_tokens=False, verbose=False)["input_ids"]
     ]
     wanted = share / (1 - share) * sum(len(ids) + 1 for ids, _ in documents)
-    rendered = [render(tokenizer, messages, train_on_prompts) for messages in conversations]
+    # the SFT collator's own rendering: labels on the assistant's turns (every token with train_on_prompts)
+    collator = DataCollatorForInstructionTuning(tokenizer, train_on_prompt=train_on_prompts)
+    rendered = [collator.tokenize({"messages": messages}) for messages in conversations]
     drawn, tokens = [], 0
     while tokens < wanted:
         for index in rng.sample(range(len(rendered)), len(rendered)):
@@ -60,15 +63,6 @@ def pack_mixture(
     mixture = documents + drawn
     rng.shuffle(mixture)
     return pack_sequences(_items, {"items": mixture}, tokenizer.eos_token_id, block_size, keep_documents_apart)
-
-
-def render(tokenizer: PreTrainedTokenizerBase, messages: Conversation, train_on_prompts: bool) -> tuple[list, list]:
-    """(input_ids, labels) of one conversation: labels on the assistant's turns only, unless `train_on_prompts`."""
-    encoded = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
-    ids = list(encoded["input_ids"])
-    if train_on_prompts:
-        return ids, ids
-    return ids, [token if bit else IGNORE_INDEX for token, bit in zip(ids, encoded["assistant_masks"], strict=True)]
 
 
 def _items(items: list[tuple[list[int], list[int]]]) -> Iterator[tuple[list[int], list[int]]]:
