@@ -11,13 +11,17 @@ hf-instruct push <model dir> <namespace/name> [--private] [--revision r] [--comm
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+import yaml
 
 from . import __version__
 from .hub import PushError
 
 DEFAULT_PIPELINE = "recipes/default/pipeline.yaml"
+DEBUG_VARIABLE = "HF_INSTRUCT_DEBUG"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="A saved chat model (an hf-instruct sft/ppo/dpo/grpo output) or adapter.")
     evaluate.add_argument("--suite", action="store_true", help="The embedded suite's held-out splits (default).")
     evaluate.add_argument("--data", nargs="+", help="Instruction files with reference answers instead.")
+    evaluate.add_argument(
+        "--on-bad-record", choices=("error", "skip"), default="error", help="With --data: stop, or skip and count."
+    )
     evaluate.add_argument("--reward-model", help="Also report mean reward and win rate against the references.")
     evaluate.add_argument("--baseline", help="With --reward-model: also the win rate against this model's answers.")
     evaluate.add_argument("--output-dir", help="Where eval_results.json/.md go (default: <model>/eval).")
@@ -80,9 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; our clear errors (bad input, missing files, failed pushes) end it with one line and exit code 1,
+    without a traceback unless HF_INSTRUCT_DEBUG=1."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return run_command(argv)
+    except (ValueError, OSError, PushError, yaml.YAMLError) as error:
+        if os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0"):
+            raise
+        command = argv[0] if argv and not argv[0].startswith("-") else "error"
+        message = " ".join(str(error).split())  # one line, whatever the library wrapped
+        print(f"hf-instruct {command}: {message}\n(set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def run_command(argv: list[str]) -> int:
     from .stages import STAGES, parse_config
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in STAGES:
         config_class, run = STAGES[argv[0]]
         output_dir = run(parse_config(config_class, argv[1:]))
@@ -100,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in commands:
         parser.print_help()
         return 0
-    try:
-        return commands[args.command](args)
-    except (ValueError, FileNotFoundError, PushError) as error:  # our clear errors, without a traceback
-        parser.exit(1, f"hf-instruct {args.command}: {error}\n")
+    return commands[args.command](args)
 
 
 def pipeline_command(args) -> int:
@@ -123,7 +141,7 @@ def evaluate_command(args) -> int:
     from .evaluation.evaluator import results_markdown
 
     if args.data:
-        splits = {Path(path).stem: load_scored_examples(path) for path in args.data}
+        splits = {Path(path).stem: load_scored_examples(path, args.on_bad_record) for path in args.data}
     else:
         splits = suite_examples(suite_config(args.suite_size, args.seed))
     results = evaluate_model(
@@ -141,6 +159,11 @@ def generate_command(args) -> int:
 
     from .evaluation import generate_answers, load_chat_model
 
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty: give the message to answer.")
+    for name in ("num_return_sequences", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     set_seed(args.seed)
     model, tokenizer = load_chat_model(args.model)
     conversation = ([{"role": "system", "content": args.system}] if args.system else []) + [

@@ -2,12 +2,14 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import datasets
 import pytest
-from conftest import SHARED, TEXT, needs_shared
+from conftest import REPO, SHARED, TEXT, needs_shared
 
+from hf_instruct.cli import main
 from hf_instruct.data import (
     BadRecordError,
     load_instruction_dataset,
@@ -207,7 +209,7 @@ def test_skipping_bad_records_counts_them_in_a_warning(messy_file):
 def test_non_utf8_error_names_the_line(tmp_path):
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
-    with pytest.raises(BadRecordError, match=r"latin1.jsonl, line 1: not valid UTF-8 \(byte 15"):
+    with pytest.raises(BadRecordError, match=r"latin1.jsonl, line 1: not valid UTF-8 \(byte 0xe9 at column 16\)"):
         load_preference_dataset(path)
 
 
@@ -276,3 +278,143 @@ def test_real_pretraining_text_packs(tokenizer):
     blocks = pack_texts(texts.map(lambda r: {"text": r["text"][:20000]}), tokenizer, block_size=128)
     assert len(blocks) > 10 and all(len(ids) == 128 for ids in blocks["input_ids"])
     assert os.path.getsize(SHARED / "pretrain" / "tinyshakespeare.txt") == 1115394
+
+
+def test_a_streamed_txt_corpus_knows_its_text_column(tmp_path):
+    (tmp_path / "new.txt").write_text("never loaded before", encoding="utf-8")  # no cached non-streamed copy
+    texts = load_text_dataset(tmp_path / "new.txt", streaming=True)
+    assert texts.column_names == ["text"] and [row["text"] for row in texts] == ["never loaded before"]
+
+
+# ---------------------------------------------------------------- errors a user can act on: one line, file and fix
+
+BAD_FILES = {
+    "latin1.txt": b"line one\nline two\ncaf\xe9 au lait\n",
+    "truncated.jsonl": b'{"prompt": "Q", "completion": "A"}\n{"prompt": "Q",\n',
+    "comma.jsonl": b'{"prompt": "Q", "completion": "A"}\n{"prompt": "Q" "completion": "A"}\n',
+    "array.json": b'[{"prompt": "Q", "completion": "A"},\n {"prompt": "Q" "completion": "A"}]\n',
+    "short.txt": b"hello world\n",
+    "medium.txt": b"the quick brown fox jumps over the lazy dog " * 20,
+    "empty/notes.md": b"not data",
+}
+
+
+@pytest.fixture
+def bad_files(tmp_path, monkeypatch) -> Path:
+    for name, content in BAD_FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    monkeypatch.chdir(tmp_path)  # file names in the messages are as given, relative
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("load", "source", "message"),
+    [
+        pytest.param(
+            load_text_dataset,
+            ["empty"],
+            "empty: no .txt/.jsonl/.json/.parquet files in that folder.",
+            id="empty-folder",
+        ),
+        pytest.param(  # in a list (what --train_files gives) a typo is no Hub dataset name
+            load_text_dataset, ["corpsu"], "corpsu: no such file or folder.", id="mistyped-folder"
+        ),
+        pytest.param(
+            load_instruction_dataset,
+            ["empty/"],
+            "empty/: no .jsonl/.json/.parquet files in that folder.",
+            id="no-records",
+        ),
+        pytest.param(
+            load_text_dataset,
+            "latin1.txt",
+            "latin1.txt, line 3: not valid UTF-8 (byte 0xe9 at column 4): re-encode the file as UTF-8.",
+            id="txt-not-utf8",
+        ),
+        pytest.param(
+            load_text_dataset,
+            "comma.jsonl",
+            "comma.jsonl, line 2: not valid JSON (Expecting ',' delimiter at column 16).",
+            id="jsonl-text-not-json",
+        ),
+        pytest.param(
+            load_instruction_dataset,
+            "truncated.jsonl",
+            "truncated.jsonl, line 2: not valid JSON (Expecting property name enclosed in double quotes at column 16, "
+            "the end of the line: a JSON Lines record must fit on one line). Fix the record, or pass "
+            "on_bad_record='skip' to skip bad records.",
+            id="jsonl-line-ends-early",
+        ),
+        pytest.param(
+            load_instruction_dataset,
+            "array.json",
+            "array.json, line 2: not valid JSON (Expecting ',' delimiter at column 17).",
+            id="json-array-broken",
+        ),
+    ],
+)
+def test_bad_data_files_are_named_with_line_column_and_fix(bad_files, load, source, message):
+    with pytest.raises((ValueError, FileNotFoundError)) as error:
+        load(source)
+    assert str(error.value) == message
+
+
+TINY_PRETRAIN = ["pretrain", "--config", str(REPO / "recipes/tiny/pretrain/config.yaml"), "--output_dir", "out",
+                 "--report_to", "none", "--bf16", "false"]  # fmt: skip
+STREAMING = ["--streaming", "true", "--max_steps", "1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(
+            ["--train_files", "short.txt"],
+            "--train_files short.txt: {n} tokens, fewer than one block of 128 (block_size): add text or lower "
+            "--block_size.",
+            id="too-short",
+        ),
+        pytest.param(
+            ["--train_files", "short.txt", *STREAMING],
+            "--train_files short.txt: {n} tokens, fewer than one block of 128 (block_size): add text or lower "
+            "--block_size.",
+            id="too-short-streamed",
+        ),
+        pytest.param(
+            ["--train_files", "medium.txt", "--block_size", "16"],
+            "--train_files medium.txt: {n} blocks of 16 tokens, not more than the 32 held out for evaluation "
+            "(eval_blocks): lower --eval_blocks or add text.",
+            id="fewer-blocks-than-eval",
+        ),
+        pytest.param(
+            ["--train_files", "medium.txt", "--block_size", "16", *STREAMING],
+            "--train_files medium.txt: {n} blocks of 16 tokens, not more than the 32 held out for evaluation "
+            "(eval_blocks): lower --eval_blocks or add text.",
+            id="fewer-blocks-than-eval-streamed",
+        ),
+        pytest.param(
+            ["--train_files", "empty"], "empty: no .txt/.jsonl/.json/.parquet files in that folder.", id="empty-folder"
+        ),
+        pytest.param(
+            ["--train_files", "latin1.txt"],
+            "latin1.txt, line 3: not valid UTF-8 (byte 0xe9 at column 4): re-encode the file as UTF-8.",
+            id="txt-not-utf8",
+        ),
+    ],
+)
+def test_pretrain_on_too_little_or_bad_text_says_what_to_change(bad_files, capsys, args, message):
+    with pytest.raises(SystemExit) as exit:
+        main([*TINY_PRETRAIN, *args])
+    assert exit.value.code == 1
+    expected = re.escape(f"hf-instruct pretrain: {message}").replace(re.escape("{n}"), r"\d+")
+    assert re.search(f"^{expected}$", capsys.readouterr().err, re.MULTILINE)
+
+
+def test_evaluate_skips_bad_records_when_asked(messy_file, tiny_model_dir, tmp_path, capsys):
+    evaluate = ["evaluate", str(tiny_model_dir), "--data", str(messy_file), "--max-new-tokens", "2"]
+    with pytest.raises(SystemExit):
+        main(evaluate)
+    assert "messy.jsonl, line 2: field 'output' is empty" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="Skipped 3 bad records of 5"):
+        assert main([*evaluate, "--on-bad-record", "skip", "--output-dir", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["splits"]["messy"]["examples"] == 2

@@ -37,13 +37,23 @@ def require_text(record: dict, field: str, allow_empty: bool = False) -> str:
 
 
 def expand_sources(source: str | os.PathLike | Iterable[str | os.PathLike], suffixes: tuple[str, ...]) -> list[str]:
-    """Files named by a path, a folder (searched recursively), a glob, or a list of those; [] for a Hub name."""
+    """Files named by a path, a folder (searched recursively), a glob, or a list of those; [] for a Hub name. Only a
+    lone string can be a Hub name: in a list (what --train_files gives) a mistyped folder is an error."""
     if not isinstance(source, (str, os.PathLike)):
-        return [path for item in source for path in expand_sources(item, suffixes)]
+        return [path for item in source for path in _local_files(os.fspath(item), suffixes)]
     source = os.fspath(source)
+    local = os.path.exists(source) or glob.has_magic(source) or source.startswith((".", "/", "~"))
+    return _local_files(source, suffixes) if local or os.path.splitext(source)[1] else []
+
+
+def _local_files(source: str, suffixes: tuple[str, ...]) -> list[str]:
+    kinds = "/".join(suffixes)
     if os.path.isdir(source):
         pattern = os.path.join(source, "**", "*")
-        return sorted(p for p in glob.glob(pattern, recursive=True) if p.endswith(suffixes) and os.path.isfile(p))
+        files = sorted(p for p in glob.glob(pattern, recursive=True) if p.endswith(suffixes) and os.path.isfile(p))
+        if not files:
+            raise FileNotFoundError(f"{source}: no {kinds} files in that folder.")
+        return files
     if os.path.isfile(source):
         if not source.endswith(suffixes):
             raise ValueError(f"{source}: unsupported file type; use one of {', '.join(suffixes)}.")
@@ -51,11 +61,9 @@ def expand_sources(source: str | os.PathLike | Iterable[str | os.PathLike], suff
     if glob.has_magic(source):
         matches = sorted(p for p in glob.glob(source, recursive=True) if p.endswith(suffixes))
         if not matches:
-            raise FileNotFoundError(f"{source}: the pattern matches no {'/'.join(suffixes)} file.")
+            raise FileNotFoundError(f"{source}: the pattern matches no {kinds} file.")
         return matches
-    if source.startswith((".", "/", "~")) or os.path.splitext(source)[1]:
-        raise FileNotFoundError(f"{source}: no such file or folder.")
-    return []  # a Hub dataset name
+    raise FileNotFoundError(f"{source}: no such file or folder.")
 
 
 def read_records(
@@ -78,11 +86,29 @@ def read_records(
             for index, record in enumerate(table):
                 yield f"{path}, row {index}", record
         elif path.endswith(".json") and _is_json_array(path):
-            with open(path, encoding="utf-8") as f:
-                for index, record in enumerate(json.load(f)):
-                    yield f"{path}, item {index}", _as_object(record)
+            for index, record in enumerate(_read_json_array(path)):
+                yield f"{path}, item {index}", _as_object(record)
         else:
             yield from _read_json_lines(path)
+
+
+def read_lines(path: str) -> Iterator[tuple[str, str | BadRecordError]]:
+    """Yields (location, text) for every non-blank line of `path`; a line that is not UTF-8 comes as a
+    BadRecordError."""
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield f"{path}, line {line_number}", _decode(raw)
+
+
+def _decode(raw: bytes) -> str | BadRecordError:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        column = len(raw[: e.start].decode("utf-8")) + 1  # in characters, as JSON errors count
+        return BadRecordError(
+            f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column}): re-encode the file as UTF-8"
+        )
 
 
 def _is_json_array(path: str) -> bool:
@@ -90,21 +116,31 @@ def _is_json_array(path: str) -> bool:
         return f.read(256).lstrip().startswith(b"[")
 
 
-def _read_json_lines(path: str) -> Iterator[tuple[str, dict | BadRecordError]]:
+def _read_json_array(path: str) -> list:
+    """The items of a .json file holding one array. A broken array cannot be read record by record, so its error
+    is a ValueError that names the line (not a skippable bad record)."""
     with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, start=1):
-            location = f"{path}, line {line_number}"
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield location, BadRecordError(f"not valid UTF-8 (byte {e.start}: {raw[e.start : e.start + 4]!r})")
-                continue
-            try:
-                yield location, _as_object(json.loads(text))
-            except json.JSONDecodeError as e:
-                yield location, BadRecordError(f"not valid JSON ({e.msg} at column {e.colno})")
+        lines = [_decode(raw) for raw in f]
+    for line_number, line in enumerate(lines, start=1):
+        if isinstance(line, BadRecordError):
+            raise ValueError(f"{path}, line {line_number}: {line}.")
+    try:
+        return json.loads("".join(lines).rstrip())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
+
+
+def _read_json_lines(path: str) -> Iterator[tuple[str, dict | BadRecordError]]:
+    for location, line in read_lines(path):
+        yield location, line if isinstance(line, BadRecordError) else _json_object(line.rstrip())
+
+
+def _json_object(line: str) -> dict | BadRecordError:
+    try:
+        return _as_object(json.loads(line))
+    except json.JSONDecodeError as e:  # columns of the line itself: its newline would put an early end in column 1
+        end = ", the end of the line: a JSON Lines record must fit on one line" if e.pos >= len(line) else ""
+        return BadRecordError(f"not valid JSON ({e.msg} at column {e.colno}{end})")
 
 
 def _as_object(value: Any) -> dict | BadRecordError:

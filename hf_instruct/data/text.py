@@ -1,7 +1,8 @@
 """Raw text for pretraining: load documents from files or the Hub, then pack them into fixed-length blocks.
 
 Packing concatenates documents with an EOS token between them and cuts the stream into `block_size` blocks, so no
-compute is spent on padding. Only the final partial block is dropped, with a warning that says how many tokens.
+compute is spent on padding. Only the final partial block is dropped, with a warning that says how many tokens;
+less text than one block is a `NotEnoughTextError`.
 With `keep_documents_apart`, each block also carries `position_ids` that restart at every document and `labels`
 that never ask a document's first token to be predicted from the previous document: a model then attends within
 documents only (block-diagonal attention). For a small model this matters a great deal: in a 128-token block of
@@ -16,11 +17,17 @@ from collections.abc import Callable, Iterable, Iterator
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from .records import expand_sources
+from .records import BadRecordError, expand_sources, read_lines, read_records
 
 IGNORE_INDEX = -100
 TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# declared, else a streamed .txt corpus has no known columns
+TEXT_FEATURES = datasets.Features({"text": datasets.Value("string")})
+
+
+class NotEnoughTextError(ValueError):
+    """Fewer tokens than one block, so nothing to train on; the stage adds which files and which setting."""
 
 
 def load_text_dataset(
@@ -38,12 +45,29 @@ def load_text_dataset(
         if len(kinds) > 1:
             raise ValueError(f"{source}: mixes file types {sorted(kinds)}; point at one kind of file at a time.")
         kind = kinds.pop()
-        extra = {"sample_by": "document"} if kind == "text" else {}
-        texts = datasets.load_dataset(kind, data_files=paths, split="train", streaming=streaming, **extra)
-    columns = texts.column_names or []
-    if text_field not in columns:
+        extra = {"sample_by": "document", "features": TEXT_FEATURES} if kind == "text" else {}
+        try:
+            texts = datasets.load_dataset(kind, data_files=paths, split="train", streaming=streaming, **extra)
+        except datasets.exceptions.DatasetGenerationError:
+            problem = _first_bad_line(paths)
+            if problem is None:
+                raise
+            raise ValueError(problem) from None
+    columns = texts.column_names
+    if columns is not None and text_field not in columns:  # a streamed Hub dataset may not know its columns
         raise ValueError(f"{source}: no {text_field!r} column (columns: {columns}); set text_field=.")
     return texts.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text" else texts
+
+
+def _first_bad_line(paths: list[str]) -> str | None:
+    """'<file>, line <n>: <problem>' for the first line of `paths` that is not UTF-8 (or, in a JSON file, not a
+    JSON object): datasets' DatasetGenerationError names neither."""
+    for path in paths:
+        if not path.endswith(".parquet"):
+            for location, line in read_lines(path) if path.endswith(".txt") else read_records(path):
+                if isinstance(line, BadRecordError):
+                    return f"{location}: {line}."
+    return None
 
 
 def pack_texts(
@@ -86,6 +110,7 @@ def _blocks(sequences, gen_kwargs, eos_token_id: int, block_size: int, keep_docu
     input_ids: list[int] = []
     labels: list[int] = []
     positions: list[int] = []
+    blocks = 0
     for ids, trained in sequences(**gen_kwargs):
         input_ids += [*ids, eos_token_id]
         labels += [IGNORE_INDEX, *trained[1:], eos_token_id] if ids else [IGNORE_INDEX]
@@ -100,7 +125,10 @@ def _blocks(sequences, gen_kwargs, eos_token_id: int, block_size: int, keep_docu
                 block["position_ids"] = [p - offset if i < first_restart else p for i, p in enumerate(block_positions)]
                 block["labels"] = [IGNORE_INDEX, *labels[start + 1 : start + block_size]]
             yield block
+            blocks += 1
         del input_ids[:full], labels[:full], positions[:full]
+    if not blocks:
+        raise NotEnoughTextError(f"{len(input_ids)} tokens, fewer than one block of {block_size}")
     if input_ids:
         unused = f"pack_texts: the last {len(input_ids)} tokens do not fill a {block_size}-token block: unused."
         warnings.warn(unused, stacklevel=2)

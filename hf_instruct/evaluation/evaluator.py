@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 
 from ..data.instructions import to_messages
-from ..data.records import normalize_records
+from ..data.records import OnBadRecord, normalize_records
 from ..data.suite import SuiteConfig, build_suite
 from ..markdown import table_cell
 from .generation import generate_answers, load_chat_model
@@ -24,9 +24,9 @@ from .metric_modules import load_metric
 SUITE_SPLITS = ("held_out_entities", "held_out_paraphrases", "held_out_compositions")
 
 
-def load_scored_examples(source: str | os.PathLike | list) -> datasets.Dataset:
+def load_scored_examples(source: str | os.PathLike | list, on_bad_record: OnBadRecord = "error") -> datasets.Dataset:
     """Instruction records with a reference answer (any shape `hf_instruct.data` knows), keeping the suite's
-    `family` and `check` fields when present."""
+    `family` and `check` fields when present; bad records stop the run or, with "skip", are counted and skipped."""
 
     def scored(record: dict) -> dict:
         return {
@@ -35,7 +35,7 @@ def load_scored_examples(source: str | os.PathLike | list) -> datasets.Dataset:
             "check": record.get("check", ""),
         }
 
-    return normalize_records(source, scored, desc="Reading evaluation examples")
+    return normalize_records(source, scored, on_bad_record, desc="Reading evaluation examples")
 
 
 def suite_examples(config: SuiteConfig | None = None) -> dict[str, datasets.Dataset]:

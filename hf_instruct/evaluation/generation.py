@@ -8,13 +8,17 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..checkpoints import saved_model_problem
 from ..tokenization import end_of_turn_token_id
 
 Conversation = list[dict[str, str]]
 
 
 def load_chat_model(path: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A saved causal LM or LoRA adapter and its tokenizer, in eval mode; a clear error without a chat template."""
+    """A saved causal LM or LoRA adapter and its tokenizer, in eval mode; a clear error for an incomplete folder or
+    one without a chat template."""
+    if Path(path).is_dir() and (problem := saved_model_problem(path)):
+        raise ValueError(f"{path}: {problem}.")
     if (Path(path) / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 

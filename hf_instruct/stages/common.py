@@ -5,11 +5,15 @@ command and the pipeline alike. Its config is a dataclass extending the stock tr
 `--config file.yaml` plus command-line overrides.
 """
 
+import argparse
 import atexit
+import difflib
 import importlib.util
 import json
 import math
 import os
+import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +22,28 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+import yaml
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging
 from trl import TrlParser
 
+from ..checkpoints import (
+    checkpoint_problem,
+    last_complete_checkpoint,
+    saved_model_problem,
+    shape_mismatch,
+    tokenizer_problem,
+)
 from ..hub import push_to_hub
 from ..model_card import RUN_FILE, plot_training_curves, read_history, stage_record, write_model_card, write_run_record
 from ..precision import default_bf16
@@ -33,6 +52,9 @@ logger = logging.get_logger(__name__)
 LANGUAGE_MODELLING_STAGES = ("pretrain", "sft")
 TRACKERS = ("tensorboard", "trackio")  # report_to names that are also their module names
 ConfigT = TypeVar("ConfigT", bound=TrainingArguments)
+# settings that make no sense at 0 or below: a run with them would train nothing, or crash inside torch
+POSITIVE_FIELDS = ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
+                   "gradient_accumulation_steps", "logging_steps", "save_steps")  # fmt: skip
 
 
 @dataclass
@@ -65,6 +87,9 @@ class StageArguments:
     def __post_init__(self):
         if not self.train_files and not self.dataset_name:
             raise ValueError("Set --train_files (local data files) or --dataset_name (a Hub dataset).")
+        if isinstance(self.train_files, str):  # `train_files: one.txt` in a YAML file
+            self.train_files = [self.train_files]
+        check_numbers(self)
         resolve_defaults(self)
         if self.hub_token:  # to the environment, out of every file the run writes (training_args.bin pickles us)
             os.environ["HF_TOKEN"], self.hub_token = self.hub_token, None
@@ -168,16 +193,74 @@ def load_held_out(config: TuningArguments, load: Callable[..., Dataset]) -> tupl
     return split["train"], split["test"]
 
 
+def check_numbers(config: TrainingArguments) -> None:
+    """Refuse settings that would train nothing or crash mid-run, before anything is written."""
+    for name in POSITIVE_FIELDS:
+        value = getattr(config, name, None)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name} must be above 0, got {value}.")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise ValueError(
+            f"--max_steps must be a number of steps above 0, or -1 to train for --num_train_epochs; got "
+            f"{config.max_steps}."
+        )
+    if config.max_steps == -1 and config.num_train_epochs <= 0:
+        raise ValueError(f"--num_train_epochs must be above 0 (or set --max_steps), got {config.num_train_epochs}.")
+
+
+class StageParser(TrlParser):
+    """`TrlParser` whose errors are one-line `ValueError`s (the CLI prints them) instead of a usage dump, exit 2."""
+
+    def error(self, message: str):
+        raise ValueError(f"{message} (see --help).")
+
+
 def parse_config(config_class: type[ConfigT], args: list[str] | None = None) -> ConfigT:
     """`--config file.yaml` (every key a field of `config_class`) plus `--field value` overrides."""
-    args = list(args) if args is not None else None
-    if args and "--config" in args:
+    args = list(sys.argv[1:] if args is None else args)
+    parser = StageParser([config_class])
+    if "--config" in args:
         index = args.index("--config") + 1
         path = args[index] if index < len(args) else None
         if path is None or not os.path.isfile(path):
             raise FileNotFoundError(f"--config {path}: no such file.")
-    (config,) = TrlParser([config_class]).parse_args_and_config(args)
+        check_config_file(parser, path)
+    (config,) = parser.parse_args_and_config(args)
     return config
+
+
+def check_config_file(parser: argparse.ArgumentParser, path: str) -> None:
+    """Every key of the YAML file a field, every scalar value one the field accepts, said with the file's name.
+    `TrlParser` makes the values argparse defaults: a bad string fails naming neither file nor key, and a bad number
+    or bool is not checked at all (it fails later, deep in the trainer)."""
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f)  # a yaml.YAMLError names the file, line and column
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: must be a YAML mapping of field: value.")
+    actions = {}
+    for action in parser._actions:  # the field's own action, not the `--no_<field>` complement of a bool
+        actions.setdefault(action.dest, action)
+    for key, value in values.items():
+        if key == "env":  # TrlParser sets these environment variables
+            continue
+        if key not in actions:
+            close = difflib.get_close_matches(key, actions, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "see --help for the fields"
+            raise ValueError(f"{path}: unknown key {key!r} ({hint}).")
+        action = actions[key]
+        for item in value if isinstance(value, list) else [value]:
+            if action.type is None or not isinstance(item, str | int | float | bool):
+                continue
+            try:
+                converted = action.type(str(item))
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                expected = {"int": "an integer", "float": "a number", "string_to_bool": "true or false"}
+                kind = expected.get(getattr(action.type, "__name__", ""), "another value")
+                raise ValueError(f"{path}: {key}: {item!r} is not valid: expected {kind}.") from None
+            if action.choices is not None and converted not in action.choices:
+                choices = ", ".join(str(getattr(choice, "value", choice)) for choice in action.choices)
+                quote = " (YAML reads an unquoted no/yes/off/on as a bool: quote it)" if isinstance(item, bool) else ""
+                raise ValueError(f"{path}: {key}: {item!r} is not valid: expected one of {choices}{quote}.")
 
 
 def resolve_defaults(config: TrainingArguments) -> None:
@@ -195,9 +278,18 @@ def resolve_defaults(config: TrainingArguments) -> None:
         config.dataloader_pin_memory = False
 
 
-def start_run(config: TrainingArguments, stage: str) -> str | None:
+@dataclass
+class RunStart:
+    """Where a stage starts: nothing to do (`finished`), from scratch, or from the checkpoint `resume_from`."""
+
+    finished: bool = False
+    resume_from: str | None = None
+
+
+def start_run(config: TrainingArguments, stage: str) -> RunStart:
     """Seed every RNG (the model is built before the Trainer seeds), refuse an output dir that holds another run,
-    and return the checkpoint to resume from, if any."""
+    leave a finished run as it is, and find the newest complete checkpoint to resume from. Writes nothing but the
+    run marker of a new output dir."""
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
     marker = output_dir / RUN_FILE
@@ -210,15 +302,62 @@ def start_run(config: TrainingArguments, stage: str) -> str | None:
                     f"--output_dir {output_dir} holds {what}; a {stage} run would mix with it. "
                     "Choose a new --output_dir or delete the old one."
                 )
-        elif config.process_index == 0:
+            if is_finished(config, output_dir):
+                logger.warning(
+                    f"{stage}: {output_dir} holds a finished {stage} run; nothing to do (raise --max_steps or "
+                    "--num_train_epochs to train on, or choose a new --output_dir)."
+                )
+                return RunStart(finished=True)
+        check_model_sources(config)
+        if not marker.is_file() and config.process_index == 0:
             output_dir.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps({"stage": stage}) + "\n")
-    resume_from = config.resume_from_checkpoint
-    if resume_from is None and output_dir.is_dir():
-        resume_from = get_last_checkpoint(str(output_dir))
+        resume_from = config.resume_from_checkpoint
+        if resume_from and (problem := checkpoint_problem(Path(resume_from))):
+            raise ValueError(f"--resume_from_checkpoint {resume_from}: {problem}.")
+        if not resume_from and output_dir.is_dir():
+            resume_from = last_complete_checkpoint(output_dir, rename_incomplete=config.process_index == 0)
     if resume_from:
         logger.warning(f"{stage}: resuming from {resume_from}")
-    return resume_from
+    return RunStart(resume_from=resume_from)
+
+
+def check_model_sources(config: TrainingArguments) -> None:
+    """The models and tokenizer a run reads must be whole before it writes anything (the loaders' own errors name
+    neither the field nor the file). Names that are not local folders are left to the Hub."""
+    for name in ("model_name_or_path", "tokenizer_name_or_path", "reward_model_path", "value_model_path"):
+        path = getattr(config, name, None)
+        if not path or (not os.path.exists(path) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) and path[0] != "."):
+            continue  # unset, or a Hub id
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"--{name} {path}: no such folder (nor a Hub id such as 'org/name').")
+        if name == "tokenizer_name_or_path":
+            problem = tokenizer_problem(Path(path))
+        else:  # the model's own tokenizer is read unless another is given (PPO reads the reward model's)
+            problem = saved_model_problem(
+                path, with_tokenizer=name != "model_name_or_path" or not config.tokenizer_name_or_path
+            )
+        if problem:
+            raise ValueError(f"--{name} {path}: {problem}.")
+
+
+def asks_for_more(config: TrainingArguments, state: dict) -> bool:
+    """Whether `config` asks for more training than the saved trainer `state` holds."""
+    if config.max_steps > 0:
+        return config.max_steps > state["global_step"]
+    return config.num_train_epochs > state["epoch"] + 1e-6
+
+
+def is_finished(config: TrainingArguments, output_dir: Path) -> bool:
+    """Whether `output_dir` holds the whole result of a run that `config` asks no more of (a model that loads, its
+    metrics and state); says why a finished-looking run will be trained again."""
+    state_file = output_dir / TRAINER_STATE_NAME
+    if not (output_dir / "all_results.json").is_file() or not state_file.is_file():
+        return False
+    if problem := saved_model_problem(output_dir):
+        logger.warning(f"{output_dir} held a finished run, but its model is incomplete ({problem}): training again.")
+        return False
+    return not asks_for_more(config, json.loads(state_file.read_text()))
 
 
 def train_and_save(
@@ -231,8 +370,20 @@ def train_and_save(
 ) -> str:
     """Train (resuming if asked), evaluate, save model + tokenizer + metrics + card, push if configured."""
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    metrics = {**result.metrics, **(extra_metrics or {})}
+    metrics = dict(extra_metrics or {})
+    if resume_from and (mismatch := shape_mismatch(Path(resume_from), getattr(trainer, "policy", trainer.model))):
+        raise ValueError(
+            f"{resume_from} holds a model of another shape than this run builds ({mismatch}): choose a new "
+            "--output_dir, or run with the settings that made it."
+        )
+    state_file = Path(resume_from or "") / TRAINER_STATE_NAME
+    if resume_from and not asks_for_more(config, json.loads(state_file.read_text())):
+        # the run was stopped after its last step was saved: that checkpoint is the trained model (training from it
+        # would take one step past the end)
+        trainer._load_from_checkpoint(resume_from)
+        trainer.state = TrainerState.load_from_json(str(state_file))
+    else:
+        metrics.update(trainer.train(resume_from_checkpoint=resume_from).metrics)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
         if stage in LANGUAGE_MODELLING_STAGES:  # the eval loss is a per-token cross-entropy
@@ -257,17 +408,28 @@ def train_and_save(
         write_run_record(config.output_dir, read_history(config.model_name_or_path) + [record])
         plot_training_curves(trainer.state.log_history, stage, config.output_dir)
         write_model_card(config.output_dir)
-        if config.push_when_done:
-            url = push_to_hub(
-                config.output_dir,
-                config.hub_model_id or Path(config.output_dir).name,
-                private=config.hub_private_repo,
-                revision=config.hub_revision,
-                commit_message=f"hf-instruct {stage}",
-            )
-            logger.warning(f"{stage}: pushed to {url}")
+        push_if_asked(config, stage)
     trainer.accelerator.wait_for_everyone()  # the other ranks wait while the main one writes the card and pushes
     return config.output_dir
+
+
+def leave_finished_run(config: StageArguments, stage: str) -> str:
+    """A finished run is left as it is; pushed when asked (a re-run that adds --push_to_hub)."""
+    if config.process_index == 0:
+        push_if_asked(config, stage)
+    return config.output_dir
+
+
+def push_if_asked(config: StageArguments, stage: str) -> None:
+    if config.push_when_done:
+        url = push_to_hub(
+            config.output_dir,
+            config.hub_model_id or Path(config.output_dir).name,
+            private=config.hub_private_repo,
+            revision=config.hub_revision,
+            commit_message=f"hf-instruct {stage}",
+        )
+        logger.warning(f"{stage}: pushed to {url}")
 
 
 def card_hyperparameters(config: TrainingArguments) -> dict:

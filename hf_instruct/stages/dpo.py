@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from ..data import load_preference_dataset
-from .common import TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
+from .common import TuningArguments, leave_finished_run, load_held_out, load_tokenizer, start_run, train_and_save
 
 
 @dataclass
@@ -21,8 +21,10 @@ class DPOStageConfig(TuningArguments, DPOConfig):
 
 def run_dpo(config: DPOStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
     """Align `config.model_name_or_path` with DPO; save model, tokenizer, metrics and card to `config.output_dir`."""
-    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
-    resume_from = start_run(config, "dpo")
+    # ---- seed, refuse a foreign run in output_dir, leave a finished one, find a complete checkpoint to resume
+    start = start_run(config, "dpo")
+    if start.finished:
+        return leave_finished_run(config, "dpo")
 
     # ---- tokenizer and comparisons, with held-out pairs
     tokenizer = load_tokenizer(config)
@@ -40,4 +42,4 @@ def run_dpo(config: DPOStageConfig, callbacks: list[TrainerCallback] | None = No
     )
 
     # ---- train, evaluate, save, card
-    return train_and_save(trainer, config, "dpo", tokenizer, resume_from)
+    return train_and_save(trainer, config, "dpo", tokenizer, start.resume_from)

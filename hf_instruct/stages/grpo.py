@@ -17,6 +17,7 @@ from .common import (
     LoraArguments,
     RewardModelArguments,
     TuningArguments,
+    leave_finished_run,
     load_held_out,
     load_tokenizer,
     start_run,
@@ -31,8 +32,10 @@ class GRPOStageConfig(TuningArguments, LoraArguments, RewardModelArguments, GRPO
 
 def run_grpo(config: GRPOStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
     """Optimise the SFT policy against the reward model with GRPO; save model, tokenizer, metrics and card."""
-    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
-    resume_from = start_run(config, "grpo")
+    # ---- seed, refuse a foreign run in output_dir, leave a finished one, find a complete checkpoint to resume
+    start = start_run(config, "grpo")
+    if start.finished:
+        return leave_finished_run(config, "grpo")
 
     # ---- tokenizer and prompts, with held-out prompts
     tokenizer = load_tokenizer(config)
@@ -52,4 +55,4 @@ def run_grpo(config: GRPOStageConfig, callbacks: list[TrainerCallback] | None = 
     )
 
     # ---- train, evaluate, save, card
-    return train_and_save(trainer, config, "grpo", tokenizer, resume_from)
+    return train_and_save(trainer, config, "grpo", tokenizer, start.resume_from)

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
 from ..data import load_prompt_dataset, load_text_dataset, pack_texts
+from ..data.text import NotEnoughTextError
 from ..trainers import PPOConfig, PPOTrainer
 from .common import (
     LoraArguments,
     RewardModelArguments,
     TuningArguments,
+    leave_finished_run,
     load_held_out,
     load_tokenizer,
     start_run,
@@ -43,8 +45,10 @@ class PPOStageConfig(TuningArguments, LoraArguments, RewardModelArguments, PPOCo
 
 def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
     """Optimise the SFT policy against the reward model; save policy, tokenizer, metrics, samples and card."""
-    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
-    resume_from = start_run(config, "ppo")
+    # ---- seed, refuse a foreign run in output_dir, leave a finished one, find a complete checkpoint to resume
+    start = start_run(config, "ppo")
+    if start.finished:
+        return leave_finished_run(config, "ppo")
 
     # ---- tokenizers (the reward model must read the policy's tokens) and prompts, with held-out prompts
     tokenizer = load_tokenizer(config)
@@ -56,7 +60,13 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
     if config.ptx_coef > 0:
         texts = load_text_dataset(config.ptx_files, streaming=config.ptx_streaming)
         with config.main_process_first(desc="packing the pretraining corpus"):
-            ptx_blocks = pack_texts(texts, tokenizer, config.ptx_block_size)
+            try:
+                ptx_blocks = pack_texts(texts, tokenizer, config.ptx_block_size)
+            except NotEnoughTextError as error:
+                raise ValueError(
+                    f"--ptx_files {' '.join(config.ptx_files)}: {error} (ptx_block_size): add text or lower "
+                    "--ptx_block_size."
+                ) from None
         ptx_blocks = ptx_blocks.shuffle(seed=config.seed, **({"buffer_size": 1000} if config.ptx_streaming else {}))
 
     # ---- policy from the SFT model (+ LoRA), reward and value models from the reward model
@@ -81,4 +91,4 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
 
     # ---- train, evaluate, save, card
     before = {"eval_reward_before_training": trainer.evaluate()["eval_reward"]} if eval_prompts is not None else {}
-    return train_and_save(trainer, config, "ppo", tokenizer, resume_from, extra_metrics=before)
+    return train_and_save(trainer, config, "ppo", tokenizer, start.resume_from, extra_metrics=before)

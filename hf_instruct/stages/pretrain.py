@@ -6,19 +6,20 @@ itself), trains, and reports the perplexity of held-out blocks. With `instructio
 it is midtraining: chat-rendered instruction conversations make up that share of the tokens (`data/mixing.py`).
 """
 
+import dataclasses
+import difflib
 import itertools
 import json
-import os
 from dataclasses import dataclass, field
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
 from ..data import load_instruction_dataset, load_text_dataset, pack_texts
 from ..data.mixing import pack_mixture, render_conversations
-from ..data.text import collate_blocks
+from ..data.text import NotEnoughTextError, collate_blocks
 from ..models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
 from ..tokenization import CHAT_TEMPLATE, train_tokenizer
-from .common import StageArguments, start_run, train_and_save
+from .common import StageArguments, leave_finished_run, start_run, train_and_save
 
 
 @dataclass
@@ -54,6 +55,7 @@ class PretrainStageConfig(StageArguments, TrainingArguments):
     def __post_init__(self):
         if isinstance(self.model_config, str):
             self.model_config = json.loads(self.model_config)
+        check_model_config_keys(self.model_config or {})
         if not 0 <= self.instruction_share < 1:
             raise ValueError(f"--instruction_share must be at least 0 and below 1, got {self.instruction_share}.")
         if self.instruction_share > 0 and not self.instruction_files:
@@ -61,10 +63,22 @@ class PretrainStageConfig(StageArguments, TrainingArguments):
         super().__post_init__()
 
 
+def check_model_config_keys(model_config: dict) -> None:
+    """A mistyped `model_config` key would be ignored (the model built with the default) and kept in config.json."""
+    known = {f.name for f in dataclasses.fields(InstructGPTConfig)} | {"attn_implementation"}
+    for key in model_config:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"the fields of InstructGPTConfig: {sorted(known)}"
+            raise ValueError(f"--model_config: unknown key {key!r} ({hint}).")
+
+
 def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
     """Pretrain and save model, tokenizer, metrics (incl. eval perplexity) and card into `config.output_dir`."""
-    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
-    resume_from = start_run(config, "pretrain")
+    # ---- seed, refuse a foreign run in output_dir, leave a finished one, find a complete checkpoint to resume
+    start = start_run(config, "pretrain")
+    if start.finished:
+        return leave_finished_run(config, "pretrain")
 
     # ---- data: the corpus, and the instruction conversations to mix in
     texts = load_text_dataset(config.data_source, config.dataset_split, config.text_field, config.streaming)
@@ -73,12 +87,12 @@ def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] |
         with config.main_process_first(desc="normalising instructions"):
             conversations = load_instruction_dataset(config.instruction_files)["messages"]
 
-    # ---- tokenizer: the given one, the continued model's, or one trained once by the main process and then read
-    # by every process (and by a resumed run) from output_dir
+    # ---- tokenizer: the given one, the continued model's, or one trained by the main process and then read by every
+    # process from output_dir. A resumed run reads the one its checkpoints were trained with; a new run trains its
+    # own even where a failed run left one (it may have read another corpus).
     tokenizer_path = config.tokenizer_name_or_path or config.model_name_or_path or config.output_dir
     with config.main_process_first(desc="training the tokenizer"):
-        trained = os.path.isfile(os.path.join(config.output_dir, "tokenizer.json"))
-        if tokenizer_path == config.output_dir and not trained:
+        if tokenizer_path == config.output_dir and not start.resume_from and config.local_process_index == 0:
             corpus = itertools.chain(
                 (row["text"] for row in texts), render_conversations(conversations, CHAT_TEMPLATE)
             )
@@ -87,20 +101,34 @@ def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] |
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
 
     # ---- packed blocks (documents and mixed-in conversations), with held-out blocks for perplexity
+    source = " ".join(config.train_files) if config.train_files else config.dataset_name
+    corpus = f"--{'train_files' if config.train_files else 'dataset_name'} {source}"
     with config.main_process_first(desc="packing the corpus"):
-        if config.instruction_share > 0:
-            blocks = pack_mixture(
-                texts,
-                conversations,
-                tokenizer,
-                config.block_size,
-                config.instruction_share,
-                config.seed,
-                config.train_on_instruction_prompts,
-                config.keep_documents_apart,
-            )
-        else:
-            blocks = pack_texts(texts, tokenizer, config.block_size, keep_documents_apart=config.keep_documents_apart)
+        try:
+            if config.instruction_share > 0:
+                blocks = pack_mixture(
+                    texts,
+                    conversations,
+                    tokenizer,
+                    config.block_size,
+                    config.instruction_share,
+                    config.seed,
+                    config.train_on_instruction_prompts,
+                    config.keep_documents_apart,
+                )
+            else:
+                blocks = pack_texts(
+                    texts, tokenizer, config.block_size, keep_documents_apart=config.keep_documents_apart
+                )
+            # a stream is read only as far as this check needs
+            available = sum(1 for _ in blocks.take(config.eval_blocks + 1)) if config.streaming else len(blocks)
+        except NotEnoughTextError as error:
+            raise ValueError(f"{corpus}: {error} (block_size): add text or lower --block_size.") from None
+    if available <= config.eval_blocks:
+        raise ValueError(
+            f"{corpus}: {available} blocks of {config.block_size} tokens, not more than the {config.eval_blocks} "
+            "held out for evaluation (eval_blocks): lower --eval_blocks or add text."
+        )
     if config.eval_blocks == 0:
         train_blocks, eval_blocks = blocks, None
     elif config.streaming:
@@ -135,4 +163,4 @@ def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] |
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    return train_and_save(trainer, config, "pretrain", tokenizer, resume_from)
+    return train_and_save(trainer, config, "pretrain", tokenizer, start.resume_from)

@@ -14,7 +14,7 @@ from trl import RewardConfig, RewardTrainer
 
 from ..data import load_instruction_dataset, load_preference_dataset
 from ..reward_scores import reward_scores
-from .common import TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
+from .common import TuningArguments, leave_finished_run, load_held_out, load_tokenizer, start_run, train_and_save
 
 logger = logging.get_logger(__name__)
 
@@ -31,8 +31,10 @@ class RewardStageConfig(TuningArguments, RewardConfig):
 
 def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
     """Train the reward model; save it with its `reward_shift`, tokenizer, metrics and card to `config.output_dir`."""
-    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
-    resume_from = start_run(config, "reward")
+    # ---- seed, refuse a foreign run in output_dir, leave a finished one, find a complete checkpoint to resume
+    start = start_run(config, "reward")
+    if start.finished:
+        return leave_finished_run(config, "reward")
 
     # ---- tokenizer and comparisons, with held-out pairs
     tokenizer = load_tokenizer(config)
@@ -63,7 +65,7 @@ def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | Non
             f"max_length={config.max_length} tokens and are left out (RewardTrainer filters, it does not truncate)."
         )
     trainer.add_callback(RewardShiftCallback(config, tokenizer))
-    return train_and_save(trainer, config, "reward", tokenizer, resume_from)
+    return train_and_save(trainer, config, "reward", tokenizer, start.resume_from)
 
 
 class RewardShiftCallback(TrainerCallback):

@@ -6,7 +6,6 @@ TRL `SFTTrainer` (assistant-only loss, optional packing) or, with `sft_backend: 
 and after training.
 """
 
-import os
 from dataclasses import dataclass, field
 
 from peft import get_peft_model
@@ -15,9 +14,16 @@ from trl import SFTConfig, SFTTrainer
 
 from ..collator import DataCollatorForInstructionTuning
 from ..data import load_instruction_dataset
-from ..hub import is_hub_id
 from ..tokenization import end_of_turn_token_id
-from .common import LoraArguments, TuningArguments, load_held_out, load_tokenizer, start_run, train_and_save
+from .common import (
+    LoraArguments,
+    TuningArguments,
+    leave_finished_run,
+    load_held_out,
+    load_tokenizer,
+    start_run,
+    train_and_save,
+)
 
 BACKENDS = ("trl", "collator")
 
@@ -41,8 +47,10 @@ class SFTStageConfig(TuningArguments, LoraArguments, SFTConfig):
 
 def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
     """Instruction-tune `config.model_name_or_path`; save model, tokenizer, metrics and card to `config.output_dir`."""
-    # ---- seed, refuse a foreign run in output_dir, find a checkpoint to resume
-    resume_from = start_run(config, "sft")
+    # ---- seed, refuse a foreign run in output_dir, leave a finished one, find a complete checkpoint to resume
+    start = start_run(config, "sft")
+    if start.finished:
+        return leave_finished_run(config, "sft")
 
     # ---- tokenizer with a chat template
     tokenizer = load_tokenizer(config)
@@ -60,8 +68,6 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
     train_examples, eval_examples = load_held_out(config, load_instruction_dataset)
 
     # ---- model (+ LoRA)
-    if not os.path.exists(config.model_name_or_path) and not is_hub_id(config.model_name_or_path):
-        raise FileNotFoundError(f"--model_name_or_path {config.model_name_or_path}: no such folder or Hub id.")
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **(config.model_init_kwargs or {}))
     peft_config = config.lora_config()
 
@@ -95,4 +101,4 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
 
     # ---- train, evaluate, save, card
     before = {"eval_loss_before_training": trainer.evaluate()["eval_loss"]} if eval_examples is not None else {}
-    return train_and_save(trainer, config, "sft", tokenizer, resume_from, extra_metrics=before)
+    return train_and_save(trainer, config, "sft", tokenizer, start.resume_from, extra_metrics=before)

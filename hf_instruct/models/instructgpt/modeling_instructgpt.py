@@ -378,6 +378,8 @@ class InstructGPTForCausalLM(InstructGPTPreTrainedModel, GenerationMixin):
         self.model = InstructGPTModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:  # not saved (it is the embedding): the Trainer then re-ties it on resume
+            self._keys_to_ignore_on_save = ["lm_head.weight"]
         self.post_init()
 
     @can_return_tuple
