@@ -3,14 +3,21 @@
 suite data → pretrain → midtrain → sft → reward → ppo (PPO-ptx) → ppo_no_ptx and dpo (the baselines) → evaluation
 → report,
 each stage through the same `run_<stage>` function as its recipe, each output feeding the next. A finished stage
-(its `all_results.json` written) is skipped on a re-run and an interrupted one resumes from its last checkpoint, so
-re-running the same command after a crash finishes the job. The models are then compared on the suite's held-out
-splits (per-family instruction accuracy, reward-model win rate against the SFT model) and on held-out pretraining
-text (perplexity: the "alignment tax"), and `report.md` with plots lands in the output folder.
+(its metrics, run record and a complete model written) is skipped on a re-run and an incomplete one resumes from its
+last complete checkpoint, so re-running the same command after a crash finishes the job, and re-running a finished
+pipeline changes no file. The models are then compared on the suite's held-out splits (per-family instruction
+accuracy, reward-model win rate against the SFT model) and on held-out pretraining text (perplexity: the "alignment
+tax"), and `report.md` with plots lands in the output folder; the comparison is computed again when a model changed.
 """
 
+import dataclasses
+import difflib
+import hashlib
+import io
 import json
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +29,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import __version__
+from .checkpoints import saved_model_problem
 from .data.suite import SuiteConfig, build_suite, export_suite
 from .evaluation import evaluate_model, load_metric
 from .evaluation.evaluator import SUITE_SPLITS, few_shot
 from .hub import push_to_hub
 from .markdown import table_cell
-from .model_card import RUN_FILE, hardware, read_history, write_model_card
+from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .stages import STAGES
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
@@ -47,6 +55,16 @@ TOKEN_FIELDS = {"max_steps", "num_train_epochs", "per_device_train_batch_size", 
                 "block_size", "train_files", "tokenizer_name_or_path", "vocab_size"}  # fmt: skip
 FEW_SHOT = " (3-shot)"  # a base model asked with 3 solved examples of the same family before each question
 HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for the alignment-tax perplexity
+# field types a YAML value is checked against (a float field takes an int); other types are left to the config class
+PLAIN_TYPES = {
+    int: int,
+    float: (int, float),
+    bool: bool,
+    str: str,
+    list: list,
+    dict: dict,
+    types.NoneType: types.NoneType,
+}
 
 
 @dataclass
@@ -62,6 +80,19 @@ class PipelineConfig:
     baselines: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)  # limit, max_new_tokens, batch_size
     push_to: str | None = None  # a Hub namespace: the final model goes to <namespace>/<output_dir name>
+    source: str = "the pipeline config"  # the YAML file it came from, for error messages (not a YAML key)
+
+    def __post_init__(self):
+        """Every stage's fields are checked before anything runs: a typo would fail mid-run, naming no file."""
+        unknown = [name for name in self.stages if name not in RUNS]
+        if unknown:
+            raise ValueError(f"{self.source}: stages: unknown stage {unknown[0]!r}{did_you_mean(unknown[0], RUNS)}")
+        sections = [(f"stages.{name}", RUNS[name], fields) for name, fields in self.stages.items()]
+        sections += [(f"baselines.{name}", "pretrain", fields) for name, fields in self.baselines.items()]
+        for section, stage, fields in sections:
+            config_class, _ = STAGES[stage]
+            if problem := fields_problem(config_class, fields or {}):
+                raise ValueError(f"{self.source}: {section}: {problem}")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> "PipelineConfig":
@@ -70,17 +101,41 @@ class PipelineConfig:
         if "extends" in values:
             parent = Path(path).parent / values.pop("extends")
             values = {**yaml.safe_load(parent.read_text()), **values}
-        unknown = set(values) - set(cls.__dataclass_fields__)
+        keys = set(cls.__dataclass_fields__) - {"source"}
+        unknown = set(values) - keys
         if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}.")
-        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected {sorted(keys)}.")
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+
+
+def fields_problem(config_class: type, fields: dict) -> str | None:
+    """Why YAML `fields` cannot configure `config_class` (None: they can): an unknown field, or a value of another
+    plain type than the field's. The config class itself checks neither (`max_steps: abc` would fail mid-run)."""
+    hints = typing.get_type_hints(config_class)
+    known = [f.name for f in dataclasses.fields(config_class) if f.init] + ["estimate_s"]
+    for name, value in fields.items():
+        if name not in known:
+            return f"unknown field {name!r}{did_you_mean(name, known)}"
+        hint = hints.get(name)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds = [typing.get_origin(kind) or kind for kind in (typing.get_args(hint) if union else (hint,))]
+        if all(kind in PLAIN_TYPES for kind in kinds) and not isinstance(value, tuple(PLAIN_TYPES[k] for k in kinds)):
+            expected = " or ".join("None" if kind is types.NoneType else kind.__name__ for kind in kinds)
+            return f"{name} must be {expected}, got {value!r}"
+    return None
+
+
+def did_you_mean(name: str, names: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def run_pipeline(config: PipelineConfig) -> Path:
     """Run every stage (skipping finished ones), evaluate every model, write the report; returns its path."""
     output_dir = Path(config.output_dir)
-    data = prepare_data(config, output_dir / "data")
-    configs = {name: stage_config(name, config, data, output_dir) for name in runs(config)}
+    data = data_files(output_dir / "data")
+    configs = {name: stage_config(name, config, data, output_dir) for name in runs(config)}  # before any write
+    prepare_data(config, data)
     print_plan(config, configs)
     for name, stage in tqdm(runs(config).items(), desc="pipeline", unit="stage"):
         tqdm.write(f"pipeline: {name} ({stage})")
@@ -111,19 +166,23 @@ def model_of(row: str) -> str:
     return row.removesuffix(FEW_SHOT)
 
 
-def prepare_data(config: PipelineConfig, data_dir: Path) -> dict[str, Path]:
-    """The suite as JSONL files (once), with the last pretraining documents held out for the perplexity."""
+def data_files(data_dir: Path) -> dict[str, Path]:
+    """Where `prepare_data` puts the suite: split -> JSONL file."""
     files = {split: data_dir / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons", *SUITE_SPLITS)}
     files["pretrain_held_out"] = data_dir / "pretrain_held_out.jsonl"
+    return files
+
+
+def prepare_data(config: PipelineConfig, files: dict[str, Path]) -> None:
+    """The suite as the JSONL `files` (once), with the last pretraining documents held out for the perplexity."""
     if all(path.is_file() for path in files.values()):
-        return files
+        return
     suite = build_suite(SuiteConfig(**{"seed": config.seed, **config.suite}))
     documents = suite["pretrain"]
     kept = len(documents) - HELD_OUT_DOCUMENTS
     suite["pretrain"], held_out = documents.select(range(kept)), documents.select(range(kept, len(documents)))
-    export_suite(suite, data_dir)
+    export_suite(suite, files["pretrain"].parent)
     held_out.to_json(files["pretrain_held_out"])
-    return files
 
 
 def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output_dir: Path):
@@ -152,7 +211,11 @@ def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output
     config_class, _ = STAGES[RUNS[template]]
     defaults = dict(seed=config.seed, output_dir=run_dir(run), save_strategy="steps", save_steps=50,
                     save_total_limit=1, report_to="none", disable_tqdm=False, logging_steps=10)  # fmt: skip
-    return config_class(**{**defaults, **inputs, **fields})  # the YAML may replace inputs (e.g. real data files)
+    try:
+        return config_class(**{**defaults, **inputs, **fields})  # the YAML may replace inputs (e.g. real data files)
+    except (TypeError, ValueError) as error:
+        section = f"baselines.{run}" if run in config.baselines else f"stages.{run}"
+        raise ValueError(f"{config.source}: {section}: {error}") from error
 
 
 def print_plan(config: PipelineConfig, configs: dict) -> None:
@@ -163,32 +226,48 @@ def print_plan(config: PipelineConfig, configs: dict) -> None:
     for name, stage in configs.items():
         estimate = (fields.get(name) or {}).get("estimate_s")
         total += estimate or 0
-        status = "done" if is_finished(stage.output_dir) else f"~{estimate / 60:.1f} min" if estimate else "?"
+        status = "done" if unfinished(stage.output_dir) is None else f"~{estimate / 60:.1f} min" if estimate else "?"
         lines.append(f"| {name} | {stage.max_steps if stage.max_steps > 0 else 'epochs'} | {status} |")
     lines.append(f"| evaluation | | ~{(config.evaluation.get('estimate_s') or 0) / 60:.1f} min |")
     total += config.evaluation.get("estimate_s") or 0
     print("\n".join(lines) + f"\ntotal ≈ {total / 60:.1f} min\n")
 
 
-def is_finished(run_dir: str | os.PathLike) -> bool:
-    return (Path(run_dir) / "all_results.json").is_file() and (Path(run_dir) / RUN_FILE).is_file()
+def unfinished(run_dir: str | os.PathLike) -> str | None:
+    """Why the stage in `run_dir` has not finished (None: it has). Its model is checked, not only its last files:
+    a model deleted or cut off by a kill would otherwise be skipped and compared."""
+    if problem := saved_model_problem(run_dir):
+        return problem
+    if not (Path(run_dir) / "all_results.json").is_file():
+        return "all_results.json is missing"
+    if not read_history(run_dir):
+        return f"{RUN_FILE} holds no run record"
+    return None
 
 
 def run_stage(name: str, stage: str, stage_config) -> None:
-    """Run one stage unless it finished before (an interrupted one resumes from its last checkpoint)."""
-    if is_finished(stage_config.output_dir):
+    """Run one stage unless it finished before (an incomplete one resumes from its last complete checkpoint)."""
+    problem = unfinished(stage_config.output_dir)
+    if problem is None:
         tqdm.write(f"pipeline: {name} finished before, skipped")
         return
+    if Path(stage_config.output_dir).is_dir():
+        tqdm.write(f"pipeline: {name} is incomplete ({problem}); running it again")
     _, run = STAGES[stage]
     run(stage_config)
 
 
 def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:
-    """Held-out instruction accuracy, win rate against SFT (by the reward model) and pretraining perplexity."""
+    """Held-out instruction accuracy, win rate against SFT (by the reward model) and pretraining perplexity. Kept in
+    `comparison.json` with the fingerprints of the models it read, so it is computed again only when one changed."""
     results_file = output_dir / "comparison.json"
     cached = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    if list(cached) == list(compared(config)):  # the same models compared before
-        return cached
+    # every model the comparison reads: the compared ones and the reward model that judges the win rates
+    models = {
+        name: fingerprint(output_dir / name) for name in dict.fromkeys([*map(model_of, compared(config)), "reward"])
+    }
+    if cached.get("models") == models and list(cached.get("results", {})) == list(compared(config)):
+        return cached["results"]  # the same models compared before
     evaluation = {"limit": 100, "max_new_tokens": 32, "batch_size": 32, **config.evaluation}
     evaluation.pop("estimate_s", None)
     splits = {
@@ -223,13 +302,29 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
             scores["win_rate_vs_sft"] = win_rate.compute(
                 predictions=scores["answers"], references=sft_answers, prompts=prompts, reward_model=reward_model
             )["win_rate"]
-    results_file.write_text(json.dumps(results, indent=2) + "\n")
+    results_file.write_text(json.dumps({"models": models, "results": results}, indent=2) + "\n")
     return results
+
+
+def fingerprint(model_dir: Path) -> dict[str, str]:
+    """The SHA-256 of each weights file of a saved model: a retrained or replaced model changes it, a copy does not."""
+    digests = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with path.open("rb") as f:
+            digests[path.name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
+
+
+def write_if_changed(path: Path, content: str | bytes) -> None:
+    """Write `path` only when its content changes, so a re-run of a finished pipeline leaves every file as it was."""
+    data = content.encode() if isinstance(content, str) else content
+    if not path.is_file() or path.read_bytes() != data:
+        path.write_bytes(data)
 
 
 def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Path:
     """`report.md` and `accuracy.png`; the comparison also goes into the final (PPO-ptx) model's card."""
-    plot_accuracy(results, output_dir / "accuracy.png")
+    write_if_changed(output_dir / "accuracy.png", plot_accuracy(results))
     lines = ["# hf-instruct pipeline report", "", "## Results on held-out data", ""]
     header = ["model", "parameters", *[f"accuracy: {split.removeprefix('held_out_')}" for split in SUITE_SPLITS],
               "win rate vs SFT", "pretraining perplexity"]  # fmt: skip
@@ -274,7 +369,7 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
         f"torch {torch.__version__} |",
     ]
     report = output_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    write_if_changed(report, "\n".join(lines) + "\n")
     record_comparison(output_dir / "ppo", results)
     return report
 
@@ -302,11 +397,12 @@ def record_comparison(final_dir: Path, results: dict) -> None:
     record["history"][-1]["metrics"].update(
         {f"suite_accuracy/{split}": results["ppo"]["splits"][split]["accuracy"] for split in SUITE_SPLITS}
     )
-    run_file.write_text(json.dumps(record, indent=2) + "\n")
-    write_model_card(final_dir)
+    write_if_changed(run_file, json.dumps(record, indent=2) + "\n")
+    write_if_changed(final_dir / "README.md", str(render_model_card(final_dir)))  # what `write_model_card` writes
 
 
-def plot_accuracy(results: dict, path: Path) -> None:
+def plot_accuracy(results: dict) -> bytes:
+    """The accuracy bar chart as PNG bytes (compared with the file before writing it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,5 +420,7 @@ def plot_accuracy(results: dict, path: Path) -> None:
     axis.set_ylim(0, 1)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
+    return buffer.getvalue()

@@ -1,6 +1,8 @@
-"""`hf-instruct pipeline`: the smoke setup end to end (killed once, then finished by re-running the same command),
-and the default setup's sizes as the README states them."""
+"""`hf-instruct pipeline`: the smoke setup end to end (killed once, then finished by re-running the same command; a
+re-run changes no file; a deleted model is trained again and compared again), errors in a pipeline YAML, and the
+default setup's sizes as the README states them."""
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -11,10 +13,13 @@ import pytest
 import yaml
 from conftest import CLI_ENV, REPO
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
 
+from hf_instruct.checkpoints import saved_model_problem
+from hf_instruct.cli import main
 from hf_instruct.evaluation.evaluator import SUITE_SPLITS
 from hf_instruct.models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
-from hf_instruct.pipeline import PipelineConfig, compared, headline, runs, stage_config
+from hf_instruct.pipeline import PipelineConfig, compared, fingerprint, headline, runs, stage_config
 
 PIPELINES = sorted(REPO.glob("recipes/*/pipeline.yaml"))
 
@@ -91,26 +96,37 @@ def test_the_headline_claims_the_same_tokens_only_when_the_baseline_changes_none
     assert "same corpus), held-out" in headline("base_4x", results, {"max_steps": 10})
 
 
-@pytest.mark.slow
-def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(tmp_path):
-    output_dir = tmp_path / "smoke"
-    command = [sys.executable, "-m", "hf_instruct.cli", "pipeline", "--config", "recipes/smoke/pipeline.yaml",
-               "--output_dir", str(output_dir)]  # fmt: skip
+def smoke_pipeline(output_dir):
+    """`hf-instruct pipeline` on the smoke setup, as a user runs it."""
+    return [sys.executable, "-m", "hf_instruct.cli", "pipeline", "--config", "recipes/smoke/pipeline.yaml",
+            "--output_dir", str(output_dir)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The smoke pipeline killed after SFT finished, then finished by the same command: its folder and the re-run."""
+    output_dir = tmp_path_factory.mktemp("pipeline") / "smoke"
+    command = smoke_pipeline(output_dir)
     first = subprocess.Popen(command, cwd=REPO, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (output_dir / "sft" / "all_results.json").exists():
+    while not (output_dir / "reward").exists():  # the pipeline moved on: SFT finished
         assert first.poll() is None and time.time() < deadline, "the first run ended before SFT finished"
         time.sleep(0.1)
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not (output_dir / "report.md").exists()
-
     second = subprocess.run(command, cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-4000:]
-    assert "pipeline: pretrain finished before, skipped" in second.stderr + second.stdout
-    assert "pipeline: sft finished before, skipped" in second.stderr + second.stdout
+    return output_dir, second.stderr + second.stdout
 
-    comparison = json.loads((output_dir / "comparison.json").read_text())
+
+@pytest.mark.slow
+def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_run):
+    output_dir, output = smoke_run
+    assert "pipeline: pretrain finished before, skipped" in output
+    assert "pipeline: sft finished before, skipped" in output
+
+    comparison = json.loads((output_dir / "comparison.json").read_text())["results"]
     config = PipelineConfig.from_yaml(REPO / "recipes/smoke/pipeline.yaml")
     assert list(comparison) == ["pretrain", "pretrain (3-shot)", "base_4x", "base_4x (3-shot)", "midtrain", "sft",
                                 "ppo_no_ptx", "ppo", "dpo"]  # fmt: skip
@@ -128,6 +144,68 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(tmp_path
     assert {"pretrain", "sft", "ppo"} <= set(card.data.tags)
     assert "suite_accuracy/held_out_entities" in card.text
     assert all((output_dir / name / "all_results.json").is_file() for name in runs(config))
+
+
+def file_states(folder):
+    """Each file's content hash and modification time: a file rewritten with the same bytes counts as changed too."""
+    return {str(path.relative_to(folder)): (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*")) if path.is_file()}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_rerun_of_a_finished_pipeline_leaves_every_file_byte_identical(smoke_run):
+    output_dir, _ = smoke_run
+    before = file_states(output_dir)
+    rerun = subprocess.run(smoke_pipeline(output_dir), cwd=REPO, env=CLI_ENV, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert file_states(output_dir) == before
+
+
+@pytest.mark.slow
+def test_a_stage_whose_model_is_gone_runs_again_and_a_changed_model_is_compared_again(smoke_run):
+    output_dir, _ = smoke_run
+    (output_dir / "dpo" / "model.safetensors").unlink()
+    problem = saved_model_problem(output_dir / "dpo")
+    weights = output_dir / "ppo_no_ptx" / "model.safetensors"  # replaced by another model of the same shape
+    save_file({name: tensor + 0.01 for name, tensor in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    before = json.loads((output_dir / "comparison.json").read_text())
+
+    rerun = subprocess.run(smoke_pipeline(output_dir), cwd=REPO, env=CLI_ENV, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    output = rerun.stderr + rerun.stdout
+    assert f"pipeline: dpo is incomplete ({problem}); running it again" in output
+    assert "pipeline: ppo_no_ptx finished before, skipped" in output
+    assert saved_model_problem(output_dir / "dpo") is None
+    after = json.loads((output_dir / "comparison.json").read_text())
+    assert after["models"]["ppo_no_ptx"] != before["models"]["ppo_no_ptx"]
+    assert after["models"] == {name: fingerprint(output_dir / name) for name in after["models"]}
+
+
+@pytest.mark.parametrize(
+    "section, run, fields, message",
+    [
+        ("stages", "sft", {"max_stepz": 5}, "stages.sft: unknown field 'max_stepz' (did you mean 'max_steps'?)"),
+        ("baselines", "base_4x", {"max_stepz": 5},
+         "baselines.base_4x: unknown field 'max_stepz' (did you mean 'max_steps'?)"),
+        ("stages", "sft", {"max_steps": "abc"}, "stages.sft: max_steps must be int, got 'abc'"),
+        ("stages", "reward", {"learning_rate": "1e-4"}, "stages.reward: learning_rate must be float, got '1e-4'"),
+        ("stages", "dpo", {"save_strategy": "sometimes"},
+         "stages.dpo: sometimes is not a valid SaveStrategy, please select one of ['no', 'steps', 'epoch', 'best']"),
+        ("stages", "sfft", {}, "stages: unknown stage 'sfft' (did you mean 'sft'?)"),
+    ],
+)  # fmt: skip
+def test_a_bad_stage_field_is_one_line_naming_file_and_stage_before_anything_is_written(
+    section, run, fields, message, tmp_path, capsys
+):
+    values = yaml.safe_load((REPO / "recipes/smoke/pipeline.yaml").read_text())
+    values[section][run] = {**values[section].get(run, {}), **fields}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(SystemExit) as exit:
+        main(["pipeline", "--config", str(path), "--output_dir", str(tmp_path / "run")])
+    assert exit.value.code == 1
+    assert capsys.readouterr().err.splitlines()[0] == f"hf-instruct pipeline: {path}: {message}"
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_default_setup_is_what_the_readme_says():
