@@ -195,6 +195,8 @@ STAGE_ERRORS = [  # (arguments after `--config <recipe> --output_dir <out>`, wha
     (["--max_steps", "-1", "--num_train_epochs", "0"], "--num_train_epochs must be above 0"),
     (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be above 0, got 0"),
     (["--model_config", '{"num_hiden_layers": 2}'], "key 'num_hiden_layers' (did you mean 'num_hidden_layers'?)"),
+    (["--model_config", '{"hidden_size": 30}'], "--model_config: `hidden_size` (30) must be divisible by"),
+    (["--model_config", '{"hidden_size": "wide"}'], "--model_config: Field 'hidden_size' expected int, got str"),
     (["--model_name_or_path", "no/such/model"], "--model_name_or_path no/such/model: no such folder"),
     (["--tokenizer_name_or_path", "./nowhere"], "--tokenizer_name_or_path ./nowhere: no such folder"),
 ]  # fmt: skip

@@ -12,6 +12,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
 from ..data import load_instruction_dataset, load_text_dataset, pack_texts
@@ -55,7 +56,7 @@ class PretrainStageConfig(StageArguments, TrainingArguments):
     def __post_init__(self):
         if isinstance(self.model_config, str):
             self.model_config = json.loads(self.model_config)
-        check_model_config_keys(self.model_config or {})
+        check_model_config(self.model_config or {})
         if not 0 <= self.instruction_share < 1:
             raise ValueError(f"--instruction_share must be at least 0 and below 1, got {self.instruction_share}.")
         if self.instruction_share > 0 and not self.instruction_files:
@@ -63,14 +64,19 @@ class PretrainStageConfig(StageArguments, TrainingArguments):
         super().__post_init__()
 
 
-def check_model_config_keys(model_config: dict) -> None:
-    """A mistyped `model_config` key would be ignored (the model built with the default) and kept in config.json."""
+def check_model_config(model_config: dict) -> None:
+    """Before anything is written: a mistyped key would be ignored (the model built with the default) and kept in
+    config.json, and a shape the config refuses (heads that do not divide the width) would fail after tokenizing."""
     known = {f.name for f in dataclasses.fields(InstructGPTConfig)} | {"attn_implementation"}
     for key in model_config:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"the fields of InstructGPTConfig: {sorted(known)}"
             raise ValueError(f"--model_config: unknown key {key!r} ({hint}).")
+    try:
+        InstructGPTConfig(**model_config)
+    except StrictDataclassError as error:
+        raise ValueError(f"--model_config: {error.__cause__ or error}") from None
 
 
 def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] | None = None) -> str:
