@@ -14,6 +14,8 @@ from transformers import (
 )
 
 from .collator import DataCollatorForInstructionTuning
+from .hub import push_to_hub
+from .model_card import use_model_card
 from .models.instructgpt import (
     InstructGPTConfig,
     InstructGPTForCausalLM,
@@ -45,4 +47,6 @@ __all__ = [
     "PPOConfig",
     "PPOTrainer",
     "train_tokenizer",
+    "push_to_hub",
+    "use_model_card",
 ]

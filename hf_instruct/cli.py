@@ -6,8 +6,10 @@ hf-instruct <stage> --help     # every field of the stage's config
 hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [--seed n] [--push_to namespace]
 hf-instruct evaluate <model> [--suite | --data file ...] [--reward-model rm] [--baseline model]
 hf-instruct generate <model> --prompt "..." [--num-return-sequences 5]
+hf-instruct serve <model> [--port 8000] [--continuous-batching] [...]   # `transformers serve`, for our models
 hf-instruct data export <dir> [--seed 0] [--size tiny|default]
 hf-instruct push <model dir> <namespace/name> [--private] [--revision r] [--commit-message m]
+                 [--card keep|regenerate] [--license id] [--base_model_repo_id id]
 """
 
 import argparse
@@ -69,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.7)
     generate.add_argument("--seed", type=int, default=0)
 
+    commands.add_parser(
+        "serve", help="An OpenAI-compatible server (transformers serve): `hf-instruct serve --help`.", add_help=False
+    )
+
     data = commands.add_parser("data", help="The embedded instruction suite.")
     data_commands = data.add_subparsers(dest="data_command", metavar="<data command>", required=True)
     export = data_commands.add_parser("export", help="Write every split of the suite as JSONL files.")
@@ -83,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", help="Branch to commit to (created if missing; default: main).")
     push.add_argument("--commit-message", help="Default: 'Upload <folder> with hf-instruct'.")
     push.add_argument("--base_model_repo_id", help="For a LoRA adapter: the Hub repo of its base model.")
+    push.add_argument(
+        "--card",
+        choices=("keep", "regenerate"),
+        help="The folder's README.md as it is, or our card (default: keep a README.md you wrote, else ours).",
+    )
+    push.add_argument("--license", help="The card's Hub license id (default: apache-2.0 for our runs, else unknown).")
     return parser
 
 
@@ -108,6 +120,11 @@ def run_command(argv: list[str]) -> int:
         config_class, run = STAGES[argv[0]]
         output_dir = run(parse_config(config_class, argv[1:]))
         print(f"{argv[0]}: done, model in {output_dir}")
+        return 0
+    if argv and argv[0] == "serve":  # every argument is transformers serve's own
+        from .serving import serve
+
+        serve(argv[1:])
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -199,7 +216,8 @@ def push_command(args) -> int:
 
     url = push_to_hub(
         args.folder, args.repo_id, private=args.private, revision=args.revision,
-        commit_message=args.commit_message, base_model_repo_id=args.base_model_repo_id,
+        commit_message=args.commit_message, base_model_repo_id=args.base_model_repo_id, card=args.card,
+        license=args.license,
     )  # fmt: skip
     print(f"push: done, {url}")
     return 0

@@ -2,17 +2,22 @@
 then loading in a fresh process, with a fresh HF_HOME and the plugin hidden, exactly as someone else would."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, tiny_config
 from hub_server import hub_env
 from huggingface_hub import ModelCard
+from huggingface_hub.repocard import metadata_load
+from huggingface_hub.repocard_data import model_index_to_eval_results
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from hf_instruct import InstructGPTForCausalLM
 
 TOKEN = "hf_test_token"  # the hub_server fixture's token of user "user"
 CONVERSATION = [{"role": "user", "content": "Tell me about the quick brown fox."}]
@@ -63,6 +68,39 @@ for token, args in json.loads(sys.argv[1]):
     results.append([code, stdout.getvalue(), stderr.getvalue()])
 print(json.dumps(results))
 """
+
+
+# A user's own training script: a stock Trainer on an `instructgpt` model built with `from_config`, our card in one
+# step (`use_model_card`), then transformers' own `trainer.push_to_hub()`.
+TRAINER_SCRIPT = """
+import sys
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+import hf_instruct
+
+output_dir, repo_id = sys.argv[1:]
+text = "The quick brown fox jumps over the lazy dog. A model learns only what the labels say. " * 20
+tokenizer = hf_instruct.train_tokenizer([text], vocab_size=320, show_progress=False)
+config = hf_instruct.InstructGPTConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, max_position_embeddings=64)
+model = AutoModelForCausalLM.from_config(config)
+ids = tokenizer(text)["input_ids"]
+blocks = [{"input_ids": ids[i:i + 16], "labels": ids[i:i + 16]} for i in range(0, len(ids) - 16, 16)]
+args = TrainingArguments(output_dir, max_steps=6, per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1,
+                         eval_strategy="steps", eval_steps=3, save_strategy="no", report_to="none", use_cpu=True,
+                         disable_tqdm=True, hub_model_id=repo_id)
+trainer = Trainer(model=model, args=args, train_dataset=blocks, eval_dataset=blocks[:4], processing_class=tokenizer)
+hf_instruct.use_model_card(trainer)
+trainer.train()
+trainer.save_metrics("eval", trainer.evaluate())
+trainer.push_to_hub(license="mit")
+"""
+
+
+def pushed_card(hub_server, repo_id: str, tmp_path: Path) -> tuple[ModelCard, dict]:
+    """The pushed README.md as `huggingface_hub` reads it, and its raw YAML metadata."""
+    path = tmp_path / f"{repo_id.replace('/', '--')}.md"
+    path.write_bytes(hub_server.repo(repo_id)["files"]["README.md"])
+    return ModelCard.load(path), metadata_load(path)
 
 
 def run(args: list[str], env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -206,3 +244,56 @@ def test_a_recipe_with_push_to_hub_pushes_and_keeps_the_token_out_of_every_file(
     for path in written:  # ...and still no file holds the token
         assert secret.encode() not in path.read_bytes(), path
     assert secret not in proc.stdout + proc.stderr
+
+
+def test_any_saved_folder_pushes_with_our_card_unless_its_user_wrote_one(hub_server, tiny_model_dir, tmp_path):
+    mine, drafted = tmp_path / "mine", tmp_path / "drafted"
+    for folder, readme in [(mine, "# My model\n\nMy words.\n"),
+                           (drafted, "---\ntags:\n- generated_from_trainer\n---\n# A Trainer draft\n")]:  # fmt: skip
+        shutil.copytree(tiny_model_dir, folder)
+        (folder / "README.md").write_text(readme)
+    results = push_each(hub_server, tmp_path / "home", [
+        (TOKEN, [str(tiny_model_dir), "user/saved"]),  # only `save_pretrained`: no README.md
+        (TOKEN, [str(mine), "user/mine"]),
+        (TOKEN, [str(mine), "user/mine-ours", "--card", "regenerate", "--license", "apache-2.0"]),
+        (TOKEN, [str(drafted), "user/drafted"]),
+        (TOKEN, [str(drafted), "user/drafted-kept", "--card", "keep"]),
+    ])  # fmt: skip
+    assert all(code == 0 for code, _, _ in results), results
+
+    card, metadata = pushed_card(hub_server, "user/saved", tmp_path)
+    assert card.data.to_dict() == metadata  # what the Hub's tooling reads back is what we wrote
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert card.data.license == "unknown" and {"hf-instruct", "instructgpt"} <= set(card.data.tags)
+    assert card.data.base_model is None and card.data.datasets is None and "None" not in card.text
+    parameters = sum(p.numel() for p in InstructGPTForCausalLM(tiny_config()).parameters())  # as tiny_model_dir
+    assert "| architecture | InstructGPTForCausalLM |" in card.text and f"| parameters | {parameters:,} |" in card.text
+    assert "| max_position_embeddings | 128 |" in card.text and "| chat template | yes |" in card.text
+    # the quick start that test_model_card.py runs against the folder, with the repo id
+    assert 'pipeline("text-generation", model="user/saved", trust_remote_code=True)' in card.text
+
+    readme = {repo: hub_server.repo(repo)["files"]["README.md"].decode() for repo in
+              ("user/mine", "user/mine-ours", "user/drafted", "user/drafted-kept")}  # fmt: skip
+    assert readme["user/mine"] == "# My model\n\nMy words.\n" and "A Trainer draft" in readme["user/drafted-kept"]
+    for repo in ("user/mine-ours", "user/drafted"):
+        card = ModelCard(readme[repo])
+        assert card.data.model_name == repo and "<!-- hf-instruct model card" in card.text
+    assert ModelCard(readme["user/mine-ours"]).data.license == "apache-2.0"
+    assert (mine / "README.md").read_text() == "# My model\n\nMy words.\n"  # a push never rewrites the folder
+
+
+@pytest.mark.slow
+def test_trainer_push_to_hub_publishes_our_card_instead_of_the_generic_one(hub_server, tmp_path):
+    output_dir = tmp_path / "trained"
+    proc = run([sys.executable, "-c", TRAINER_SCRIPT, str(output_dir), "user/trained"],
+               hub_env(hub_server, tmp_path / "home"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    files = hub_server.repo("user/trained")["files"]
+    assert {"README.md", "training_curves.png", "trainer_state.json", "model.safetensors"} <= set(files)
+    card, metadata = pushed_card(hub_server, "user/trained", tmp_path)
+    assert card.data.to_dict() == metadata and "generated_from_trainer" not in card.data.tags
+    assert card.data.license == "mit" and card.data.model_name == "user/trained"  # push_to_hub's kwargs count
+    _, results = model_index_to_eval_results(metadata["model-index"])
+    eval_loss = json.loads((output_dir / "eval_results.json").read_text())["eval_loss"]
+    assert [(r.metric_type, r.metric_value) for r in results] == [("loss", pytest.approx(eval_loss))]
+    assert "| steps | 6 |" in card.text and 'model="user/trained", trust_remote_code=True' in card.text

@@ -1,10 +1,18 @@
-"""Model cards: every stage of a model's making, metadata that parses back, the right snippet for each kind."""
+"""Model cards: every stage of a model's making, metadata that parses back, the right snippet for each kind; for any
+saved folder and a stock Trainer's run too."""
 
+import contextlib
+import io
 import json
 
 import pytest
+from conftest import SMOKE_TRAINING, TEXT, tiny_config, tiny_llama_config
 from huggingface_hub import ModelCard
+from huggingface_hub.repocard import metadata_load
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 
+from hf_instruct import InstructGPTForCausalLM, use_model_card
 from hf_instruct.model_card import RUN_FILE, render_model_card
 
 
@@ -45,3 +53,62 @@ def test_each_kind_of_model_gets_its_own_quick_start(chain, run, pipeline_tag, l
     assert snippet in card.text and card.data.model_name == "user/tiny"
     if run == "lora":
         assert "trainable (adapter) parameters" in card.text
+
+
+def quick_start(card: ModelCard) -> str:
+    """The Python snippet of the card's quick start."""
+    return card.text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("architecture", "model_class", "config"),
+    [("instructgpt", InstructGPTForCausalLM, tiny_config), ("llama", LlamaForCausalLM, tiny_llama_config)],
+)
+def test_a_folder_saved_with_save_pretrained_gets_a_card_whose_quick_start_runs(
+    tmp_path, tokenizer, architecture, model_class, config
+):
+    model = model_class(config())
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    card = render_model_card(tmp_path)
+    assert card.data.pipeline_tag == "text-generation" and card.data.library_name == "transformers"
+    assert card.data.license == "unknown" and card.data.tags == ["hf-instruct", architecture]
+    assert card.data.base_model is None and card.data.eval_results is None  # nothing to say: nothing invented
+    parameters = sum(p.numel() for p in model.parameters())
+    assert f"| architecture | {model_class.__name__} |" in card.text
+    assert f"| parameters | {parameters:,} |" in card.text
+    assert "| max_position_embeddings | 128 |" in card.text and "| chat template | yes |" in card.text
+    assert "None" not in card.text and "Training procedure" not in card.text and "Citation" not in card.text
+    # remote code for our architecture (shipped in the folder), plain transformers for a stock one
+    assert ("trust_remote_code=True" in card.text) == (architecture == "instructgpt")
+    assert ("pip install transformers" in card.text) == (architecture == "llama")
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(quick_start(card), {})  # the snippet, as a reader would paste it, against this folder
+    assert output.getvalue().strip()
+
+
+def test_a_trainer_with_use_model_card_writes_our_card_with_its_curves_and_final_metrics(tmp_path, tokenizer):
+    ids = tokenizer(TEXT * 4)["input_ids"]
+    blocks = [{"input_ids": ids[i : i + 16], "labels": ids[i : i + 16]} for i in range(0, len(ids) - 16, 16)]
+    args = TrainingArguments(str(tmp_path), **{**SMOKE_TRAINING, "max_steps": 4}, eval_strategy="steps", eval_steps=2)
+    trainer = Trainer(InstructGPTForCausalLM(tiny_config()), args, train_dataset=blocks, eval_dataset=blocks[:4],
+                      processing_class=tokenizer)  # fmt: skip
+    use_model_card(trainer)
+    trainer.train()
+    trainer.save_metrics("eval", trainer.evaluate())
+    trainer.save_model()
+    # what `trainer.push_to_hub(license=..., ...)` calls before it uploads the folder
+    trainer.create_model_card(license="mit", tags=["mine"], finetuned_from=str(tmp_path), dataset_tags="org/data")
+
+    card, metadata = ModelCard.load(tmp_path / "README.md"), metadata_load(tmp_path / "README.md")
+    assert card.data.to_dict() == metadata and card.data.license == "mit"
+    assert card.data.tags == ["hf-instruct", "instructgpt", "mine"] and card.data.datasets == ["org/data"]
+    assert card.data.base_model is None  # a local path is not a Hub id
+    eval_loss = json.loads((tmp_path / "eval_results.json").read_text())["eval_loss"]
+    _, results = model_index_to_eval_results(metadata["model-index"])
+    assert [(r.metric_type, r.dataset_type) for r in results] == [("loss", "org/data")]
+    assert results[0].metric_value == pytest.approx(eval_loss)
+    assert "![training curves](training_curves.png)" in card.text and (tmp_path / "training_curves.png").is_file()
+    assert "| steps | 4 |" in card.text and "| epochs |" in card.text and "| train_loss |" in card.text
+    assert f"| eval_loss | {eval_loss:.4g} |" in card.text and "None" not in card.text
