@@ -115,7 +115,10 @@ def shape_mismatch(checkpoint: Path, model: torch.nn.Module) -> str | None:
     header = safetensors_header(checkpoint / WEIGHTS[0]) if (checkpoint / WEIGHTS[0]).is_file() else None
     if header is None:
         return None  # sharded, adapter or DeepSpeed checkpoints: the Trainer's own loading checks them
-    shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    shapes = {  # under DeepSpeed ZeRO-3 a parameter holds this process's shard, and ds_shape the whole one's shape
+        name: list(getattr(parameter, "ds_shape", parameter.shape))
+        for name, parameter in model.named_parameters(remove_duplicate=False)
+    }
     for name, entry in header[1].items():
         if name in shapes and shapes[name] != entry["shape"]:
             return f"{name}: {entry['shape']} there, {shapes[name]} here"

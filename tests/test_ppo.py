@@ -5,15 +5,21 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
-from conftest import TEXT, tiny_config, torchrun_stage
-from peft import LoraConfig
+import yaml
+from conftest import CLI_ENV, REPO, TEXT, tiny_config, torchrun_stage
+from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
+from transformers.modeling_layers import GradientCheckpointingLayer
+from trl import RewardConfig, RewardTrainer
+from trl.trainer.utils import selective_log_softmax
 
 from hf_instruct import (
     InstructGPTForCausalLM,
@@ -23,14 +29,19 @@ from hf_instruct import (
     train_tokenizer,
 )
 from hf_instruct.data import pack_texts
+from hf_instruct.evaluation.generation import load_chat_model
 from hf_instruct.stages import GRPOStageConfig, PPOStageConfig, run_grpo, run_ppo
+from hf_instruct.stages import ppo as ppo_stage
 from hf_instruct.trainers.ppo import (
     KLController,
+    Rollout,
     clipped_policy_loss,
     clipped_value_loss,
     compute_gae,
     kl_penalised_rewards,
     masked_whiten,
+    reward_texts,
+    sequence_positions,
 )
 
 # ---------------------------------------------------------------- the algorithm against hand-computed values
@@ -130,6 +141,15 @@ def logged(trainer, name: str) -> list[float]:
     return [entry[name] for entry in trainer.state.log_history if name in entry]
 
 
+def lora_config() -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def rollout_batch(trainer: PPOTrainer, count: int = 8) -> dict:
+    """The first `count` training prompts, collated as the Trainer feeds them to a rollout."""
+    return trainer._prepare_inputs(trainer._left_pad([trainer.train_dataset[i] for i in range(count)]))
+
+
 def test_ppo_raises_the_reward_while_the_kl_stays_bounded(tmp_path, tokenizer):
     trainer = ppo_trainer(tokenizer, ppo_args(tmp_path, max_steps=30, logging_steps=5, kl_coef=0.02))
     trainer.train()
@@ -200,10 +220,7 @@ def test_a_crashed_run_resumes_to_the_same_policy_value_model_and_kl_coefficient
 @pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora"])
 def test_the_reference_is_the_starting_policy(tmp_path, tokenizer, use_peft):
     """The first rollout has KL exactly 0 (reference = a frozen copy, or the policy with its adapter disabled)."""
-    peft_config = (
-        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM") if use_peft else None
-    )
-    trainer = ppo_trainer(tokenizer, ppo_args(tmp_path, max_steps=3), peft_config=peft_config)
+    trainer = ppo_trainer(tokenizer, ppo_args(tmp_path, max_steps=3), peft_config=lora_config() if use_peft else None)
     trainer.train()
     kls = logged(trainer, "objective/kl")
     assert kls[0] == 0.0 and abs(kls[-1]) > 1e-4  # then the policy moves away (a sampled KL may be negative)
@@ -214,7 +231,7 @@ def test_the_reference_is_the_starting_policy(tmp_path, tokenizer, use_peft):
         assert set(load_file(tmp_path / "model.safetensors")) == set(trainer.policy.state_dict())
 
 
-def test_clear_errors(tmp_path, tokenizer):
+def test_clear_errors(tmp_path, tokenizer, tiny_model_dir):
     args = ppo_args(tmp_path)
     other_tokenizer = train_tokenizer(["a completely different corpus " * 50], vocab_size=300, show_progress=False)
     with pytest.raises(ValueError, match="reward model's tokenizer differs from the policy's"):
@@ -232,6 +249,308 @@ def test_clear_errors(tmp_path, tokenizer):
         ppo_trainer(tokenizer, args, value_model=None)
     with pytest.raises(ValueError, match="must be a multiple of num_mini_batches=3"):
         ppo_args(tmp_path, num_mini_batches=3)
+    frozen = InstructGPTForCausalLM(tiny_config()).requires_grad_(False)
+    with pytest.raises(ValueError, match="The policy has no trainable parameters"):
+        ppo_trainer(tokenizer, args, model=frozen)
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_config()).save_pretrained(adapter)
+    with pytest.raises(ValueError, match="carries a LoRA adapter loaded by from_pretrained"):
+        ppo_trainer(tokenizer, args, model=AutoModelForCausalLM.from_pretrained(adapter), peft_config=lora_config())
+
+
+# ---------------------------------------------------------------- settings users pick every day
+
+
+@pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora"])
+def test_activation_checkpointing_trains_the_same_policy(tmp_path, tokenizer, use_peft):
+    """The Trainer turns it on with every_n_layers and offload: policy and value model recompute their layers in the
+    backward pass, and end with the weights of a run without it."""
+    policies = []
+    for checkpointing in (False, True):
+        args = ppo_args(tmp_path / str(checkpointing), max_steps=2, per_device_train_batch_size=4,
+                        activation_checkpointing=checkpointing)  # fmt: skip
+        trainer = ppo_trainer(tokenizer, args, peft_config=lora_config() if use_peft else None)
+        trainer.train()
+        layers = [module for module in trainer.model.modules() if isinstance(module, GradientCheckpointingLayer)]
+        assert len(layers) == 4 and all(layer.gradient_checkpointing is checkpointing for layer in layers)
+        policies.append(trainer.policy.state_dict())
+    for name, tensor in policies[0].items():
+        torch.testing.assert_close(policies[1][name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora"])
+def test_the_models_own_sampling_settings_do_not_change_rollouts(tmp_path, tokenizer, use_peft):
+    """generate() applies the model's generation_config to every field the rollout's config leaves None (Hub chat
+    models ship repetition_penalty, min_p...): answers would come from another distribution than the softmax(logits /
+    T) of PPO's log-probs. The same seed samples the same answers with and without them; the model keeps them."""
+    peft_config = lora_config() if use_peft else None
+    trainer = ppo_trainer(tokenizer, ppo_args(tmp_path, temperature=0.7), peft_config=peft_config)
+    batch = rollout_batch(trainer)
+    torch.manual_seed(1)
+    plain = trainer._rollout(batch)
+    settings = dict(repetition_penalty=1.3, no_repeat_ngram_size=1, min_p=0.3, suppress_tokens=list(range(5, 160)))
+    trainer.policy.generation_config.update(**settings)
+    torch.manual_seed(1)
+    shaped = trainer._rollout(batch)
+    torch.testing.assert_close(shaped.responses, plain.responses, rtol=0, atol=0)
+    torch.testing.assert_close(shaped.logprobs, plain.logprobs)
+    assert trainer.policy.generation_config.repetition_penalty == 1.3
+
+
+class FirstIsBest(TrainerCallback):
+    """A stand-in metric by which the first evaluated checkpoint is the best (loading the last would prove nothing)."""
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        metrics["eval_earliness"] = -state.global_step
+
+
+def test_load_best_model_at_end_loads_the_best_checkpoints_policy_and_value_model(tmp_path, tokenizer):
+    settings = dict(eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                    load_best_model_at_end=True)  # fmt: skip
+    assert ppo_args(tmp_path, **settings).metric_for_best_model == "reward"  # by default: evaluate() has no loss
+    args = ppo_args(tmp_path, max_steps=4, per_device_train_batch_size=4, num_mini_batches=1,
+                    per_device_eval_batch_size=4, metric_for_best_model="earliness", **settings)  # fmt: skip
+    trainer = ppo_trainer(tokenizer, args, eval_dataset=prompts(4), callbacks=[FirstIsBest()])
+    trainer.train()
+    assert Path(trainer.state.best_model_checkpoint).name == "checkpoint-2"
+    for folder, model in [("", trainer.policy), ("value_model", trainer.value_model)]:
+        actual = model.state_dict()
+        for name, tensor in load_file(tmp_path / "checkpoint-2" / folder / "model.safetensors").items():
+            torch.testing.assert_close(actual[name], tensor, atol=0, rtol=0, msg=name)
+        last = load_file(tmp_path / "checkpoint-4" / folder / "model.safetensors")
+        assert any(not torch.equal(actual[name], tensor) for name, tensor in last.items())
+
+
+def test_a_cut_off_answer_is_scored_as_cut_off(tmp_path, tokenizer):
+    """The chat template closes every answer with <|im_end|>: an answer cut off at response_length is scored without
+    it, and pays missing_eos_penalty (on by default)."""
+    prompt = [{"role": "user", "content": "Say something"}]
+    texts = reward_texts(tokenizer, [prompt, prompt], [" The fox.", " The fox"], [True, False])
+    assert texts == ["<|im_start|>user\n Say something<|im_end|>\n<|im_start|>assistant\n The fox.<|im_end|>\n",
+                     "<|im_start|>user\n Say something<|im_end|>\n<|im_start|>assistant\n The fox"]  # fmt: skip
+    args = ppo_args(tmp_path)
+    assert args.missing_eos_penalty == 1.0
+    trainer = ppo_trainer(tokenizer, args, reward_model=lambda prompts, completions, completion_ids: [0.0] * 8)
+    rollout = trainer._rollout(rollout_batch(trainer))
+    torch.testing.assert_close(rollout.scores, -(~rollout.ended).float())
+
+
+def test_text_prompts_are_scored_as_reward_training_reads_them(tmp_path, tokenizer):
+    """RewardTrainer appends EOS to a plain-text answer: a finished answer's reward is the reward model's score of
+    RewardTrainer's tokens, a cut-off one's of those tokens without the EOS. Prompts given only as token ids keep
+    their chat markup."""
+    reward_model = InstructGPTForSequenceClassification(tiny_config(num_labels=1)).eval()
+    text_prompts, answers, ended = ["The quick brown", "A model learns"], [" fox jumps.", " only what"], [True, False]
+    reward_trainer = RewardTrainer(
+        model=copy.deepcopy(reward_model),
+        args=RewardConfig(output_dir=str(tmp_path / "reward"), report_to="none", use_cpu=True, bf16=False),
+        processing_class=tokenizer,
+        train_dataset=datasets.Dataset.from_dict({"prompt": text_prompts, "chosen": answers, "rejected": answers}),
+    )
+    chosen = reward_trainer.train_dataset["chosen_ids"]
+    read = [ids if finished else ids[:-1] for ids, finished in zip(chosen, ended, strict=True)]
+    assert read[0][-1] == tokenizer.eos_token_id
+    expected = torch.stack([reward_model(input_ids=torch.tensor([ids])).logits[0, 0] for ids in read])
+
+    trainer = ppo_trainer(tokenizer, ppo_args(tmp_path), reward_model=reward_model)
+    rows = [tokenizer(answer, add_special_tokens=False)["input_ids"] for answer in answers]
+    rows[0].append(tokenizer.eos_token_id)  # the first answer ended; the second was cut off
+    width = max(len(row) for row in rows)
+    responses = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    scores = trainer._scores(text_prompts, None, None, responses, mask, torch.tensor(ended))
+    torch.testing.assert_close(scores, expected.detach())
+
+    seen = []
+
+    def record(prompts, completions, completion_ids):
+        seen.extend(prompts)
+        return [0.0] * len(prompts)
+
+    ids_only = prompts(8).map(
+        lambda row: tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True),
+        remove_columns=["prompt"],
+    )
+    trainer = ppo_trainer(tokenizer, ppo_args(tmp_path), train_dataset=ids_only, reward_model=record)
+    trainer._rollout(rollout_batch(trainer))
+    assert seen[0] == "<|im_start|>user\n Say something 0<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_the_value_model_copied_from_a_frozen_reward_model_trains(tmp_path, tokenizer):
+    reward_model = InstructGPTForSequenceClassification(tiny_config(num_labels=1)).requires_grad_(False)
+    args = ppo_args(tmp_path, max_steps=1, per_device_train_batch_size=4, num_mini_batches=1)
+    trainer = ppo_trainer(tokenizer, args, reward_model=reward_model, value_model=None)
+    assert all(parameter.requires_grad for parameter in trainer.value_model.parameters())
+    before = trainer.value_model.score.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(trainer.value_model.score.weight, before)
+    assert not any(parameter.requires_grad for parameter in reward_model.parameters())
+
+
+def test_an_adaptive_kl_whose_horizon_outlasts_the_run_is_warned_about(tmp_path, tokenizer, recwarn):
+    """β moves by at most 20 % × answers per step / kl_horizon per step: a horizon longer than the run fixes it."""
+    with pytest.warns(UserWarning, match=r"kl_horizon=10000 is longer than this run \(64 answers\).*×1\.00"):
+        ppo_trainer(tokenizer, ppo_args(tmp_path, kl_target=6.0))  # 4 steps × 16 prompts
+    recwarn.clear()
+    ppo_trainer(tokenizer, ppo_args(tmp_path, kl_target=6.0, kl_horizon=16))
+    assert not [warning for warning in recwarn if "kl_horizon" in str(warning.message)]
+
+
+def test_recipes_with_an_adaptive_kl_let_it_move_within_their_run():
+    """Every shipped PPO setting with kl_target samples more answers than its kl_horizon."""
+    settings = [yaml.safe_load(path.read_text()) for path in REPO.glob("recipes/*/ppo/config.yaml")]
+    for path in REPO.glob("recipes/*/pipeline.yaml"):
+        stages = yaml.safe_load(path.read_text())["stages"]
+        settings += [stage for name, stage in stages.items() if name.startswith("ppo")]
+    adaptive = [setting for setting in settings if setting.get("kl_target") is not None]
+    assert len(adaptive) >= 3
+    for setting in adaptive:
+        answers = setting["max_steps"] * setting["per_device_train_batch_size"]
+        assert setting.get("kl_horizon", PPOConfig.kl_horizon) <= answers, setting
+
+
+# ---------------------------------------------------------------- scale and memory
+
+
+def test_log_probs_come_from_the_response_positions_alone_and_equal_the_full_logit_computation(tmp_path, tokenizer):
+    """Rollouts and updates run the LM head over the positions that predict the response only (logits_to_keep):
+    the same log-probs as from the logits of every position."""
+    trainer = ppo_trainer(tokenizer, ppo_args(tmp_path, temperature=0.7))
+    lm_head_rows = []  # positions per row that each LM head call projects, policy's and reference's
+    for model in (trainer.policy, trainer.ref_model):
+        model.lm_head.register_forward_hook(lambda module, args, output: lm_head_rows.append(args[0].shape[1]))
+    rollout = trainer._rollout(rollout_batch(trainer))
+    response_length = rollout.responses.shape[1]
+    # generation projects one position per token; scoring by policy and reference the response's R + 1
+    assert lm_head_rows[-2:] == [response_length + 1] * 2 and max(lm_head_rows) == response_length + 1
+    with torch.no_grad():
+        full = trainer.policy(input_ids=rollout.query_responses, attention_mask=rollout.attention_mask,
+                              position_ids=sequence_positions(rollout.attention_mask)).logits  # fmt: skip
+    predicting = full[:, rollout.prompt_length - 1 : -1]
+    expected = selective_log_softmax(predicting / 0.7, rollout.responses) * rollout.mask
+    torch.testing.assert_close(rollout.logprobs, expected)
+    logits, values, _ = trainer.model(rollout.query_responses, rollout.attention_mask, response_length)  # an update's
+    torch.testing.assert_close(logits.detach(), predicting)
+    assert values.shape == rollout.values.shape
+
+
+def test_rollout_results_do_not_depend_on_the_forward_batch_size(tmp_path, tokenizer):
+    """Policy, reference, value and reward model score a rollout in forwards of rollout_forward_batch_size sequences:
+    one at a time gives what the whole batch in one forward gives."""
+    rollouts = []
+    for size in (1, 64):
+        torch.manual_seed(5)
+        reference = InstructGPTForCausalLM(tiny_config())  # another model than the policy: a KL that is not 0
+        reward_model = InstructGPTForSequenceClassification(tiny_config(num_labels=1))
+        args = ppo_args(tmp_path, rollout_forward_batch_size=size)
+        trainer = ppo_trainer(tokenizer, args, ref_model=reference, reward_model=reward_model)
+        torch.manual_seed(1)
+        rollouts.append(trainer._rollout(rollout_batch(trainer)))
+    assert rollouts[0].kl.abs().sum() > 0
+    for field in dataclasses.fields(Rollout):
+        torch.testing.assert_close(getattr(rollouts[0], field.name), getattr(rollouts[1], field.name), msg=field.name)
+
+
+@pytest.mark.parametrize(
+    "settings", [dict(num_mini_batches=2), dict(num_mini_batches=1, num_ppo_epochs=1)], ids=["minibatches", "once"]
+)
+def test_gradient_accumulation_gives_the_update_of_the_whole_minibatch(tmp_path, tokenizer, settings):
+    """Each micro-batch's loss weighs its share of the minibatch's response tokens (and pretraining rows): policy and
+    value model end as after unaccumulated updates, and the logged loss is the same. A rollout learnt from in one
+    update without accumulation takes π_old and V_old from that update's forward (one policy-and-value forward in
+    all), and ends the same."""
+    blocks = pretraining_blocks(tokenizer)
+    trainers, forwards = [], []
+    for steps in (1, 4):
+        torch.manual_seed(3)
+        policy = InstructGPTForCausalLM(tiny_config())
+        policy.generation_config.eos_token_id = list(range(2, 320, 8))  # answers of many lengths: unequal shares
+        args = ppo_args(tmp_path / str(steps), max_steps=1, per_device_train_batch_size=8,
+                        gradient_accumulation_steps=steps, ptx_coef=0.5, ptx_batch_size=4, **settings)  # fmt: skip
+        trainer = ppo_trainer(tokenizer, args, model=policy, ptx_dataset=blocks)
+        trainer.model.register_forward_pre_hook(lambda module, args, steps=steps: forwards.append(steps))
+        trainer.train()
+        trainers.append(trainer)
+    whole, accumulated = trainers
+    assert logged(whole, "val/mean_response_length")[0] < 8
+    assert accumulated.args.gradient_accumulation_steps == 1  # the Trainer's loop sees one PPO iteration per step
+    updates = args.num_ppo_epochs * args.num_mini_batches
+    assert forwards.count(1) == (1 if updates == 1 else 1 + updates) and forwards.count(4) == 1 + 4 * updates
+    for expected, actual in [(whole.policy, accumulated.policy), (whole.value_model, accumulated.value_model)]:
+        actual_state = actual.state_dict()
+        for name, tensor in expected.state_dict().items():
+            torch.testing.assert_close(actual_state[name], tensor, atol=1e-5, rtol=0, msg=name)
+    assert logged(accumulated, "loss") == pytest.approx(logged(whole, "loss"), rel=1e-5)
+    with pytest.raises(ValueError, match="per_device_train_batch_size / num_mini_batches = 8 must be a multiple of "
+                                         "gradient_accumulation_steps=3"):  # fmt: skip
+        ppo_args(tmp_path, gradient_accumulation_steps=3)
+
+
+def test_the_value_model_has_its_own_learning_rate_and_gradient_clipping(tmp_path, tokenizer):
+    """value_learning_rate and value_max_grad_norm: a large critic gradient is clipped to its own norm and does not
+    shrink the policy's step (one clip over both would)."""
+    args = ppo_args(tmp_path, optim="sgd", learning_rate=1e-3, value_learning_rate=1e-2, max_grad_norm=0.5,
+                    value_max_grad_norm=2.0, weight_decay=0.1)  # fmt: skip
+    trainer = ppo_trainer(tokenizer, args)
+    optimizer = trainer.create_optimizer()
+    value_parameters = set(trainer.value_model.parameters())
+    for group in optimizer.param_groups:
+        in_value_model = {parameter in value_parameters for parameter in group["params"]}
+        assert len(in_value_model) == 1 and group["lr"] == (1e-2 if in_value_model.pop() else 1e-3)
+    assert sorted(group["weight_decay"] for group in optimizer.param_groups) == [0.0, 0.0, 0.1, 0.1]
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(trainer.model.parameters()))
+
+    for parameter in trainer.model.parameters():
+        parameter.grad = torch.full_like(parameter, 100.0 if parameter in value_parameters else 0.01)
+    trainer._clip_gradients()
+    for model, max_norm, name in [(trainer.policy, 0.5, "policy"), (trainer.value_model, 2.0, "val")]:
+        assert trainer._metrics[f"{name}/grad_norm"][-1] > max_norm  # recorded before clipping
+        norm = torch.linalg.vector_norm(torch.stack([parameter.grad.norm() for parameter in model.parameters()]))
+        torch.testing.assert_close(norm, torch.tensor(max_norm))
+    checked = [(trainer.policy.lm_head.weight, 1e-3), (trainer.value_model.score.weight, 1e-2)]  # both decayed
+    before = [(parameter.detach().clone(), parameter.grad.clone()) for parameter, _ in checked]
+    optimizer.step()  # SGD: w ← w − lr · (grad + weight_decay · w)
+    for (parameter, lr), (weight, grad) in zip(checked, before, strict=True):
+        torch.testing.assert_close(parameter.detach(), weight - lr * (grad + 0.1 * weight))
+
+
+def test_the_logged_loss_and_grad_norm_are_the_means_of_all_updates(tmp_path, tokenizer):
+    """Not the last minibatch's: 2 iterations × 2 epochs × 2 minibatches = 8 updates per log."""
+    args = ppo_args(tmp_path, max_steps=2, per_device_train_batch_size=8, num_ppo_epochs=2, logging_steps=2)
+    trainer = ppo_trainer(tokenizer, args)
+    losses, norms = [], []
+    update, clip = trainer._update, trainer._clip_gradients
+
+    def recorded_update(*args):
+        losses.append(update(*args).item())
+        return torch.tensor(losses[-1])
+
+    def recorded_clip():
+        clip()
+        norms.append(trainer._metrics["grad_norm"][-1].item())
+
+    trainer._update, trainer._clip_gradients = recorded_update, recorded_clip
+    trainer.train()
+    assert len(losses) == len(norms) == 8 and len(set(losses)) == 8
+    (entry,) = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert entry["loss"] == pytest.approx(sum(losses) / 8, rel=1e-5)
+    assert entry["grad_norm"] == pytest.approx(sum(norms) / 8, rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["fsdp", "deepspeed"])
+def test_what_a_sharded_backend_cannot_do_is_refused(tmp_path, tokenizer, monkeypatch, backend):
+    """FSDP (which one CPU process cannot start) is refused with a pointer to ZeRO-3; under DeepSpeed, whose engine
+    clips all gradients together, so is a clipping norm of the value model's own."""
+    create_accelerator = Trainer.create_accelerator_and_postprocess
+
+    def as_if_launched_so(self):
+        create_accelerator(self)
+        setattr(self, f"is_{backend}_enabled", True)
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", as_if_launched_so)
+    with pytest.raises(ValueError, match=r"does not run under FSDP .*deepspeed_zero3\.yaml" if backend == "fsdp" else
+                       r"value_max_grad_norm=2\.0: under DeepSpeed its engine clips"):  # fmt: skip
+        ppo_trainer(tokenizer, ppo_args(tmp_path, value_max_grad_norm=2.0))
 
 
 # ---------------------------------------------------------------- the stages, with a reward model on disk
@@ -296,6 +615,39 @@ def test_ppo_stage_refuses_a_reward_model_with_another_tokenizer(tmp_path, tiny_
         run_ppo(dataclasses.replace(config, eval_examples=4))
 
 
+@pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora"])
+def test_ppo_from_a_lora_sft_adapter_trains_against_the_sft_model(tmp_path, chain, use_peft, monkeypatch):
+    """`hf-instruct sft --use_peft true` saves an adapter: PPO from it (full or LoRA) starts from and is held to the
+    SFT model (base + adapter merged), moves the policy, and saves a policy that loads as trained."""
+    trainers = []
+
+    class RecordedPPOTrainer(PPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    monkeypatch.setattr(ppo_stage, "PPOTrainer", RecordedPPOTrainer)
+    config = PPOStageConfig(
+        model_name_or_path=str(chain["lora"]), reward_model_path=str(chain["reward"]), use_peft=use_peft,
+        train_files=[str(chain["sft"].parent / "instructions.jsonl")], eval_examples=0,
+        output_dir=str(tmp_path / "ppo"), max_steps=3, per_device_train_batch_size=4, num_mini_batches=1,
+        learning_rate=1e-2, lr_scheduler_type="constant", response_length=6, temperature=1.0, logging_steps=1,
+        save_strategy="no", disable_tqdm=True, report_to="none",
+    )  # fmt: skip
+    output_dir = Path(run_ppo(config))
+    (trainer,) = trainers
+    sft = AutoPeftModelForCausalLM.from_pretrained(chain["lora"]).merge_and_unload()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.ref_model(input_ids=ids).logits, sft(input_ids=ids).logits)
+        trained = trainer.policy(input_ids=ids).logits
+        assert (trained - sft(input_ids=ids).logits).abs().max() > 1e-3  # the policy moved
+        saved, _ = load_chat_model(output_dir)
+        torch.testing.assert_close(saved(input_ids=ids).logits, trained)
+    kls = logged(trainer, "objective/kl")
+    assert abs(kls[0]) < 1e-4 and abs(kls[-1]) > 1e-3, kls  # the first rollout is the SFT model's
+
+
 def test_grpo_stage_raises_the_reward(tmp_path, tiny_model_dir, tokenizer, instructions):
     reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
     config = GRPOStageConfig(
@@ -312,7 +664,8 @@ def test_grpo_stage_raises_the_reward(tmp_path, tiny_model_dir, tokenizer, instr
 
 @pytest.mark.slow
 def test_torchrun_two_process_ppo_ends_with_identical_policy_and_value_weights(tmp_path, tiny_model_dir, tokenizer):
-    """Each rank samples its own prompts and pretraining blocks; gradients, β and metrics are averaged."""
+    """Each rank samples its own prompts and pretraining blocks; gradients (accumulated over micro-batches, all-reduced
+    on the last), β and metrics are averaged."""
     reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
     prompt_file, corpus = tmp_path / "prompts.jsonl", tmp_path / "corpus.txt"
     prompt_file.write_text("".join(json.dumps({"prompt": f"Say something {i}."}) + "\n" for i in range(64)))
@@ -322,7 +675,55 @@ def test_torchrun_two_process_ppo_ends_with_identical_policy_and_value_weights(t
         "ppo", "--model_name_or_path", str(tiny_model_dir), "--reward_model_path", str(reward_dir), "--train_files",
         str(prompt_file), "--ptx_files", str(corpus), "--ptx_coef", "0.5", "--ptx_block_size", "32", "--kl_target",
         "2", "--eval_examples", "8", "--output_dir", str(output_dir), "--max_steps", "3", "--response_length", "4",
-        "--per_device_train_batch_size", "4", "--num_mini_batches", "2", "--save_strategy", "no", "--disable_tqdm",
-        "true", "--report_to", "none", tmp_path=tmp_path,
+        "--per_device_train_batch_size", "4", "--num_mini_batches", "2", "--gradient_accumulation_steps", "2",
+        "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none", tmp_path=tmp_path,
     )  # fmt: skip
     assert (output_dir / "model.safetensors").exists()
+
+
+# Runs the PPO stage and writes, per process, the DeepSpeed ZeRO stage it trained under.
+DEEPSPEED_SCRIPT = """
+import json, os, sys
+from transformers import TrainerCallback
+from hf_instruct.stages import PPOStageConfig, parse_config, run_ppo
+
+class ZeroStage(TrainerCallback):
+    def on_train_end(self, args, state, control, **kwargs):
+        with open(os.path.join(args.output_dir, f"rank{args.process_index}.json"), "w") as f:
+            json.dump([args.deepspeed_plugin.zero_stage, args.world_size], f)
+
+run_ppo(parse_config(PPOStageConfig, sys.argv[1:]), callbacks=[ZeroStage()])
+"""
+
+
+@pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the [deepspeed] extra is not installed")
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_ppo_on_cpu(tmp_path, tiny_model_dir, tokenizer, stage):
+    """Policy and value model train as one DeepSpeed engine (ZeRO-3: sharded, gathered for generation and saving),
+    with micro-batches; reference and reward model are sharded like them under ZeRO-3. The saved policy is trained.
+    Without `--cpu`, which would make accelerate launch one process without DeepSpeed; fp32, as bf16 is slow on CPU."""
+    reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
+    prompt_file, corpus, script = tmp_path / "prompts.jsonl", tmp_path / "corpus.txt", tmp_path / "deepspeed_ppo.py"
+    prompt_file.write_text("".join(json.dumps({"prompt": f"Say something {i}."}) + "\n" for i in range(32)))
+    corpus.write_text(TEXT * 20)
+    script.write_text(DEEPSPEED_SCRIPT)
+    output_dir = tmp_path / "ppo"
+    proc = subprocess.run(
+        ["accelerate", "launch", "--config_file", f"recipes/accelerate/deepspeed_zero{stage}.yaml", "--num_processes",
+         "2", "--mixed_precision", "no", str(script), "--model_name_or_path", str(tiny_model_dir),
+         "--reward_model_path", str(reward_dir), "--train_files", str(prompt_file), "--ptx_files", str(corpus),
+         "--ptx_coef", "0.5", "--ptx_block_size", "32", "--eval_examples", "0", "--output_dir", str(output_dir),
+         "--max_steps", "2", "--response_length", "4", "--per_device_train_batch_size", "4", "--num_mini_batches",
+         "2", "--gradient_accumulation_steps", "2", "--learning_rate", "1e-2", "--save_strategy", "steps",
+         "--save_steps", "2", "--disable_tqdm", "true", "--report_to", "none"],
+        cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)] == [[stage, 2]] * 2
+    for trained, start in [(output_dir / "model.safetensors", tiny_model_dir / "model.safetensors"),
+                           (output_dir / "checkpoint-2" / "value_model" / "model.safetensors",
+                            reward_dir / "model.safetensors")]:  # fmt: skip
+        trained, start = load_file(trained), load_file(start)  # whole weights, gathered from the shards under ZeRO-3
+        assert set(trained) == set(start) and all(trained[name].shape == start[name].shape for name in start)
+        assert any(not torch.equal(trained[name], start[name]) for name in start)

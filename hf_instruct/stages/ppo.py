@@ -5,9 +5,19 @@ paper). Prompts come from any instruction, comparison or prompt file; with `ptx_
 on a batch of the pretraining corpus. The mean reward of held-out prompts is measured before and after training.
 """
 
+import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+from peft import AutoPeftModelForCausalLM, PeftModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    TrainerCallback,
+)
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ..data import load_prompt_dataset, load_text_dataset, pack_texts
 from ..data.text import NotEnoughTextError
@@ -69,8 +79,8 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
                 ) from None
         ptx_blocks = ptx_blocks.shuffle(seed=config.seed, **({"buffer_size": 1000} if config.ptx_streaming else {}))
 
-    # ---- policy from the SFT model (+ LoRA), reward and value models from the reward model
-    policy = AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
+    # ---- policy and reference from the SFT model (+ LoRA), reward and value models from the reward model
+    policy, ref_model = load_policy(config)
     reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path)
     value_model = AutoModelForSequenceClassification.from_pretrained(
         config.value_model_path or config.reward_model_path
@@ -81,10 +91,11 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
         processing_class=tokenizer,
         reward_model=reward_model,
         value_model=value_model,
+        ref_model=ref_model,
         train_dataset=train_prompts,
         eval_dataset=eval_prompts,
         ptx_dataset=ptx_blocks,
-        peft_config=config.lora_config(),
+        peft_config=None if isinstance(policy, PeftModel) else config.lora_config(),
         reward_processing_class=reward_tokenizer,
         callbacks=callbacks,
     )
@@ -92,3 +103,26 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
     # ---- train, evaluate, save, card
     before = {"eval_reward_before_training": trainer.evaluate()["eval_reward"]} if eval_prompts is not None else {}
     return train_and_save(trainer, config, "ppo", tokenizer, start.resume_from, extra_metrics=before)
+
+
+def load_policy(config: PPOStageConfig) -> tuple[PreTrainedModel | PeftModel, PreTrainedModel | None]:
+    """The SFT model as the starting policy, and the KL reference where the trainer cannot make it: for full PPO a
+    second copy of the SFT model (under DeepSpeed ZeRO-3 `from_pretrained` shards the weights, which cannot be copied);
+    none for LoRA PPO (the policy with its adapter off). `from_pretrained` on a LoRA SFT output (an adapter folder)
+    would give base + adapter with every weight frozen, and disabling adapters for the reference would switch the SFT
+    one off too. So full PPO trains all weights of the merged SFT model; LoRA PPO trains the SFT adapter on (its rank
+    and modules), against a merged copy: a fresh adapter would need the merged model as its base, which exists nowhere
+    on disk."""
+    path = config.model_name_or_path
+    if not (Path(path) / "adapter_config.json").is_file():
+        reference = None if config.use_peft else AutoModelForCausalLM.from_pretrained(path)
+        return AutoModelForCausalLM.from_pretrained(path), reference
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            f"--model_name_or_path {path} is a LoRA adapter, which cannot be merged here under DeepSpeed ZeRO-3 (the "
+            "base weights are sharded as they load): merge it first (peft's merge_and_unload) and save the result."
+        )
+    sft = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=config.use_peft)
+    if not config.use_peft:
+        return sft.merge_and_unload().requires_grad_(True), None
+    return sft, copy.deepcopy(sft).merge_and_unload()

@@ -7,19 +7,26 @@ One Trainer step is one PPO iteration over a batch of prompts:
 3. advantages: GAE over the value model's per-token values, whitened;
 4. update: `num_ppo_epochs` passes over the rollout in `num_mini_batches` minibatches, one optimiser step each, on
    the clipped policy loss + `vf_coef` × the clipped value loss + `ptx_coef` × the causal-LM loss of a pretraining
-   batch (PPO-ptx: it keeps the policy good at its pretraining distribution).
+   batch (PPO-ptx: it keeps the policy good at its pretraining distribution); policy and value gradients are clipped
+   apart, and the value model may have a learning rate of its own.
+
+Memory: the LM heads project only the positions that predict the response (`logits_to_keep`), a rollout's forwards
+run `rollout_forward_batch_size` sequences at a time, and a minibatch's gradient is accumulated over
+`gradient_accumulation_steps` micro-batches; none of them changes the results.
 
 The policy and the value model train as one module (`PolicyAndValueModel`), so the Trainer's optimiser, scheduler,
-gradient clipping, mixed precision, DDP, logging, callbacks and checkpoints cover both. A checkpoint also holds the
-value model and the KL coefficient, and the pretraining batches are drawn by position, so `resume_from_checkpoint`
-continues a run where it stopped. `save_model` writes the policy only: a normal causal-LM (or PEFT adapter) folder.
+mixed precision, DDP, logging, callbacks and checkpoints cover both. A checkpoint also holds the value model and the
+KL coefficient, and the pretraining batches are drawn by position, so `resume_from_checkpoint` continues a run where
+it stopped. `save_model` writes the policy only: a normal causal-LM (or PEFT adapter) folder.
 """
 
 import contextlib
 import copy
 import itertools
 import json
+import math
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,8 +37,11 @@ from datasets.distributed import split_dataset_by_node
 from peft import PeftConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
+from trl.models import prepare_deepspeed
+from trl.models.utils import add_hooks, remove_hooks
 from trl.trainer.utils import entropy_from_logits, pad, selective_log_softmax
 
 from ..markdown import table_cell
@@ -42,6 +52,7 @@ logger = logging.get_logger(__name__)
 VALUE_MODEL_DIR = "value_model"
 PPO_STATE_FILE = "ppo_state.json"
 SAMPLES_FILE = "samples.jsonl"
+ANSWER_PROBE = "hf-instruct answer probe"  # stands for an answer, to find what a chat template writes after one
 # A rule-based reward: f(prompts, completions, completion_ids=...) -> one float per completion.
 RewardFunction = Callable[..., list[float]]
 
@@ -49,9 +60,22 @@ RewardFunction = Callable[..., list[float]]
 @dataclass
 class PPOConfig(TrainingArguments):
     """`TrainingArguments` plus PPO-ptx. A step is `per_device_train_batch_size` prompts per device, answered once
-    and then learnt from in `num_ppo_epochs` × `num_mini_batches` optimiser steps."""
+    and then learnt from in `num_ppo_epochs` × `num_mini_batches` optimiser steps, each over a minibatch whose gradient
+    is accumulated over `gradient_accumulation_steps` forwards."""
 
-    learning_rate: float = field(default=1e-5, metadata={"help": "Adam learning rate of policy and value model."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Adam learning rate of the policy."})
+    value_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the value model (default: learning_rate)."}
+    )
+    value_max_grad_norm: float | None = field(
+        default=None, metadata={"help": "Clipping norm of the value model's gradients (default: max_grad_norm)."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches per PPO minibatch (the same update, in less memory)."}
+    )
+    rollout_forward_batch_size: int = field(
+        default=64, metadata={"help": "Sequences per forward of each model in a rollout (bounds memory, not results)."}
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the prompt columns."})
     max_prompt_length: int = field(default=256, metadata={"help": "Longer prompts are left out (and counted)."})
     response_length: int = field(default=64, metadata={"help": "At most this many sampled tokens per response."})
@@ -68,8 +92,10 @@ class PPOConfig(TrainingArguments):
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "GAE λ."})
-    missing_eos_penalty: float | None = field(
-        default=None, metadata={"help": "Subtracted from the score of a response that never ends (None: nothing)."}
+    # On by default: the reward model cannot tell a cut-off answer from a finished one by its last token alone. 1.0 as
+    # in TRL's PPO/RLOO examples: one unit on the scale of a centred reward model (reward_shift).
+    missing_eos_penalty: float = field(
+        default=1.0, metadata={"help": "Subtracted from the score of a response cut off at response_length (0: off)."}
     )
     ptx_coef: float = field(
         default=0.0, metadata={"help": "γ of PPO-ptx: weight of the pretraining LM loss in every update (0: off)."}
@@ -82,19 +108,26 @@ class PPOConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.load_best_model_at_end and self.metric_for_best_model is None:
+            self.metric_for_best_model = "reward"  # evaluate() has no loss (the Trainer's default metric)
         super().__post_init__()
         if self.per_device_train_batch_size % self.num_mini_batches:
             raise ValueError(
                 f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple of "
                 f"num_mini_batches={self.num_mini_batches} (each minibatch is an equal share of a rollout batch)."
             )
-        if self.gradient_accumulation_steps != 1:
-            raise ValueError(
-                "PPO takes its optimiser steps per minibatch: set num_mini_batches (and per_device_train_batch_size) "
-                f"instead of gradient_accumulation_steps={self.gradient_accumulation_steps}."
-            )
-        for name in ("kl_coef", "ptx_coef", "vf_coef", "cliprange", "cliprange_value"):
-            if getattr(self, name) < 0:
+        for name, rows in (("per_device_train_batch_size / num_mini_batches", self.mini_batch_size),
+                           ("ptx_batch_size", self.ptx_batch_size or self.mini_batch_size)):  # fmt: skip
+            if rows % self.gradient_accumulation_steps:
+                raise ValueError(
+                    f"{name} = {rows} must be a multiple of gradient_accumulation_steps="
+                    f"{self.gradient_accumulation_steps} (each micro-batch is an equal share of a minibatch)."
+                )
+        if self.rollout_forward_batch_size < 1:
+            raise ValueError(f"rollout_forward_batch_size must be ≥ 1, got {self.rollout_forward_batch_size}.")
+        for name in ("kl_coef", "ptx_coef", "vf_coef", "cliprange", "cliprange_value", "missing_eos_penalty",
+                     "value_learning_rate", "value_max_grad_norm"):  # fmt: skip
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}.")
 
     @property
@@ -187,12 +220,43 @@ class KLController:
         self.value *= 1.0 + error * episodes / self.horizon
 
 
+def reward_texts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list, completions: list[str], ended: list[bool]
+) -> list[str]:
+    """Prompt + answer as TRL's RewardTrainer renders them: a conversation with the chat template, plain text followed
+    by the EOS token. A cut-off answer stays cut off: text without the EOS, a conversation without the end of turn
+    that the template closes every answer with (else the reward model reads it as finished)."""
+    texts = []
+    for prompt, completion, finished in zip(prompts, completions, ended, strict=True):
+        if isinstance(prompt, str):
+            texts.append(prompt + completion + (tokenizer.eos_token if finished else ""))
+            continue
+        text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
+        if not finished:
+            probe = [*prompt, {"role": "assistant", "content": ANSWER_PROBE}]
+            rendered = tokenizer.apply_chat_template(probe, tokenize=False)
+            text = text.removesuffix(rendered[rendered.rindex(ANSWER_PROBE) + len(ANSWER_PROBE) :])
+        texts.append(text)
+    return texts
+
+
 # ---------------------------------------------------------------- models
 
 
 def sequence_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on each row's first real token (prompts are left-padded)."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def response_logits(
+    model: PreTrainedModel | PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+) -> torch.Tensor:
+    """The logits of the positions that predict the last `response_length` tokens (B, R, vocab). Only those go through
+    the LM head (`logits_to_keep`): full-vocabulary logits over prompt + response would be most of a step's memory."""
+    return model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=sequence_positions(attention_mask),
+        use_cache=False, logits_to_keep=response_length + 1,
+    ).logits[:, :-1]  # fmt: skip
 
 
 def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -203,6 +267,20 @@ def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask
         use_cache=False,
     ).last_hidden_state  # fmt: skip
     return model.score(hidden).squeeze(-1)
+
+
+@contextlib.contextmanager
+def neutral_generation_defaults(model: PreTrainedModel | PeftModel) -> Iterator[None]:
+    """`generate` fills every field that its GenerationConfig leaves None from the model's own `generation_config`
+    (repetition_penalty, min_p, no_repeat_ngram_size, suppress_tokens...: Hub chat models ship them), and several
+    have no value that switches them off. With a blank one in its place meanwhile, rollouts sample from exactly
+    softmax(logits / T), the distribution of PPO's log-probs; the model keeps its own for saving."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    own, base.generation_config = base.generation_config, GenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = own
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -224,22 +302,31 @@ class PolicyAndValueModel(nn.Module):
         self.value_model = value_model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, ptx_input_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_length: int,
+        ptx_input_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Policy logits and values of every position, and the LM loss of a pretraining batch if one is given."""
-        logits = self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=sequence_positions(attention_mask),
-            use_cache=False,
-        ).logits  # fmt: skip
-        values = token_scores(self.value_model, input_ids, attention_mask)
+        """Policy logits (B, R, vocab) and values (B, R) of the positions that predict the last `response_length`
+        tokens, and the LM loss of a pretraining batch if one is given."""
+        logits = response_logits(self.policy, input_ids, attention_mask, response_length)
+        values = token_scores(self.value_model, input_ids, attention_mask)[:, -response_length - 1 : -1]
         ptx_loss = None
         if ptx_input_ids is not None:
             ptx_loss = self.policy(input_ids=ptx_input_ids, labels=ptx_input_ids, use_cache=False).loss
         return logits, values, ptx_loss
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """What the Trainer calls with `activation_checkpointing: true`: both models recompute their layers."""
         for model in (self.policy, self.value_model):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                every_n_layers=every_n_layers,
+                offload=offload,
+            )
 
 
 @dataclass
@@ -259,6 +346,9 @@ class Rollout:
     scores: torch.Tensor
     ended: torch.Tensor
     entropy: torch.Tensor
+    # a rollout learnt from in one update: that update's forward (policy logits, values, pretraining loss), with
+    # gradients; `logprobs` and `values` are its outputs, detached
+    forward: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
     @property
     def prompt_length(self) -> int:
@@ -271,13 +361,16 @@ class Rollout:
 class PPOTrainer(Trainer):
     """PPO-ptx for any causal LM: `PPOTrainer(model, args, processing_class, reward_model, train_dataset)`.
 
-    - `model`: the policy, started from the SFT model (or a `PeftModel`; `peft_config` makes one). The frozen
-      reference is a copy of it taken here (for PEFT: the same model with the adapter disabled), or `ref_model`.
-    - `reward_model`: a one-output sequence classifier, which scores prompt + answer rendered with its tokenizer's
-      chat template as in reward training (its `config.reward_shift` is added); or a function
+    - `model`: the policy, started from the SFT model (or a trainable `PeftModel`; `peft_config` makes one; a LoRA
+      SFT adapter must be merged first), a causal LM whose forward takes `logits_to_keep` (transformers' all do).
+      The frozen reference is a copy of it taken here (for PEFT: the same model with the adapter disabled), or
+      `ref_model` (required under DeepSpeed ZeRO-3).
+    - `reward_model`: a one-output sequence classifier, which scores prompt + answer as reward training read them
+      (`reward_texts`; its `config.reward_shift` is added); or a function
       `f(prompts, completions, completion_ids=...) -> list[float]` (prompts as given, answers as text).
-    - `value_model`: default a copy of the reward model (InstructGPT); required with a reward function.
-    - `train_dataset`: prompts, as `prompt` (messages or text, rendered with the chat template) or `input_ids`.
+    - `value_model`: default a (trainable) copy of the reward model (InstructGPT); required with a reward function
+      and under DeepSpeed ZeRO-3.
+    - `train_dataset`: prompts, as `prompt` (messages, rendered with the chat template, or text) or `input_ids`.
     - `ptx_dataset`: pretraining blocks (`input_ids` of equal length, e.g. `hf_instruct.data.pack_texts`), used
       when `args.ptx_coef > 0`; a streaming dataset works too.
     - `eval_dataset`: prompts; `evaluate()` reports their mean reward and KL.
@@ -308,7 +401,7 @@ class PPOTrainer(Trainer):
         if value_model is None:
             if not isinstance(reward_model, nn.Module):
                 raise ValueError("With a reward function, pass a value_model (a one-output sequence classifier).")
-            value_model = copy.deepcopy(reward_model)
+            value_model = copied(reward_model, "value_model").requires_grad_(True)  # trained, even from a frozen one
         for name, scorer in (("reward_model", reward_model), ("value_model", value_model)):
             labels = getattr(getattr(scorer, "config", None), "num_labels", 1)
             if isinstance(scorer, nn.Module) and labels != 1:
@@ -321,10 +414,24 @@ class PPOTrainer(Trainer):
         if args.ptx_coef > 0 and "input_ids" not in (ptx_dataset.column_names or []):
             raise ValueError("ptx_dataset needs an `input_ids` column of equal-length blocks (see pack_texts).")
 
+        if getattr(model, "_hf_peft_config_loaded", False):
+            raise ValueError(
+                "The policy carries a LoRA adapter loaded by from_pretrained(<adapter folder>): its weights are "
+                "frozen, and a PEFT reference (adapters disabled) would switch that adapter off too. Merge it into "
+                "its base first: peft.AutoPeftModelForCausalLM.from_pretrained(folder).merge_and_unload() "
+                "(hf-instruct ppo does)."
+            )
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
+        for name, trained in (("policy", model), ("value_model", value_model)):
+            if not any(parameter.requires_grad for parameter in trained.parameters()):
+                raise ValueError(
+                    f"The {name} has no trainable parameters, so PPO would not change it (a model or adapter loaded "
+                    "for inference is frozen): unfreeze it (requires_grad_(True)), load a PEFT adapter with "
+                    "is_trainable=True, or merge it (merge_and_unload) and pass peft_config."
+                )
         if ref_model is None and not isinstance(model, PeftModel):
-            ref_model = copy.deepcopy(model)
+            ref_model = copied(model, "ref_model")
         for module in (model, value_model, ref_model, reward_model):
             if isinstance(module, nn.Module):
                 disable_dropout(module)
@@ -334,12 +441,29 @@ class PPOTrainer(Trainer):
         if isinstance(reward_model, nn.Module) and reward_model.config.pad_token_id is None:
             reward_model.config.pad_token_id = processing_class.pad_token_id  # stock classifiers pool by pad id
 
-        self.ref_model, self.reward_model, self.ptx_dataset = ref_model, reward_model, ptx_dataset
+        self.ptx_dataset = ptx_dataset
         self.reward_processing_class = reward_processing_class or processing_class
         self.kl_controller = KLController(args.kl_coef, args.kl_target, args.kl_horizon)
         train_dataset = self._tokenized_prompts(train_dataset, processing_class, args, "train_dataset")
+        answers = (
+            args.max_steps * args.per_device_train_batch_size * args.world_size
+            if args.max_steps > 0
+            else math.ceil(args.num_train_epochs * len(train_dataset))
+        )
+        if args.kl_target is not None and args.kl_horizon > answers:
+            warnings.warn(
+                f"kl_horizon={args.kl_horizon} is longer than this run ({answers} answers): the adaptive β can move "
+                f"by at most ×{math.exp(0.2 * answers / args.kl_horizon):.2f} over it, a fixed β in disguise. Set "
+                f"kl_horizon to a fraction of the run's answers (e.g. {max(answers // 5, 1)}: up to ×e).",
+                stacklevel=2,
+            )
         if eval_dataset is not None:
             eval_dataset = self._tokenized_prompts(eval_dataset, processing_class, args, "eval_dataset")
+        # PPO accumulates within each minibatch itself (`_update`); the Trainer's loop would call training_step, a
+        # whole PPO iteration, once per micro-batch
+        self.gradient_accumulation_steps = args.gradient_accumulation_steps
+        args = copy.copy(args)
+        args.gradient_accumulation_steps = 1
         super().__init__(
             model=PolicyAndValueModel(model, value_model),
             args=args,
@@ -349,13 +473,18 @@ class PPOTrainer(Trainer):
             processing_class=processing_class,
             callbacks=callbacks,
         )
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if self.is_fsdp_enabled:
             raise ValueError(
-                "PPOTrainer runs single-device or DDP (accelerate launch --multi_gpu), not FSDP/DeepSpeed."
+                "PPOTrainer does not run under FSDP (the `fsdp` setting, or an accelerate config with "
+                "distributed_type: FSDP): to shard policy, value, reference and reward model use DeepSpeed ZeRO-3 "
+                "(recipes/accelerate/deepspeed_zero3.yaml); else DDP (recipes/accelerate/ddp.yaml)."
             )
-        for frozen in (ref_model, reward_model):
-            if isinstance(frozen, nn.Module):
-                frozen.to(self.args.device)
+        if self.is_deepspeed_enabled and args.value_max_grad_norm is not None:
+            raise ValueError(
+                f"value_max_grad_norm={args.value_max_grad_norm}: under DeepSpeed its engine clips the gradients of "
+                "policy and value model together, at max_grad_norm. Leave value_max_grad_norm unset."
+            )
+        self.ref_model, self.reward_model = self._placed(ref_model), self._placed(reward_model)
 
         stop_ids = model.generation_config.eos_token_id if model.generation_config is not None else None
         stop_ids = stop_ids if stop_ids is not None else processing_class.eos_token_id
@@ -379,6 +508,46 @@ class PPOTrainer(Trainer):
     @property
     def value_model(self) -> PreTrainedModel:
         return self.accelerator.unwrap_model(self.model).value_model
+
+    # ---- placement: devices, DeepSpeed
+
+    @property
+    def _zero3(self) -> bool:
+        return self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+
+    def _placed(self, frozen: nn.Module | RewardFunction | None) -> nn.Module | RewardFunction | None:
+        """A frozen model (reference, reward) on this process's device; under DeepSpeed an inference engine, which
+        shards it like the policy under ZeRO-3 and holds a whole copy otherwise (TRL's prepare_deepspeed)."""
+        if not isinstance(frozen, nn.Module):
+            return frozen
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(frozen, self.accelerator)
+        return frozen.to(self.args.device)
+
+    @contextlib.contextmanager
+    def _policy_for_generation(self) -> Iterator[PreTrainedModel | PeftModel]:
+        """The policy with the model's own sampling settings switched off (`neutral_generation_defaults`). Under
+        DeepSpeed ZeRO-3 each process holds a shard of every weight: its weights are gathered for the whole of
+        `generate` (as TRL does), instead of fetched layer by layer for every sampled token."""
+        with neutral_generation_defaults(self.policy):
+            if not self._zero3:
+                yield self.policy
+                return
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.policy.parameters())):
+                remove_hooks(self.model_wrapped)
+                yield self.policy
+                add_hooks(self.model_wrapped)
+
+    def _gathered_without_engine(self) -> contextlib.AbstractContextManager:
+        """Under DeepSpeed ZeRO-3 before `train()` (an `evaluate()` first), policy and value model are shards that no
+        engine gathers layer by layer as they run: gathered whole meanwhile."""
+        if not self._zero3 or self.model_wrapped is not self.model:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.model.parameters()))
 
     # ---- data
 
@@ -436,16 +605,20 @@ class PPOTrainer(Trainer):
 
     # ---- rollout
 
-    @torch.no_grad()
-    def _rollout(self, inputs: dict[str, torch.Tensor]) -> Rollout:
-        """Sample responses, score them, and compute log-probs, values, KL, advantages and returns."""
+    def _rollout(self, inputs: dict[str, torch.Tensor], model: nn.Module | None = None) -> Rollout:
+        """Sample responses (one `generate` for the batch), score them, and compute log-probs, values, KL, advantages
+        and returns (in forwards of `rollout_forward_batch_size` sequences). Given the training `model` (a rollout
+        learnt from in one update), the policy's log-probs and the values come from that update's own forward instead:
+        with one update the ratio π/π_old is 1 and V = V_old, so a forward of their own would only repeat it (TRL's
+        GRPO skips it likewise with one iteration)."""
         wrapper = self.accelerator.unwrap_model(self.model)
         wrapper.eval()
         prompt_ids, prompt_mask = inputs["input_ids"], inputs["attention_mask"]
         prompt_length = prompt_ids.shape[1]
-        sequences = wrapper.policy.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config
-        )
+        with torch.no_grad(), self._policy_for_generation() as policy:
+            sequences = policy.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config
+            )
         responses = sequences[:, prompt_length:]
         is_stop = torch.isin(responses, self.stop_token_ids.to(responses.device))
         ended = is_stop.any(dim=1)
@@ -454,107 +627,201 @@ class PPOTrainer(Trainer):
         responses = responses.masked_fill(mask == 0, self.processing_class.pad_token_id)
         query_responses = torch.cat([prompt_ids, responses], dim=1)
         attention_mask = torch.cat([prompt_mask, mask], dim=1)
-        response_slice = slice(prompt_length - 1, -1)  # the positions that predict the response tokens
 
-        with self.compute_loss_context_manager():
-            logits, values, _ = wrapper(query_responses, attention_mask)
-            logits = logits[:, response_slice].float() / self.args.temperature
-            logprobs = selective_log_softmax(logits, responses) * mask
-            entropy = masked_mean(entropy_from_logits(logits), mask)
-            values = values[:, response_slice].float() * mask
-            ref_logprobs = self._ref_logprobs(query_responses, attention_mask, responses, response_slice) * mask
-            scores = self._scores(inputs.get("prompt"), prompt_ids, responses, mask)
-        if self.args.missing_eos_penalty is not None:
-            scores = scores - self.args.missing_eos_penalty * (~ended).float()
+        forward = None
+        if model is not None:
+            model.train()
+            ptx_input_ids = self._next_ptx_batch() if self.args.ptx_coef > 0 else None
+            with self.compute_loss_context_manager():
+                forward = model(query_responses, attention_mask, responses.shape[1], ptx_input_ids)
+        size = self.args.rollout_forward_batch_size
+        chunks = [slice(start, start + size) for start in range(0, len(responses), size)]
+        with torch.no_grad(), self.compute_loss_context_manager(), self._gathered_without_engine():
+            if forward is None:
+                statistics = [
+                    self._policy_statistics(wrapper(query_responses[rows], attention_mask[rows], responses.shape[1]),
+                                            responses[rows])
+                    for rows in chunks
+                ]  # fmt: skip
+            else:
+                statistics = [self._policy_statistics(forward, responses)]
+            ref_logprobs = [self._ref_logprobs(query_responses[rows], attention_mask[rows], responses[rows])
+                            for rows in chunks]  # fmt: skip
+            scores = self._scores(inputs.get("prompt"), prompt_ids, prompt_mask, responses, mask, ended)
+        logprobs, entropy, values = (torch.cat(column) * mask for column in zip(*statistics, strict=True))
+        ref_logprobs = torch.cat(ref_logprobs) * mask
+        scores = scores - self.args.missing_eos_penalty * (~ended).float()
 
         rewards, kl = kl_penalised_rewards(scores, logprobs, ref_logprobs, mask, self.kl_controller.value)
         advantages, returns = compute_gae(rewards, values, mask, self.args.gamma, self.args.lam)
         advantages = masked_whiten(advantages, mask)
         return Rollout(
             query_responses, attention_mask, responses, mask, logprobs, values, advantages, returns, kl, scores,
-            ended, entropy,
+            ended, masked_mean(entropy, mask), forward,
         )  # fmt: skip
 
-    def _ref_logprobs(self, query_responses, attention_mask, responses, response_slice) -> torch.Tensor:
+    def _policy_statistics(self, outputs: tuple, responses: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per response token (B, R), from a policy-and-value forward's outputs, without gradients: the policy's
+        log-prob and entropy, and the value."""
+        logits, values, _ = outputs
+        logits = logits.detach().float() / self.args.temperature
+        return selective_log_softmax(logits, responses), entropy_from_logits(logits), values.detach().float()
+
+    def _ref_logprobs(self, query_responses, attention_mask, responses) -> torch.Tensor:
         """Log-probs of the responses under the frozen reference (for PEFT: the policy without its adapter)."""
         reference = self.ref_model if self.ref_model is not None else self.policy
         with self.policy.disable_adapter() if self.ref_model is None else contextlib.nullcontext():
-            logits = reference(
-                input_ids=query_responses, attention_mask=attention_mask,
-                position_ids=sequence_positions(attention_mask), use_cache=False,
-            ).logits  # fmt: skip
-        return selective_log_softmax(logits[:, response_slice].float() / self.args.temperature, responses)
+            logits = response_logits(reference, query_responses, attention_mask, responses.shape[1])
+        return selective_log_softmax(logits.float() / self.args.temperature, responses)
 
-    def _scores(self, prompts: list | None, prompt_ids, responses, mask) -> torch.Tensor:
+    def _scores(self, prompts: list | None, prompt_ids, prompt_mask, responses, mask, ended) -> torch.Tensor:
         """The reward of each response: the reward function's, or the reward model's score (+ its reward_shift) of
-        prompt + answer rendered as in reward training (the chat template for conversations), like TRL's GRPO."""
+        prompt + answer as reward training reads them (`reward_texts`). Prompts given only as token ids are text as
+        the policy read it, special tokens (chat markup) included."""
         lengths = mask.sum(dim=1).tolist()
         completion_ids = [row[:length] for row, length in zip(responses.tolist(), lengths, strict=True)]
         completions = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-        if prompts is None:
-            prompts = self.processing_class.batch_decode(prompt_ids, skip_special_tokens=True)
+        given_as_ids = prompts is None
+        if given_as_ids:
+            prompts = [
+                self.processing_class.decode(ids[keep.bool()].tolist())
+                for ids, keep in zip(prompt_ids, prompt_mask, strict=True)
+            ]
         if not isinstance(self.reward_model, nn.Module):
             values = self.reward_model(prompts=prompts, completions=completions, completion_ids=completion_ids)
             return torch.tensor(values, dtype=torch.float, device=responses.device)
         tokenizer = self.reward_processing_class
-        texts = [
-            prompt + completion
-            if isinstance(prompt, str)
-            else tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
-            for prompt, completion in zip(prompts, completions, strict=True)
-        ]
-        scores = reward_scores(self.reward_model, tokenizer, texts, batch_size=len(texts))
+        texts = reward_texts(tokenizer, prompts, completions, ended.tolist())
+        # RewardTrainer tokenises plain text with the tokenizer's special tokens (e.g. a BOS); a chat rendering, or a
+        # prompt decoded from its ids, holds its own already
+        add_special_tokens = isinstance(prompts[0], str) and not given_as_ids
+        scores = reward_scores(self.reward_model, tokenizer, texts, self.args.rollout_forward_batch_size,
+                               add_special_tokens=add_special_tokens)  # fmt: skip
         return scores + (getattr(self.reward_model.config, "reward_shift", 0.0) or 0.0)
 
     # ---- update
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         """One PPO iteration: a rollout, then num_ppo_epochs × num_mini_batches updates. Every update but the last
-        steps the optimiser here; the Trainer takes the last step (with its clipping, scheduler and callbacks)."""
-        rollout = self._rollout(self._prepare_inputs(inputs))
-        self._record_rollout(rollout)
-        model.train()
-        batch_size = rollout.responses.shape[0]  # the last batch of an epoch may be smaller
+        steps the optimiser here; the Trainer takes the last step (with its scheduler and callbacks). Returns the
+        mean loss of the updates. A rollout learnt from in one update shares that update's forward (`_rollout`)."""
+        inputs = self._prepare_inputs(inputs)
+        batch_size = len(inputs["input_ids"])  # the last batch of an epoch may be smaller
         num_minibatches = min(self.args.num_mini_batches, batch_size)
         updates = self.args.num_ppo_epochs * num_minibatches
+        rollout = self._rollout(inputs, model if updates == self.gradient_accumulation_steps == 1 else None)
+        self._record_rollout(rollout)
+        model.train()
+        losses = []
         for update in range(updates):
-            if update % num_minibatches == 0:  # a new pass over the rollout, in a new order
-                minibatches = torch.randperm(batch_size, device=rollout.responses.device).tensor_split(num_minibatches)
-            with self.compute_loss_context_manager():
-                loss = self._ppo_loss(model, rollout, minibatches[update % num_minibatches])
-            self.accelerator.backward(loss)
+            if update % num_minibatches == 0:  # a new pass over the rollout, in a new order (its forward's, if shared)
+                order = torch.randperm if rollout.forward is None else torch.arange
+                minibatches = order(batch_size, device=rollout.responses.device).tensor_split(num_minibatches)
+            losses.append(self._update(model, rollout, minibatches[update % num_minibatches]))
             if update < updates - 1:
-                if self.args.max_grad_norm > 0:
-                    self._clip_grad_norm(model)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
         episodes = batch_size * self.args.world_size
         self.kl_controller.update(self.accelerator.reduce(rollout.kl.sum(1).mean(), "mean").item(), episodes)
-        return loss.detach()
+        return torch.stack(losses).mean()
 
-    def _ppo_loss(self, model: nn.Module, rollout: Rollout, index: torch.Tensor) -> torch.Tensor:
-        """Clipped policy loss + vf_coef × clipped value loss (+ ptx_coef × pretraining LM loss) of one minibatch."""
-        ptx_input_ids = self._next_ptx_batch() if self.args.ptx_coef > 0 else None
-        logits, values, ptx_loss = model(rollout.query_responses[index], rollout.attention_mask[index], ptx_input_ids)
-        response_slice = slice(rollout.prompt_length - 1, -1)
-        logits = logits[:, response_slice].float() / self.args.temperature
-        logprobs = selective_log_softmax(logits, rollout.responses[index])
+    def _update(self, model: nn.Module, rollout: Rollout, index: torch.Tensor) -> torch.Tensor:
+        """The clipped gradient of one minibatch's loss, accumulated over `gradient_accumulation_steps` micro-batches:
+        each one's PPO loss (a mean over its response tokens) weighs its share of the minibatch's response tokens, its
+        pretraining loss its share of the pretraining rows, so the sum is the whole minibatch's loss. Returns it."""
+        micro_batches = index.tensor_split(min(self.gradient_accumulation_steps, len(index)))
+        ptx_parts = [(None, 1.0)] * len(micro_batches)  # (pretraining rows, their share); a shared forward has its own
+        if self.args.ptx_coef > 0 and rollout.forward is None:
+            ptx_input_ids = self._next_ptx_batch()
+            ptx_parts = [(rows, len(rows) / len(ptx_input_ids)) for rows in ptx_input_ids.tensor_split(len(ptx_parts))]
+        tokens = rollout.mask[index].sum()
+        total = torch.zeros((), device=rollout.mask.device)
+        for number, (rows, (ptx_rows, ptx_share)) in enumerate(zip(micro_batches, ptx_parts, strict=True)):
+            with self.compute_loss_context_manager():
+                ppo_loss, ptx_loss = self._ppo_loss(model, rollout, rows, ptx_rows)
+                loss = ppo_loss * rollout.mask[rows].sum() / tokens
+                if ptx_loss is not None:
+                    loss = loss + self.args.ptx_coef * ptx_loss * ptx_share
+            last = number == len(micro_batches) - 1
+            self.accelerator.gradient_state._set_sync_gradients(last)  # DeepSpeed reduces and steps on the last only
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
+                self.accelerator.backward(loss)
+            total += loss.detach()
+        self._clip_gradients()
+        return total
+
+    def _ppo_loss(
+        self, model: nn.Module, rollout: Rollout, index: torch.Tensor, ptx_input_ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Clipped policy loss + vf_coef × clipped value loss of these rows; the LM loss of the pretraining rows. The
+        forward is the rollout's own when it has one (then the rows are all of it, in order)."""
+        if rollout.forward is not None:
+            logits, values, ptx_loss = rollout.forward
+        else:
+            response_length = rollout.responses.shape[1]
+            logits, values, ptx_loss = model(
+                rollout.query_responses[index], rollout.attention_mask[index], response_length, ptx_input_ids
+            )
+        logprobs = selective_log_softmax(logits.float() / self.args.temperature, rollout.responses[index])
         mask = rollout.mask[index]
         policy_loss, policy_stats = clipped_policy_loss(
             logprobs, rollout.logprobs[index], rollout.advantages[index], mask, self.args.cliprange
         )
         value_loss, value_stats = clipped_value_loss(
-            values[:, response_slice].float(), rollout.values[index], rollout.returns[index], mask,
-            self.args.cliprange_value,
-        )  # fmt: skip
-        loss = policy_loss + self.args.vf_coef * value_loss
+            values.float(), rollout.values[index], rollout.returns[index], mask, self.args.cliprange_value
+        )
         stats = {**policy_stats, **value_stats, "loss/policy": policy_loss, "loss/value": value_loss}
         if ptx_loss is not None:
-            loss = loss + self.args.ptx_coef * ptx_loss
             stats["loss/ptx"] = ptx_loss
         for name, value in stats.items():
             self._metrics[name].append(value.detach())
-        return loss
+        return policy_loss + self.args.vf_coef * value_loss, ptx_loss
+
+    def _clip_gradients(self) -> None:
+        """Clip the policy's and the value model's gradients each to its own norm (max_grad_norm,
+        value_max_grad_norm; 0: no clipping), so that large critic gradients early on do not shrink the policy's step,
+        and record the norms before clipping. Under DeepSpeed the engine clips all together when it steps."""
+        if self.is_deepspeed_enabled:
+            norm = self.accelerator.deepspeed_engine_wrapped.get_global_grad_norm()
+            if norm is not None:  # None before its first step
+                self._metrics["grad_norm"].append(torch.tensor(float(norm)))
+            return
+        self.accelerator.unscale_gradients()  # mixed precision with a loss scaler
+        value_max_grad_norm = self.args.value_max_grad_norm
+        value_max_grad_norm = self.args.max_grad_norm if value_max_grad_norm is None else value_max_grad_norm
+        norms = {
+            name: torch.nn.utils.clip_grad_norm_(trained.parameters(), max_norm if max_norm > 0 else math.inf)
+            for name, trained, max_norm in (("policy/grad_norm", self.policy, self.args.max_grad_norm),
+                                            ("val/grad_norm", self.value_model, value_max_grad_norm))
+        }  # fmt: skip
+        norms["grad_norm"] = torch.linalg.vector_norm(torch.stack(list(norms.values())))
+        for name, norm in norms.items():
+            self._metrics[name].append(norm.detach())
+
+    def _clip_grad_norm(self, model: nn.Module) -> None:
+        """Nothing: `_update` clipped the last update already, per model."""
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm=None) -> None:
+        """Nothing: `log` reports the mean gradient norm of the updates since the last log, not the last one's."""
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimiser with the value model's parameters in param groups of their own, at
+        value_learning_rate (OpenRLHF's critic_learning_rate): a critic often wants another step size than the
+        policy. Each of the Trainer's groups (with and without weight decay) is split in two."""
+        if self.optimizer is not None:
+            return self.optimizer
+        optimizer = super().create_optimizer(model)
+        value_lr = self.args.learning_rate if self.args.value_learning_rate is None else self.args.value_learning_rate
+        value_parameters = set(self.value_model.parameters())
+        groups = []
+        for group in optimizer.param_groups:
+            policy = [parameter for parameter in group["params"] if parameter not in value_parameters]
+            value = [parameter for parameter in group["params"] if parameter in value_parameters]
+            for params, lr in ((policy, group["lr"]), (value, value_lr)):
+                if params:
+                    groups.append({**group, "params": params, "lr": lr})
+        optimizer.param_groups = groups
+        return optimizer
 
     # ---- logging, evaluation
 
@@ -621,11 +888,12 @@ class PPOTrainer(Trainer):
     # ---- saving and resuming
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """The policy only (a normal model or adapter folder) and the tokenizer."""
+        """The policy only (a normal model or adapter folder) and the tokenizer. Under DeepSpeed `state_dict` holds
+        the policy-and-value module's weights, gathered from every process under ZeRO-3."""
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        self.policy.save_pretrained(output_dir)
+        self.policy.save_pretrained(output_dir, state_dict=submodule_state_dict(state_dict, "policy"))
         self.processing_class.save_pretrained(output_dir)
 
     def _save_checkpoint(self, model: nn.Module, trial) -> None:
@@ -633,17 +901,54 @@ class PPOTrainer(Trainer):
         checkpoint = os.path.join(
             self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         )
+        state_dict = self.accelerator.get_state_dict(self.deepspeed) if self._zero3 else None  # every process gathers
         if self.args.should_save:
-            self.value_model.save_pretrained(os.path.join(checkpoint, VALUE_MODEL_DIR))
+            value_state_dict = submodule_state_dict(state_dict, "value_model")
+            self.value_model.save_pretrained(os.path.join(checkpoint, VALUE_MODEL_DIR), state_dict=value_state_dict)
             with open(os.path.join(checkpoint, PPO_STATE_FILE), "w") as f:
                 json.dump({"kl_coef": self.kl_controller.value}, f)
         super()._save_checkpoint(model, trial)
 
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end`: the best checkpoint's policy, value model and β. The Trainer's own would load the
+        policy's weights into the policy-and-value module, except under DeepSpeed (its checkpoints hold the module)."""
+        if self.is_deepspeed_enabled:
+            super()._load_best_model()
+        else:
+            self._load_from_checkpoint(self.state.best_model_checkpoint)
+        self._load_kl_coef(self.state.best_model_checkpoint)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model=self.policy)
         super()._load_from_checkpoint(os.path.join(resume_from_checkpoint, VALUE_MODEL_DIR), model=self.value_model)
-        with open(os.path.join(resume_from_checkpoint, PPO_STATE_FILE)) as f:
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Also β: every resume comes here, under DeepSpeed too (whose weights load without _load_from_checkpoint)."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self._load_kl_coef(checkpoint)
+
+    def _load_kl_coef(self, checkpoint: str) -> None:
+        with open(os.path.join(checkpoint, PPO_STATE_FILE)) as f:
             self.kl_controller.value = json.load(f)["kl_coef"]
+
+
+def copied(model: PreTrainedModel, name: str) -> PreTrainedModel:
+    """A copy of a model, for the default reference or value model. Under DeepSpeed ZeRO-3 `from_pretrained` shards the
+    weights as it loads them, and a copy of the shards is no model."""
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            f"Under DeepSpeed ZeRO-3 pass {name}: a second model loaded with from_pretrained (hf-instruct ppo does), "
+            "as weights sharded at loading cannot be copied."
+        )
+    return copy.deepcopy(model)
+
+
+def submodule_state_dict(state_dict: dict | None, name: str) -> dict | None:
+    """The entries of one submodule (`policy.`, `value_model.`) of a `PolicyAndValueModel` state dict, unprefixed."""
+    if state_dict is None:
+        return None
+    return {key.removeprefix(f"{name}."): value for key, value in state_dict.items() if key.startswith(f"{name}.")}
 
 
 def _endless(dataset: datasets.Dataset | datasets.IterableDataset) -> Iterator[dict]:
