@@ -14,8 +14,11 @@ Models: "0.66M", the default pipeline's (recipes/default/pipeline.yaml: hidden 1
 trained on the embedded suite's corpus); "5.3M", the gutenberg-dolly shape (hidden 256, 4 layers, 8 k tokenizer
 trained on ../shared/data/pretrain/tinyshakespeare.txt). Prompts are the embedded suite's instructions.
 
-    python benchmarks/bench_ppo.py                               # the README table (about 20 minutes on 2 cores)
-    PYTHONPATH=<other checkout> python benchmarks/bench_ppo.py   # another version of hf_instruct, e.g. git HEAD
+    OMP_NUM_THREADS=1 python benchmarks/bench_ppo.py          # the README table (about 17 minutes on 2 cores)
+    PYTHONPATH=<other checkout> python benchmarks/bench_ppo.py   # another version of hf_instruct, e.g. an older commit
+
+One thread per process: on a 2-core machine shared with other jobs, two threads per process measured several times
+slower and far noisier.
 """
 
 import argparse
@@ -93,7 +96,7 @@ def prepare(model: str, directory: str) -> None:
 def build(run: str, directory: str, steps: int) -> PPOTrainer | GRPOTrainer:
     """A fresh trainer of `run` over the models and data in `directory`, for `steps` iterations."""
     common = dict(
-        output_dir=tempfile.mkdtemp(),
+        output_dir=tempfile.mkdtemp(dir=directory),
         max_steps=steps,
         learning_rate=LEARNING_RATE,
         temperature=1.0,
@@ -174,32 +177,32 @@ def main() -> None:
 
     tables = []
     for model in args.models:
-        directory = tempfile.mkdtemp(prefix=f"bench-ppo-{model}-")
-        prepare(model, directory)
-        rates = {run: [] for run in RUNS}
-        for repeat in range(args.repeats):
-            order = list(RUNS)[repeat % len(RUNS) :] + list(RUNS)[: repeat % len(RUNS)]  # rotate who goes first
-            for run in order:
-                rates[run].append(iterations_per_second(run, directory, args.steps))
-            measured = ", ".join(f"{run} {rates[run][-1]:.2f} it/s" for run in RUNS)
-            print(f"{model} repeat {repeat + 1}/{args.repeats}: {measured}", file=sys.stderr, flush=True)
-        memory = {run: run_memory_probe(__file__, run, directory, str(args.steps)) for run in RUNS}
-        params = sum(p.numel() for p in InstructGPTForCausalLM.from_pretrained(f"{directory}/policy").parameters())
-        tables.append((model, params, rates, memory))
+        with tempfile.TemporaryDirectory(prefix=f"bench-ppo-{model}-") as directory:  # models, data, run folders
+            prepare(model, directory)
+            rates = {run: [] for run in RUNS}
+            for repeat in range(args.repeats):
+                order = list(RUNS)[repeat % len(RUNS) :] + list(RUNS)[: repeat % len(RUNS)]  # rotate who goes first
+                for run in order:
+                    rates[run].append(iterations_per_second(run, directory, args.steps))
+                measured = ", ".join(f"{run} {rates[run][-1]:.2f} it/s" for run in RUNS)
+                print(f"{model} repeat {repeat + 1}/{args.repeats}: {measured}", file=sys.stderr, flush=True)
+            memory = {run: run_memory_probe(__file__, run, directory, str(args.steps)) for run in RUNS}
+            policy = InstructGPTForCausalLM.from_pretrained(os.path.join(directory, "policy"))
+            tables.append((model, sum(p.numel() for p in policy.parameters()), rates, memory))
 
     print(
         f"\nPPO against GRPO at equal work ({ANSWERS} answers of {RESPONSE_LENGTH} tokens per iteration, one pass): "
         f"hf_instruct from {os.path.dirname(hf_instruct.__file__)}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {args.repeats} runs of {args.steps} iterations each (mean ± sd)\n"
+        f"{torch.get_num_threads()} threads, {args.repeats} runs of {args.steps} iterations each; mean ± sd, × GRPO "
+        "within each repeat\n"
     )
     print("| model | trainer | iterations/s | × GRPO | peak RSS growth MiB | × GRPO |")
     print("|---|---|---|---|---|---|")
     for model, params, rates, memory in tables:
-        grpo_rate = statistics.mean(rates["GRPO"])
         for run in RUNS:
-            print(f"| {model} ({params / 1e6:.2f} M) | {run} | {spread(rates[run])} | "
-                  f"{statistics.mean(rates[run]) / grpo_rate:.2f} | {memory[run]:.0f} | "
-                  f"{memory[run] / memory['GRPO']:.2f} |")  # fmt: skip
+            ratios = [rate / grpo for rate, grpo in zip(rates[run], rates["GRPO"], strict=True)]  # within each repeat
+            print(f"| {model} ({params / 1e6:.2f} M) | {run} | {spread(rates[run])} | {spread(ratios)} | "
+                  f"{memory[run]:.0f} | {memory[run] / memory['GRPO']:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
