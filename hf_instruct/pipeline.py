@@ -11,7 +11,6 @@ tax"), and `report.md` with plots lands in the output folder; the comparison is 
 """
 
 import dataclasses
-import difflib
 import hashlib
 import io
 import json
@@ -37,6 +36,7 @@ from .hub import push_to_hub
 from .markdown import table_cell
 from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .stages import STAGES
+from .stages.common import did_you_mean
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
 # runs when the YAML configures it; the base model of the comparison is the plain pretrain run.
@@ -86,7 +86,8 @@ class PipelineConfig:
         """Every stage's fields are checked before anything runs: a typo would fail mid-run, naming no file."""
         unknown = [name for name in self.stages if name not in RUNS]
         if unknown:
-            raise ValueError(f"{self.source}: stages: unknown stage {unknown[0]!r}{did_you_mean(unknown[0], RUNS)}")
+            hint = did_you_mean(unknown[0], RUNS)
+            raise ValueError(f"{self.source}: stages: unknown stage {unknown[0]!r}{f' ({hint})' if hint else ''}")
         sections = [(f"stages.{name}", RUNS[name], fields) for name, fields in self.stages.items()]
         sections += [(f"baselines.{name}", "pretrain", fields) for name, fields in self.baselines.items()]
         for section, stage, fields in sections:
@@ -115,7 +116,8 @@ def fields_problem(config_class: type, fields: dict) -> str | None:
     known = [f.name for f in dataclasses.fields(config_class) if f.init] + ["estimate_s"]
     for name, value in fields.items():
         if name not in known:
-            return f"unknown field {name!r}{did_you_mean(name, known)}"
+            hint = did_you_mean(name, known)
+            return f"unknown field {name!r}{f' ({hint})' if hint else ''}"
         hint = hints.get(name)
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         kinds = [typing.get_origin(kind) or kind for kind in (typing.get_args(hint) if union else (hint,))]
@@ -123,11 +125,6 @@ def fields_problem(config_class: type, fields: dict) -> str | None:
             expected = " or ".join("None" if kind is types.NoneType else kind.__name__ for kind in kinds)
             return f"{name} must be {expected}, got {value!r}"
     return None
-
-
-def did_you_mean(name: str, names: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def run_pipeline(config: PipelineConfig) -> Path:

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -229,6 +229,13 @@ def parse_config(config_class: type[ConfigT], args: list[str] | None = None) -> 
     return config
 
 
+def did_you_mean(name: str, names: Iterable[str], otherwise: str = "") -> str:
+    """ "did you mean '<closest>'?" for a mistyped name (config keys, model_config keys, pipeline fields), else
+    `otherwise`."""
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"did you mean {close[0]!r}?" if close else otherwise
+
+
 def check_config_file(parser: argparse.ArgumentParser, path: str) -> None:
     """Every key of the YAML file a field, every scalar value one the field accepts, said with the file's name.
     `TrlParser` makes the values argparse defaults: a bad string fails naming neither file nor key, and a bad number
@@ -244,8 +251,7 @@ def check_config_file(parser: argparse.ArgumentParser, path: str) -> None:
         if key == "env":  # TrlParser sets these environment variables
             continue
         if key not in actions:
-            close = difflib.get_close_matches(key, actions, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "see --help for the fields"
+            hint = did_you_mean(key, actions, otherwise="see --help for the fields")
             raise ValueError(f"{path}: unknown key {key!r} ({hint}).")
         action = actions[key]
         for item in value if isinstance(value, list) else [value]:

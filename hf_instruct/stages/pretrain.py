@@ -7,7 +7,6 @@ it is midtraining: chat-rendered instruction conversations make up that share of
 """
 
 import dataclasses
-import difflib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from ..data.mixing import pack_mixture, render_conversations
 from ..data.text import NotEnoughTextError, collate_blocks
 from ..models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
 from ..tokenization import CHAT_TEMPLATE, train_tokenizer
-from .common import StageArguments, leave_finished_run, start_run, train_and_save
+from .common import StageArguments, did_you_mean, leave_finished_run, start_run, train_and_save
 
 
 @dataclass
@@ -70,8 +69,7 @@ def check_model_config(model_config: dict) -> None:
     known = {f.name for f in dataclasses.fields(InstructGPTConfig)} | {"attn_implementation"}
     for key in model_config:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"the fields of InstructGPTConfig: {sorted(known)}"
+            hint = did_you_mean(key, known, otherwise=f"the fields of InstructGPTConfig: {sorted(known)}")
             raise ValueError(f"--model_config: unknown key {key!r} ({hint}).")
     try:
         InstructGPTConfig(**model_config)
