@@ -274,7 +274,7 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     perplexity, win_rate = load_metric("perplexity"), load_metric("win_rate")
     reward_model = str(output_dir / "reward")
     solved = datasets.load_dataset("json", data_files=str(data["sft"]), split="train")
-    few_shot_splits = {  # compositions are never solved in training data: their shots come from the split itself
+    few_shot_splits = {  # held-out compositions are never solved in training data: their shots come from the split
         split: few_shot(rows, rows if split == "held_out_compositions" else solved, seed=config.seed)
         for split, rows in splits.items()
     }

@@ -8,7 +8,15 @@ from collections import defaultdict
 import pytest
 
 from hf_instruct.data import load_instruction_dataset, load_preference_dataset, load_text_dataset
-from hf_instruct.data.suite import COMPOSITIONS, FAMILIES, SuiteConfig, build_suite, export_suite, verify
+from hf_instruct.data.suite import (
+    COMPOSITIONS,
+    FAMILIES,
+    HELD_OUT_COMPOSITIONS,
+    SuiteConfig,
+    build_suite,
+    export_suite,
+    verify,
+)
 from hf_instruct.data.suite.tasks import COMPOSITION_TABLE, FAMILY_TABLE
 from hf_instruct.data.suite.world import Fact, make_world
 
@@ -46,7 +54,8 @@ def test_same_seed_same_suite_other_seed_other_suite(suite):
 
 
 def test_every_family_in_sft_with_at_least_six_templates(suite):
-    assert len(FAMILIES) >= 15 and set(suite["sft"]["family"]) == set(FAMILIES)
+    trained_compositions = set(COMPOSITIONS) - set(HELD_OUT_COMPOSITIONS)
+    assert len(FAMILIES) >= 15 and set(suite["sft"]["family"]) == set(FAMILIES) | trained_compositions
     templates = defaultdict(set)
     for family, template in zip(suite["sft"]["family"], suite["sft"]["template"], strict=True):
         templates[family].add(template)
@@ -113,12 +122,33 @@ def test_a_development_suite_never_uses_the_reported_held_out_templates():
 
 
 def test_held_out_compositions_combine_families_as_sft_never_does(suite):
-    trained = {frozenset(FAMILY_TABLE[name].parts) for name in set(suite["sft"]["family"])}
-    assert set(suite["held_out_compositions"]["family"]) == set(COMPOSITIONS)
-    for name in COMPOSITIONS:
+    trained = {
+        frozenset(FAMILY_TABLE.get(name, COMPOSITION_TABLE.get(name)).parts) for name in set(suite["sft"]["family"])
+    }
+    assert set(suite["held_out_compositions"]["family"]) == set(HELD_OUT_COMPOSITIONS)
+    for name in HELD_OUT_COMPOSITIONS:
         parts = COMPOSITION_TABLE[name].parts
         assert name not in FAMILIES and len(parts) == 2 and set(parts) <= set(FAMILIES)
         assert frozenset(parts) not in trained
+
+
+@pytest.mark.parametrize("development", [False, True])
+def test_each_held_out_compositions_parts_are_trained_with_other_partners(development):
+    """The Latin-square split: a held-out source+operation pair is unseen, yet SFT composes its source with another
+    operation and its operation with another source. In development the reported pairs appear in no split."""
+    config = dataclasses.replace(SuiteConfig.tiny(seed=3), development=development)
+    suite = build_suite(config)
+    trained = {name for name in set(suite["sft"]["family"]) if "+" in name}
+    held_out = set(suite["held_out_compositions"]["family"])
+    assert trained and held_out and not trained & held_out
+    for name in held_out:
+        source, operation = name.split("+")
+        assert any(t.startswith(f"{source}+") for t in trained) and any(t.endswith(f"+{operation}") for t in trained)
+    if development:
+        used = {name for split in (*MESSAGE_SPLITS, "comparisons") for name in suite[split]["family"]}
+        assert not used & set(HELD_OUT_COMPOSITIONS)
+    else:
+        assert trained | held_out == set(COMPOSITIONS)
 
 
 def test_every_fact_asked_about_is_stated_in_the_corpus_in_three_phrasings(suite, corpus):

@@ -2,9 +2,10 @@
 
 It measures InstructGPT's claim offline and exactly: a small model trained to follow instructions beats a bigger
 one that was only pretrained. A synthetic world of invented entities gives a pretraining corpus that states all its
-facts; instruction demonstrations, comparisons and three held-out splits are built over 20 task families whose
-answers are checked exactly by `verify`. Instructions come from a small grammar (`tasks.py`): hundreds of training
-templates per family, and held-out templates the training grammar cannot produce.
+facts; instruction demonstrations, comparisons and three held-out splits are built over 15 task families and 9
+compositions of two of them, whose answers are checked exactly by `verify`. Instructions come from a small grammar
+(`tasks.py`): thousands of training templates per family, and held-out templates the training grammar cannot
+produce.
 
     suite = build_suite(SuiteConfig.tiny())
     row = suite["held_out_entities"][0]
@@ -12,7 +13,8 @@ templates per family, and held-out templates the training grammar cannot produce
 
 The held-out splits are out of distribution and disjoint from SFT data and comparisons: held_out_entities asks
 about entities that only the corpus mentions, held_out_paraphrases uses instruction frames, cores and wrappers kept
-out of training, and held_out_compositions combines families in ways no training family does.
+out of training, and held_out_compositions asks for compositions (source+operation pairs) that no training
+conversation combines; SFT trains the other pairs of the same grid.
 """
 
 import json
@@ -25,12 +27,13 @@ import datasets
 
 from .comparisons import reject
 from .corpus import write_corpus
-from .tasks import COMPOSITION_TABLE, ENTITY_FAMILIES, FAMILY_TABLE, Family, Grammar
+from .tasks import COMPOSITION_ROLES, COMPOSITION_TABLE, ENTITY_FAMILIES, FAMILY_TABLE, Family, Grammar
 from .verifiers import verify
 from .world import Pool, make_world
 
 FAMILIES: tuple[str, ...] = tuple(FAMILY_TABLE)
-COMPOSITIONS: tuple[str, ...] = tuple(COMPOSITION_TABLE)
+COMPOSITIONS: tuple[str, ...] = tuple(COMPOSITION_TABLE)  # all of them: the trained pairs and the held-out ones
+HELD_OUT_COMPOSITIONS: tuple[str, ...] = tuple(name for name, role in COMPOSITION_ROLES.items() if role == "held_out")
 
 
 @dataclass
@@ -66,8 +69,13 @@ def build_suite(config: SuiteConfig | None = None) -> datasets.DatasetDict:
     config = config or SuiteConfig()
     world = make_world(config.seed, config.num_entities, config.held_out_fraction)
     train = world.pool()
-    families = list(FAMILY_TABLE.values())
-    compositions = list(COMPOSITION_TABLE.values())
+    trained_roles, held_out_role = (("train",), "dev") if config.development else (("train", "dev"), "held_out")
+    compositions = {role: [] for role in ("train", "dev", "held_out")}
+    for name, composition in COMPOSITION_TABLE.items():
+        compositions[COMPOSITION_ROLES[name]].append(composition)
+    plain = list(FAMILY_TABLE.values())
+    families = plain + [c for role in trained_roles for c in compositions[role]]
+    held_out_compositions = compositions[held_out_role]
 
     def rng(split: str) -> random.Random:
         return random.Random(f"{config.seed}/{split}")
@@ -88,10 +96,14 @@ def build_suite(config: SuiteConfig | None = None) -> datasets.DatasetDict:
             config.held_out_examples,
         ),
         "held_out_paraphrases": examples(
-            rng("held_out_paraphrases"), families, grammars(families, True), train, config.held_out_examples
+            rng("held_out_paraphrases"), plain, grammars(plain, True), train, config.held_out_examples
         ),
         "held_out_compositions": examples(
-            rng("held_out_compositions"), compositions, grammars(compositions, False), train, config.held_out_examples
+            rng("held_out_compositions"),
+            held_out_compositions,
+            grammars(held_out_compositions, False),
+            train,
+            config.held_out_examples,
         ),
     }
     return datasets.DatasetDict({name: datasets.Dataset.from_dict(columns) for name, columns in splits.items()})
@@ -153,4 +165,4 @@ def comparisons(
     return columns
 
 
-__all__ = ["COMPOSITIONS", "FAMILIES", "SuiteConfig", "build_suite", "export_suite", "verify"]
+__all__ = ["COMPOSITIONS", "FAMILIES", "HELD_OUT_COMPOSITIONS", "SuiteConfig", "build_suite", "export_suite", "verify"]

@@ -8,9 +8,10 @@ to new phrasings, Zhang, Wang & Charton 2024); held_out_paraphrases from held-ou
 the training grammar cannot produce (tested).
 
 A family's maker draws a `Task` (template slots, reference answers, a check, a plausible wrong answer) from what a
-`Pool` allows. Compositions are families made of two others (a world fact or a list, then a string operation) that
-no training family combines that way; they only appear in held_out_compositions. Families and compositions share
-the task builders below, so a composition checks its answer exactly as its parts do.
+`Pool` allows. Compositions chain two families (find a word: a world fact, a list item, a category; then transform
+it: capitals, first letter, letter count). They form a grid split like a Latin square: SFT trains some pairs, and
+held_out_compositions asks for the others, whose parts SFT only ever combines with other partners. Families and
+compositions share the task builders below, so a composition checks its answer exactly as its parts do.
 
 Slots are written without quotes ("Write pear in capital letters."): byte-level BPE gives a word glued to a quote
 another token than the same word after a space, and a model would have to learn every word twice to copy it.
@@ -190,11 +191,6 @@ def asking(name: str, *asks: str, table: dict = FAMILY_TABLE):
         return make
 
     return register
-
-
-def composition(name: str, *asks: str):
-    """A held-out combination of two families' asks; every core is used (no training split keeps it from any)."""
-    return asking(name, *asks, table=COMPOSITION_TABLE)
 
 
 # ---------------------------------------------------------------- answers and their checks
@@ -496,87 +492,67 @@ def one_word(rng: random.Random, pool: Pool) -> Task:
     return answer({"item": rng.choice(CATEGORIES[category]), "options": ONE_WORD_OPTIONS}, category, wrong, check)
 
 
-# ---------------------------------------------------------------- compositions (held out)
+# ---------------------------------------------------------------- compositions
+# A grid: a source finds a word (a world fact, an item of a list, the category of a thing), then an operation
+# transforms it (capital letters, first letter, letter count). The grid is split like a Latin square, so that every
+# held-out pair's source and operation are each trained in two other pairs: held_out_compositions asks for pairs
+# that no training conversation combines, the way compositional splits such as SCAN's and COGS's do. In development
+# the held-out pairs are left out altogether and the "dev" pairs stand in for them.
 
 
-@composition(
-    "knowledge+uppercase",
-    "{about} in capital letters",
-    "{about} in all caps",
-)
-def knowledge_uppercase(rng: random.Random, pool: Pool) -> Task:
+def fact_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact]]:
+    """A world fact whose value is a suite word: (slots, the word, the facts it rests on)."""
     fact = rng.choice(word_facts(pool))
-    return uppercase_answer({"about": fact.about}, fact.value, [fact])
+    return {"about": fact.about}, fact.value, [fact]
 
 
-@composition(
-    "knowledge+first_letter",
-    "the first letter of {about}",
-    "the letter that {about} starts with",
-)
-def knowledge_first_letter(rng: random.Random, pool: Pool) -> Task:
-    fact = rng.choice(word_facts(pool))
-    return first_letter_answer({"about": fact.about}, fact.value, [fact])
-
-
-@composition(
-    "knowledge+count_letters",
-    "the number of letters in {about}",
-    "the letter count of {about}",
-)
-def knowledge_count_letters(rng: random.Random, pool: Pool) -> Task:
-    fact = rng.choice(word_facts(pool))
-    return letter_count_answer({"about": fact.about}, fact.value, [fact])
-
-
-@composition(
-    "knowledge+compare_numbers",
-    "the name of whoever has the larger {noun}, {a} or {b}",
-    "the one of {a} and {b} with the larger {noun}",
-)
-def knowledge_compare_numbers(rng: random.Random, pool: Pool) -> Task:
-    while True:
-        a = rng.choice(pool.numeric)
-        rivals = [f for f in pool.numeric if f.key == a.key and f.value != a.value]
-        if rivals:
-            break
-    b = rng.choice(rivals)
-    winner, loser = (a, b) if int(a.value) > int(b.value) else (b, a)
-    return exact_answer(
-        {"a": a.subject, "b": b.subject, "noun": a.attribute.noun}, winner.subject, loser.subject, [a, b]
-    )
-
-
-@composition(
-    "list_item+uppercase",
-    "the {end} item of the list {items} in capital letters",
-    "the {end} word in the list {items} in all caps",
-)
-def list_item_uppercase(rng: random.Random, pool: Pool) -> Task:
+def list_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact]]:
+    """The first or last item of a list of suite words."""
     items, end = word_list(rng)
-    return uppercase_answer({"items": commas(items), "end": end}, list_end(items, end)[0])
+    return {"items": commas(items), "end": end}, list_end(items, end)[0], []
 
 
-@composition(
-    "list_item+first_letter",
-    "the first letter of the {end} item of the list {items}",
-    "the letter that the {end} word in the list {items} starts with",
-)
-def list_item_first_letter(rng: random.Random, pool: Pool) -> Task:
-    items, end = word_list(rng)
-    return first_letter_answer({"items": commas(items), "end": end}, list_end(items, end)[0])
-
-
-@composition(
-    "one_word+bullet_list",
-    "a bullet list of {n} things of the same kind as {item}",
-    "{n} things in the same category as {item}, as bullet points",
-)
-def one_word_bullet_list(rng: random.Random, pool: Pool) -> Task:
-    """Classify the item, then list members of its category: the category is never named."""
+def category_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact]]:
+    """The category of a thing ("peach" -> "fruit"), never named in the question."""
     category = rng.choice(tuple(CATEGORIES))
-    item, *others = rng.sample(CATEGORIES[category], len(CATEGORIES[category]))
-    n = rng.randint(2, 4)
-    check = {"kind": "list", "style": "bullet", "count": n, "pool": others}
-    wrong = join_items(rng.sample(CATEGORIES[rng.choice([c for c in CATEGORIES if c != category])], n), "bullet")
-    return answer({"n": n, "item": item}, join_items(others[:n], "bullet"), wrong, check)
+    return {"item": rng.choice(CATEGORIES[category])}, category, []
+
+
+SOURCES = {  # name: (noun phrases that ask for the word, the maker of slots and word)
+    "knowledge": (("{about}",), fact_word),
+    "list_item": (("the {end} item of the list {items}", "the {end} word in the list {items}"), list_word),
+    "one_word": (("the kind of thing {item} is", "the category of {item}"), category_word),
+}
+WORD_OPERATIONS = {  # name: (asks around a noun phrase, the answer builder)
+    "uppercase": (("{word} in capital letters", "{word} in all caps"), uppercase_answer),
+    "first_letter": (("the first letter of {word}", "the letter that {word} starts with"), first_letter_answer),
+    "count_letters": (("the number of letters in {word}", "the letter count of {word}"), letter_count_answer),
+}
+COMPOSITION_ROLES = {  # "held_out", "dev" (trained, but held out in development) or "train"
+    "knowledge+uppercase": "held_out",
+    "list_item+first_letter": "held_out",
+    "one_word+count_letters": "held_out",
+    "knowledge+first_letter": "dev",
+    "list_item+count_letters": "dev",
+    "one_word+uppercase": "dev",
+    "knowledge+count_letters": "train",
+    "list_item+uppercase": "train",
+    "one_word+first_letter": "train",
+}
+
+
+def composition(source: str, operation: str) -> Callable[[random.Random, Pool], Task]:
+    """The maker of source+operation tasks: find the word, then answer as the operation's family does."""
+    find, build = SOURCES[source][1], WORD_OPERATIONS[operation][1]
+
+    def make(rng: random.Random, pool: Pool) -> Task:
+        slots, word, facts = find(rng, pool)
+        return build(slots, word, facts)
+
+    return make
+
+
+for name in COMPOSITION_ROLES:
+    source, operation = name.split("+")
+    asks = [ask.format(word=phrase) for ask in WORD_OPERATIONS[operation][0] for phrase in SOURCES[source][0]]
+    asking(name, *asks, table=COMPOSITION_TABLE)(composition(source, operation))
