@@ -147,7 +147,42 @@ def torchrun_stage(stage: str, *args: str, tmp_path: Path) -> None:
     assert digests[0] == digests[1] and digests[0][1] == "2"  # same weights, and really two processes
 
 
+# Runs a stage under accelerate + DeepSpeed and writes, per process, the ZeRO stage and world size it trained under.
+DEEPSPEED_SCRIPT = """
+import json, os, sys
+from transformers import TrainerCallback
+from hf_instruct.stages import STAGES, parse_config
+
+class ZeroStage(TrainerCallback):
+    def on_train_end(self, args, state, control, **kwargs):
+        with open(os.path.join(args.output_dir, f"rank{args.process_index}.json"), "w") as f:
+            json.dump([args.deepspeed_plugin.zero_stage, args.world_size], f)
+
+config_class, run = STAGES[sys.argv[1]]
+run(parse_config(config_class, sys.argv[2:]), callbacks=[ZeroStage()])
+"""
+
+
+def deepspeed_stage(stage: str, zero: int, *args: str, tmp_path: Path) -> None:
+    """Run `stage` as 2 CPU processes under DeepSpeed ZeRO-`zero` (recipes/accelerate/deepspeed_zero<zero>.yaml) and
+    assert both really trained under it. Without `--cpu`, which would make accelerate launch one process without
+    DeepSpeed; fp32, as bf16 is slow on most CPUs."""
+    script = tmp_path / "deepspeed_stage.py"
+    script.write_text(DEEPSPEED_SCRIPT)
+    proc = subprocess.run(
+        ["accelerate", "launch", "--config_file", f"recipes/accelerate/deepspeed_zero{zero}.yaml", "--num_processes",
+         "2", "--mixed_precision", "no", str(script), stage, *args],
+        cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    output_dir = Path(args[args.index("--output_dir") + 1])
+    assert [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)] == [[zero, 2]] * 2
+
+
 # Trainer settings of the few-step stage runs that tests chain together.
+# The `model_config` of the few-step pretraining runs that tests start from.
+TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "num_key_value_heads": 2, "tie_word_embeddings": True}  # fmt: skip
 QUICK = dict(per_device_train_batch_size=4, logging_steps=1, save_strategy="no", disable_tqdm=True, report_to="none")
 
 
@@ -165,7 +200,7 @@ def chain(tmp_path_factory) -> dict[str, Path]:
         "".join(json.dumps({"prompt": f"Say {s}", "chosen": s, "rejected": "No."}) + "\n" for s in sentences * 8)
     )
     runs = {name: root / name for name in ("pretrain", "sft", "lora", "reward")}
-    model_config = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    model_config = TINY_MODEL
     run_pretrain(PretrainStageConfig(
         train_files=[str(corpus)], output_dir=str(runs["pretrain"]), vocab_size=300, block_size=32, eval_blocks=4,
         model_config=model_config, max_steps=3, **QUICK,

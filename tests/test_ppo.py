@@ -6,14 +6,13 @@ import dataclasses
 import json
 import math
 import shutil
-import subprocess
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
 import yaml
-from conftest import CLI_ENV, REPO, TEXT, tiny_config, torchrun_stage
+from conftest import REPO, TEXT, deepspeed_stage, tiny_config, torchrun_stage
 from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
@@ -681,46 +680,25 @@ def test_torchrun_two_process_ppo_ends_with_identical_policy_and_value_weights(t
     assert (output_dir / "model.safetensors").exists()
 
 
-# Runs the PPO stage and writes, per process, the DeepSpeed ZeRO stage it trained under.
-DEEPSPEED_SCRIPT = """
-import json, os, sys
-from transformers import TrainerCallback
-from hf_instruct.stages import PPOStageConfig, parse_config, run_ppo
-
-class ZeroStage(TrainerCallback):
-    def on_train_end(self, args, state, control, **kwargs):
-        with open(os.path.join(args.output_dir, f"rank{args.process_index}.json"), "w") as f:
-            json.dump([args.deepspeed_plugin.zero_stage, args.world_size], f)
-
-run_ppo(parse_config(PPOStageConfig, sys.argv[1:]), callbacks=[ZeroStage()])
-"""
-
-
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the [deepspeed] extra is not installed")
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_ppo_on_cpu(tmp_path, tiny_model_dir, tokenizer, stage):
     """Policy and value model train as one DeepSpeed engine (ZeRO-3: sharded, gathered for generation and saving),
-    with micro-batches; reference and reward model are sharded like them under ZeRO-3. The saved policy is trained.
-    Without `--cpu`, which would make accelerate launch one process without DeepSpeed; fp32, as bf16 is slow on CPU."""
+    with micro-batches; reference and reward model are sharded like them under ZeRO-3. The saved policy is trained."""
     reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
-    prompt_file, corpus, script = tmp_path / "prompts.jsonl", tmp_path / "corpus.txt", tmp_path / "deepspeed_ppo.py"
+    prompt_file, corpus = tmp_path / "prompts.jsonl", tmp_path / "corpus.txt"
     prompt_file.write_text("".join(json.dumps({"prompt": f"Say something {i}."}) + "\n" for i in range(32)))
     corpus.write_text(TEXT * 20)
-    script.write_text(DEEPSPEED_SCRIPT)
     output_dir = tmp_path / "ppo"
-    proc = subprocess.run(
-        ["accelerate", "launch", "--config_file", f"recipes/accelerate/deepspeed_zero{stage}.yaml", "--num_processes",
-         "2", "--mixed_precision", "no", str(script), "--model_name_or_path", str(tiny_model_dir),
-         "--reward_model_path", str(reward_dir), "--train_files", str(prompt_file), "--ptx_files", str(corpus),
-         "--ptx_coef", "0.5", "--ptx_block_size", "32", "--eval_examples", "0", "--output_dir", str(output_dir),
-         "--max_steps", "2", "--response_length", "4", "--per_device_train_batch_size", "4", "--num_mini_batches",
-         "2", "--gradient_accumulation_steps", "2", "--learning_rate", "1e-2", "--save_strategy", "steps",
-         "--save_steps", "2", "--disable_tqdm", "true", "--report_to", "none"],
-        cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600,
+    deepspeed_stage(
+        "ppo", stage, "--model_name_or_path", str(tiny_model_dir), "--reward_model_path", str(reward_dir),
+        "--train_files", str(prompt_file), "--ptx_files", str(corpus), "--ptx_coef", "0.5", "--ptx_block_size", "32",
+        "--eval_examples", "0", "--output_dir", str(output_dir), "--max_steps", "2", "--response_length", "4",
+        "--per_device_train_batch_size", "4", "--num_mini_batches", "2", "--gradient_accumulation_steps", "2",
+        "--learning_rate", "1e-2", "--save_strategy", "steps", "--save_steps", "2", "--disable_tqdm", "true",
+        "--report_to", "none", tmp_path=tmp_path,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)] == [[stage, 2]] * 2
     for trained, start in [(output_dir / "model.safetensors", tiny_model_dir / "model.safetensors"),
                            (output_dir / "checkpoint-2" / "value_model" / "model.safetensors",
                             reward_dir / "model.safetensors")]:  # fmt: skip

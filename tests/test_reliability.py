@@ -8,15 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TEXT
+from conftest import TEXT, TINY_MODEL
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from hf_instruct.cli import main
 from hf_instruct.stages import PretrainStageConfig, SFTStageConfig, run_pretrain, run_sft
 
-TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "num_key_value_heads": 2, "tie_word_embeddings": True}  # fmt: skip
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "hf_instruct_run.json")
 
 

@@ -24,15 +24,17 @@ from typing import TypeVar
 import torch
 import yaml
 from datasets import Dataset
-from peft import LoraConfig
+from peft import LoraConfig, PeftConfig, PeftModel
 from transformers import (
     AutoTokenizer,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
     TrainerState,
     TrainingArguments,
     set_seed,
 )
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging
 from trl import TrlParser
@@ -175,6 +177,33 @@ def load_tokenizer(config: StageArguments) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def is_adapter(path: str | os.PathLike) -> bool:
+    """Whether `path` is a PEFT adapter folder (what `--use_peft true` saves), not a whole model."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def check_adapter_can_merge(path: str) -> None:
+    """Under DeepSpeed ZeRO-3 the base weights are sharded as they load, so an adapter cannot be merged into them."""
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            f"--model_name_or_path {path} is a LoRA adapter, which cannot be merged here under DeepSpeed ZeRO-3 (the "
+            "base weights are sharded as they load): merge it first (peft's merge_and_unload) and save the result."
+        )
+
+
+def load_trainable(auto_class: type, path: str, **kwargs) -> PreTrainedModel:
+    """`auto_class.from_pretrained(path)` with every weight trainable, also when `path` is a LoRA adapter folder (a
+    LoRA SFT output). `from_pretrained` would give base + adapter with the adapted layers frozen: a stage would train
+    only embeddings and norms and save the adapter unchanged, without a word. The adapter is merged into its base."""
+    if not is_adapter(path):
+        return auto_class.from_pretrained(path, **kwargs)
+    check_adapter_can_merge(path)
+    adapter = PeftConfig.from_pretrained(path)
+    adapter.task_type = None  # only the adapted layers matter: a reward model also starts from a causal-LM adapter
+    base = auto_class.from_pretrained(adapter.base_model_name_or_path, **kwargs)
+    return PeftModel.from_pretrained(base, path, config=adapter).merge_and_unload().requires_grad_(True)
 
 
 def load_held_out(config: TuningArguments, load: Callable[..., Dataset]) -> tuple[Dataset, Dataset | None]:

@@ -2,7 +2,8 @@
 
 The stock TRL `DPOTrainer` tunes the SFT model on comparisons in any shape `hf_instruct.data` knows. The frozen
 reference is the SFT checkpoint itself, reloaded from `model_name_or_path` (TRL reloads it from the model's
-`_name_or_path`, which is why the stage always starts from a saved model, never from one built in memory).
+`_name_or_path`, which is why the stage always starts from a saved model, never from one built in memory). A LoRA
+SFT output (an adapter folder) is merged into its base, for the policy and for the reference.
 """
 
 from dataclasses import dataclass
@@ -11,7 +12,16 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from ..data import load_preference_dataset
-from .common import TuningArguments, leave_finished_run, load_held_out, load_tokenizer, start_run, train_and_save
+from .common import (
+    TuningArguments,
+    is_adapter,
+    leave_finished_run,
+    load_held_out,
+    load_tokenizer,
+    load_trainable,
+    start_run,
+    train_and_save,
+)
 
 
 @dataclass
@@ -30,10 +40,14 @@ def run_dpo(config: DPOStageConfig, callbacks: list[TrainerCallback] | None = No
     tokenizer = load_tokenizer(config)
     train_pairs, eval_pairs = load_held_out(config, load_preference_dataset)
 
-    # ---- policy from the saved SFT model; the reference is reloaded from the same folder by DPOTrainer
-    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **(config.model_init_kwargs or {}))
+    # ---- policy from the saved SFT model; the reference is reloaded from the same folder by DPOTrainer, but an
+    # adapter folder holds no model to reload (it would give the base): then the reference is a merged copy too
+    path, kwargs = config.model_name_or_path, config.model_init_kwargs or {}
+    model = load_trainable(AutoModelForCausalLM, path, **kwargs)
+    reference = load_trainable(AutoModelForCausalLM, path, **kwargs).eval() if is_adapter(path) else None
     trainer = DPOTrainer(
         model=model,
+        ref_model=reference,
         args=config,
         train_dataset=train_pairs,
         eval_dataset=eval_pairs,

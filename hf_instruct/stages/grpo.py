@@ -17,9 +17,11 @@ from .common import (
     LoraArguments,
     RewardModelArguments,
     TuningArguments,
+    is_adapter,
     leave_finished_run,
     load_held_out,
     load_tokenizer,
+    load_trainable,
     start_run,
     train_and_save,
 )
@@ -42,7 +44,13 @@ def run_grpo(config: GRPOStageConfig, callbacks: list[TrainerCallback] | None = 
     train_prompts, eval_prompts = load_held_out(config, load_prompt_dataset)
 
     # ---- policy from the saved SFT model (+ LoRA); the reward model is loaded by GRPOTrainer from its folder
-    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **(config.model_init_kwargs or {}))
+    if is_adapter(config.model_name_or_path) and config.beta > 0:
+        raise ValueError(
+            f"--model_name_or_path {config.model_name_or_path} is a LoRA adapter: GRPOTrainer reloads its KL "
+            f"reference (beta={config.beta}) from the model's folder, which an adapter folder cannot give. Merge the "
+            "adapter first (peft's merge_and_unload, then save_pretrained), or set --beta 0."
+        )
+    model = load_trainable(AutoModelForCausalLM, config.model_name_or_path, **(config.model_init_kwargs or {}))
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=config.reward_model_path,

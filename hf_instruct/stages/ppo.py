@@ -7,7 +7,6 @@ on a batch of the pretraining corpus. The mean reward of held-out prompts is mea
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from peft import AutoPeftModelForCausalLM, PeftModel
 from transformers import (
@@ -17,7 +16,6 @@ from transformers import (
     PreTrainedModel,
     TrainerCallback,
 )
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ..data import load_prompt_dataset, load_text_dataset, pack_texts
 from ..data.text import NotEnoughTextError
@@ -26,9 +24,12 @@ from .common import (
     LoraArguments,
     RewardModelArguments,
     TuningArguments,
+    check_adapter_can_merge,
+    is_adapter,
     leave_finished_run,
     load_held_out,
     load_tokenizer,
+    load_trainable,
     start_run,
     train_and_save,
 )
@@ -114,15 +115,9 @@ def load_policy(config: PPOStageConfig) -> tuple[PreTrainedModel | PeftModel, Pr
     and modules), against a merged copy: a fresh adapter would need the merged model as its base, which exists nowhere
     on disk."""
     path = config.model_name_or_path
-    if not (Path(path) / "adapter_config.json").is_file():
-        reference = None if config.use_peft else AutoModelForCausalLM.from_pretrained(path)
-        return AutoModelForCausalLM.from_pretrained(path), reference
-    if is_deepspeed_zero3_enabled():
-        raise ValueError(
-            f"--model_name_or_path {path} is a LoRA adapter, which cannot be merged here under DeepSpeed ZeRO-3 (the "
-            "base weights are sharded as they load): merge it first (peft's merge_and_unload) and save the result."
-        )
-    sft = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=config.use_peft)
-    if not config.use_peft:
-        return sft.merge_and_unload().requires_grad_(True), None
+    if not (config.use_peft and is_adapter(path)):
+        reference = None if config.use_peft or is_adapter(path) else AutoModelForCausalLM.from_pretrained(path)
+        return load_trainable(AutoModelForCausalLM, path), reference
+    check_adapter_can_merge(path)
+    sft = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True)
     return sft, copy.deepcopy(sft).merge_and_unload()

@@ -14,7 +14,15 @@ from trl import RewardConfig, RewardTrainer
 
 from ..data import load_instruction_dataset, load_preference_dataset
 from ..reward_scores import reward_scores
-from .common import TuningArguments, leave_finished_run, load_held_out, load_tokenizer, start_run, train_and_save
+from .common import (
+    TuningArguments,
+    leave_finished_run,
+    load_held_out,
+    load_tokenizer,
+    load_trainable,
+    start_run,
+    train_and_save,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -41,7 +49,7 @@ def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | Non
     train_pairs, eval_pairs = load_held_out(config, load_preference_dataset)
 
     # ---- model: the SFT backbone with a new one-output `score` head; a pad token always set
-    model = AutoModelForSequenceClassification.from_pretrained(config.model_name_or_path, num_labels=1)
+    model = load_trainable(AutoModelForSequenceClassification, config.model_name_or_path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
 
     # ---- train, centre the rewards on the demonstrations, save, card

@@ -21,6 +21,7 @@ from .common import (
     leave_finished_run,
     load_held_out,
     load_tokenizer,
+    load_trainable,
     start_run,
     train_and_save,
 )
@@ -68,7 +69,7 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
     train_examples, eval_examples = load_held_out(config, load_instruction_dataset)
 
     # ---- model (+ LoRA)
-    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, **(config.model_init_kwargs or {}))
+    model = load_trainable(AutoModelForCausalLM, config.model_name_or_path, **(config.model_init_kwargs or {}))
     peft_config = config.lora_config()
 
     # ---- generation stops at the end of an assistant turn, not only at the end of a document
