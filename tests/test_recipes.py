@@ -56,6 +56,7 @@ from hf_instruct.stages import (
     run_reward,
     run_sft,
 )
+from hf_instruct.stages import common as common_stage
 from hf_instruct.stages import dpo as dpo_stage
 from hf_instruct.stages.reward import mean_reward
 
@@ -304,6 +305,20 @@ def test_stages_from_a_lora_sft_adapter_train_the_merged_sft_model(tmp_path, cha
         sft_model = AutoPeftModelForCausalLM.from_pretrained(chain["lora"]).merge_and_unload()
         with torch.no_grad():
             torch.testing.assert_close(trainers[-1].ref_model(input_ids=ids).logits, sft_model(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("stage", ["dpo", "ppo"])
+def test_a_lora_adapter_is_refused_under_deepspeed_zero3(tmp_path, chain, stage, monkeypatch):
+    """ZeRO-3 shards the base weights as they load, so the adapter cannot be merged: one clear error, nothing run."""
+    monkeypatch.setattr(common_stage, "is_deepspeed_zero3_enabled", lambda: True)
+    config_class, run = STAGES[stage]
+    data = chain["sft"].parent / ("pairs.jsonl" if stage == "dpo" else "instructions.jsonl")
+    extra = {"reward_model_path": str(chain["reward"]), "use_peft": True} if stage == "ppo" else {}
+    config = config_class(model_name_or_path=str(chain["lora"]), train_files=[str(data)], eval_examples=0,
+                          output_dir=str(tmp_path / stage), max_steps=1, **extra, **QUICK)  # fmt: skip
+    with pytest.raises(ValueError, match="is a LoRA adapter, which cannot be merged here under DeepSpeed ZeRO-3"):
+        run(config)
+    assert not (tmp_path / stage / "model.safetensors").exists()
 
 
 def test_grpo_refuses_a_lora_adapter_it_cannot_reload_as_its_reference(tmp_path, chain):
