@@ -8,13 +8,14 @@ however small the corpus is; random documents then fill it to the requested size
 
 import random
 
-from .tasks import CONTEXTS, GREETINGS, HELD_OUT_PARTS, REQUESTS, THANKS
+from .tasks import CONTEXTS, GREETINGS, HELD_OUT_FRAMES, HELD_OUT_PARTS, REQUESTS, THANKS, TRAINING_FRAMES
 from .world import ATTRIBUTES, KINDS, OPERATIONS, WORDS, Entity, World, arithmetic_problem, article
 
 NOTE_GREETINGS = (*GREETINGS, *HELD_OUT_PARTS["greetings"])
 NOTE_CONTEXTS = (*CONTEXTS, *HELD_OUT_PARTS["contexts"])
 NOTE_REQUESTS = (*REQUESTS, *HELD_OUT_PARTS["requests"])
 NOTE_THANKS = (*THANKS, *HELD_OUT_PARTS["thanks"])
+NOTE_FRAMES = (*TRAINING_FRAMES, *HELD_OUT_FRAMES)
 KIND_NOUNS = {"town": "a town", "person": "a person", "animal": "an animal", "company": "a company"}
 STORIES = {
     "person": (
@@ -95,15 +96,16 @@ def register(world: World, rng: random.Random) -> str:
 
 
 def note(world: World, rng: random.Random) -> str:
-    """A short note between people, opened and closed with the phrases instructions are wrapped in, held-out ones
-    included: a model should know them as language, as any pretrained model knows "Cheers!" (it never sees the
-    held-out ones around an instruction)."""
+    """A short note between people, opened and closed with the phrases instructions are wrapped in and asking a
+    question in one of the request frames, held-out ones included: a model should know them as language, as any
+    pretrained model knows "Cheers!" or "I'd like to know" (it never sees the held-out ones around an instruction)."""
     entity = rng.choice(world.entities)
     facts = rng.sample(entity.facts, min(2, len(entity.facts)))
     opening = " ".join(part for part in (rng.choice(NOTE_GREETINGS), rng.choice(NOTE_CONTEXTS)) if part)
+    question = rng.choice(NOTE_FRAMES).format(ask=f"the news about {entity.name}")
     closing = " ".join(part for part in (rng.choice(NOTE_REQUESTS), rng.choice(NOTE_THANKS)) if part)
     body = " ".join(rng.choice(fact.sentences()) for fact in facts)
-    return f"A note about {entity.name}\n\n{opening} {body} {closing}".replace("  ", " ").strip()
+    return f"A note about {entity.name}\n\n{opening} {question} {body} {closing}".replace("  ", " ").strip()
 
 
 def drill(world: World, rng: random.Random) -> str:

@@ -496,8 +496,9 @@ def one_word(rng: random.Random, pool: Pool) -> Task:
 # A grid: a source finds a word (a world fact, an item of a list, the category of a thing), then an operation
 # transforms it (capital letters, first letter, letter count). The grid is split like a Latin square, so that every
 # held-out pair's source and operation are each trained in two other pairs: held_out_compositions asks for pairs
-# that no training conversation combines, the way compositional splits such as SCAN's and COGS's do. In development
-# the held-out pairs are left out altogether and the "dev" pairs stand in for them.
+# that no training conversation combines, the way compositional splits such as SCAN's and COGS's do. Development
+# swaps the roles of the "held_out" and "dev" pairs: it trains as many pairs as the real run and never scores the
+# reported ones.
 
 
 def fact_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact]]:
@@ -528,7 +529,7 @@ WORD_OPERATIONS = {  # name: (asks around a noun phrase, the answer builder)
     "first_letter": (("the first letter of {word}", "the letter that {word} starts with"), first_letter_answer),
     "count_letters": (("the number of letters in {word}", "the letter count of {word}"), letter_count_answer),
 }
-COMPOSITION_ROLES = {  # "held_out", "dev" (trained, but held out in development) or "train"
+COMPOSITION_ROLES = {  # "train", "held_out" (trained in development) or "dev" (held out in development, else trained)
     "knowledge+uppercase": "held_out",
     "list_item+first_letter": "held_out",
     "one_word+count_letters": "held_out",
