@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,9 @@ from hf_instruct.stages import (  # noqa: E402
 )
 
 pytest_plugins = ["hub_server"]  # the `hub_server` fixture: a local Hub-protocol server
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per test worker: `pytest -n 2` runs one worker per core
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -133,12 +137,20 @@ run(parse_config(config_class, sys.argv[2:]), callbacks=[WeightsDigest()])
 """
 
 
+def free_port() -> int:
+    """A free localhost port (a launcher's rendezvous, a server): tests on parallel workers never share a fixed one."""
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
 def torchrun_stage(stage: str, *args: str, tmp_path: Path) -> None:
     """Run `stage` as 2-process gloo DDP on CPU; assert both ranks end with the same weights."""
     script = tmp_path / "ddp_stage.py"
     script.write_text(DDP_SCRIPT)
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), stage, *args],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         str(script), stage, *args],
         cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -171,7 +183,7 @@ def deepspeed_stage(stage: str, zero: int, *args: str, tmp_path: Path) -> None:
     script.write_text(DEEPSPEED_SCRIPT)
     proc = subprocess.run(
         ["accelerate", "launch", "--config_file", f"recipes/accelerate/deepspeed_zero{zero}.yaml", "--num_processes",
-         "2", "--mixed_precision", "no", str(script), stage, *args],
+         "2", "--mixed_precision", "no", "--main_process_port", str(free_port()), str(script), stage, *args],
         cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -2,7 +2,6 @@
 and gets `hf-instruct generate`'s greedy answer, streamed or not, with and without continuous batching."""
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLI_ENV, tiny_config
+from conftest import CLI_ENV, free_port, tiny_config
 
 from hf_instruct import InstructGPTForCausalLM
 from hf_instruct.cli import main
@@ -72,9 +71,7 @@ def test_the_openai_client_gets_the_greedy_answer_from_hf_instruct_serve(chat_mo
 @contextlib.contextmanager
 def serving(model_dir: Path, log: Path, *options: str):
     """`hf-instruct serve <model_dir> *options` in a subprocess on a free port: yields (port, process, log)."""
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "hf_instruct.cli", "serve", str(model_dir), "--port", str(port), *options]
     env = {**CLI_ENV, "HF_HOME": str(log.parent / "hf_home")}
     with log.open("w") as output:
