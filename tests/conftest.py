@@ -175,7 +175,7 @@ run(parse_config(config_class, sys.argv[2:]), callbacks=[ZeroStage()])
 """
 
 
-def deepspeed_stage(stage: str, zero: int, *args: str, tmp_path: Path) -> None:
+def deepspeed_stage(stage: str, zero: int, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     """Run `stage` as 2 CPU processes under DeepSpeed ZeRO-`zero` (recipes/accelerate/deepspeed_zero<zero>.yaml) and
     assert both really trained under it. Without `--cpu`, which would make accelerate launch one process without
     DeepSpeed; fp32, as bf16 is slow on most CPUs."""
@@ -189,6 +189,7 @@ def deepspeed_stage(stage: str, zero: int, *args: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     output_dir = Path(args[args.index("--output_dir") + 1])
     assert [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)] == [[zero, 2]] * 2
+    return proc
 
 
 # Trainer settings of the few-step stage runs that tests chain together.

@@ -685,23 +685,28 @@ def test_torchrun_two_process_ppo_ends_with_identical_policy_and_value_weights(t
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_ppo_on_cpu(tmp_path, tiny_model_dir, tokenizer, stage):
     """Policy and value model train as one DeepSpeed engine (ZeRO-3: sharded, gathered for generation and saving),
-    with micro-batches; reference and reward model are sharded like them under ZeRO-3. The saved policy is trained."""
+    with micro-batches; reference and reward model are sharded like them under ZeRO-3. The saved policy is trained,
+    and a larger --max_steps continues the run from its DeepSpeed checkpoint."""
     reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
     prompt_file, corpus = tmp_path / "prompts.jsonl", tmp_path / "corpus.txt"
     prompt_file.write_text("".join(json.dumps({"prompt": f"Say something {i}."}) + "\n" for i in range(32)))
     corpus.write_text(TEXT * 20)
     output_dir = tmp_path / "ppo"
-    deepspeed_stage(
-        "ppo", stage, "--model_name_or_path", str(tiny_model_dir), "--reward_model_path", str(reward_dir),
+    args = [
+        "--model_name_or_path", str(tiny_model_dir), "--reward_model_path", str(reward_dir),
         "--train_files", str(prompt_file), "--ptx_files", str(corpus), "--ptx_coef", "0.5", "--ptx_block_size", "32",
-        "--eval_examples", "0", "--output_dir", str(output_dir), "--max_steps", "2", "--response_length", "4",
+        "--eval_examples", "0", "--output_dir", str(output_dir), "--response_length", "4",
         "--per_device_train_batch_size", "4", "--num_mini_batches", "2", "--gradient_accumulation_steps", "2",
         "--learning_rate", "1e-2", "--save_strategy", "steps", "--save_steps", "2", "--disable_tqdm", "true",
-        "--report_to", "none", tmp_path=tmp_path,
-    )  # fmt: skip
+        "--report_to", "none",
+    ]  # fmt: skip
+    deepspeed_stage("ppo", stage, *args, "--max_steps", "2", tmp_path=tmp_path)
     for trained, start in [(output_dir / "model.safetensors", tiny_model_dir / "model.safetensors"),
                            (output_dir / "checkpoint-2" / "value_model" / "model.safetensors",
                             reward_dir / "model.safetensors")]:  # fmt: skip
         trained, start = load_file(trained), load_file(start)  # whole weights, gathered from the shards under ZeRO-3
         assert set(trained) == set(start) and all(trained[name].shape == start[name].shape for name in start)
         assert any(not torch.equal(trained[name], start[name]) for name in start)
+    resumed = deepspeed_stage("ppo", stage, *args, "--max_steps", "3", tmp_path=tmp_path)
+    assert f"ppo: resuming from {output_dir / 'checkpoint-2'}" in resumed.stderr
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
