@@ -6,6 +6,7 @@ reference is the SFT checkpoint itself, reloaded from `model_name_or_path` (TRL 
 SFT output (an adapter folder) is merged into its base, for the policy and for the reference.
 """
 
+import copy
 from dataclasses import dataclass
 
 from transformers import AutoModelForCausalLM, TrainerCallback
@@ -41,10 +42,10 @@ def run_dpo(config: DPOStageConfig, callbacks: list[TrainerCallback] | None = No
     train_pairs, eval_pairs = load_held_out(config, load_preference_dataset)
 
     # ---- policy from the saved SFT model; the reference is reloaded from the same folder by DPOTrainer, but an
-    # adapter folder holds no model to reload (it would give the base): then the reference is a merged copy too
-    path, kwargs = config.model_name_or_path, config.model_init_kwargs or {}
-    model = load_trainable(AutoModelForCausalLM, path, **kwargs)
-    reference = load_trainable(AutoModelForCausalLM, path, **kwargs).eval() if is_adapter(path) else None
+    # adapter folder holds no model to reload (it would give the base): then the reference is a copy of the merged one
+    path = config.model_name_or_path
+    model = load_trainable(AutoModelForCausalLM, path, **(config.model_init_kwargs or {}))
+    reference = copy.deepcopy(model).eval() if is_adapter(path) else None
     trainer = DPOTrainer(
         model=model,
         ref_model=reference,
