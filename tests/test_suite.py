@@ -19,6 +19,7 @@ from hf_instruct.data.suite import (
 )
 from hf_instruct.data.suite.tasks import (
     COMPOSITION_TABLE,
+    DEVELOPMENT_FRAMES,
     FAMILY_TABLE,
     HELD_OUT_FRAMES,
     HELD_OUT_PARTS,
@@ -125,6 +126,8 @@ def test_a_development_suite_never_uses_the_reported_held_out_templates():
     assert used and not used & reported
     trained, held_out = set(development["sft"]["template"]), set(development["held_out_paraphrases"]["template"])
     assert held_out and not held_out & trained
+    asked = " ".join(row[0]["content"] for row in development["held_out_paraphrases"]["messages"])
+    assert all(frame.split("{ask}")[0] in asked for frame in DEVELOPMENT_FRAMES)  # two stand-ins, as reported
 
 
 def test_the_corpus_knows_every_request_frame_and_wrapper_part_but_never_asks_an_instruction_in_them():

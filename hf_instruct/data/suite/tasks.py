@@ -143,7 +143,7 @@ ENTITY_FAMILIES = ("knowledge", "yes_no", "choice")  # ask about one entity's fa
 
 # Requests that fit any family's ask (a noun phrase: "the first letter of {word}", "{word} in capital letters").
 # They carry no hint of the task, so a model must read what is asked for, not recognise a memorised sentence. The
-# last training frame stands in for the held-out ones in development.
+# last two training frames stand in for the two held-out ones in development.
 TRAINING_FRAMES = (
     "What is {ask}?",
     "Tell me {ask}.",
@@ -157,6 +157,7 @@ TRAINING_FRAMES = (
     "Find {ask}.",
 )
 HELD_OUT_FRAMES = ("I'd like to know {ask}.", "Could you give me {ask}?")
+DEVELOPMENT_FRAMES = TRAINING_FRAMES[-len(HELD_OUT_FRAMES) :]
 
 
 def family(name: str, *cores: str | tuple[str, ...], held_out: int = 2, table: dict = FAMILY_TABLE):
@@ -183,7 +184,7 @@ def asking(name: str, *asks: str, table: dict = FAMILY_TABLE):
         frames = [*TRAINING_FRAMES, *HELD_OUT_FRAMES]
         cores = tuple((frame.format(ask=ask),) for frame in frames for ask in asks)
         roles = tuple(
-            "held_out" if frame in HELD_OUT_FRAMES else "dev" if frame == TRAINING_FRAMES[-1] else "train"
+            "held_out" if frame in HELD_OUT_FRAMES else "dev" if frame in DEVELOPMENT_FRAMES else "train"
             for frame in frames
             for _ in asks
         )
