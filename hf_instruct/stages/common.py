@@ -258,21 +258,39 @@ def parse_config(config_class: type[ConfigT], args: list[str] | None = None) -> 
     return config
 
 
+def parse_fields(config_class: type[ConfigT], fields: dict, where: str) -> ConfigT:
+    """A stage config from a mapping of its fields (a section of a pipeline YAML), checked, converted and built as
+    the keys of a `--config` file are; every error starts with `where`."""
+    parser = StageParser([config_class])
+    check_config_values(parser, fields, where)
+    parser.set_defaults_with_config(**fields)
+    try:
+        (config,) = parser.parse_args_into_dataclasses(args=[])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from error
+    return config
+
+
 def did_you_mean(name: str, names: Iterable[str], otherwise: str = "") -> str:
-    """ "did you mean '<closest>'?" for a mistyped name (config keys, model_config keys, pipeline fields), else
+    """ "did you mean '<closest>'?" for a mistyped name (config keys, model_config keys, pipeline stages), else
     `otherwise`."""
     close = difflib.get_close_matches(name, names, n=1)
     return f"did you mean {close[0]!r}?" if close else otherwise
 
 
 def check_config_file(parser: argparse.ArgumentParser, path: str) -> None:
-    """Every key of the YAML file a field, every scalar value one the field accepts, said with the file's name.
-    `TrlParser` makes the values argparse defaults: a bad string fails naming neither file nor key, and a bad number
-    or bool is not checked at all (it fails later, deep in the trainer)."""
+    """`check_config_values` for a YAML file, said with the file's name."""
     with open(path, encoding="utf-8") as f:
         values = yaml.safe_load(f)  # a yaml.YAMLError names the file, line and column
     if not isinstance(values, dict):
         raise ValueError(f"{path}: must be a YAML mapping of field: value.")
+    check_config_values(parser, values, path)
+
+
+def check_config_values(parser: argparse.ArgumentParser, values: dict, where: str) -> None:
+    """Every key a field, every scalar value one the field accepts, said with `where` (the file, the section).
+    `TrlParser` makes the values argparse defaults: a bad string fails naming neither file nor key, and a bad number
+    or bool is not checked at all (it fails later, deep in the trainer)."""
     actions = {}
     for action in parser._actions:  # the field's own action, not the `--no_<field>` complement of a bool
         actions.setdefault(action.dest, action)
@@ -281,7 +299,7 @@ def check_config_file(parser: argparse.ArgumentParser, path: str) -> None:
             continue
         if key not in actions:
             hint = did_you_mean(key, actions, otherwise="see --help for the fields")
-            raise ValueError(f"{path}: unknown key {key!r} ({hint}).")
+            raise ValueError(f"{where}: unknown key {key!r} ({hint}).")
         action = actions[key]
         for item in value if isinstance(value, list) else [value]:
             if action.type is None or not isinstance(item, str | int | float | bool):
@@ -291,11 +309,11 @@ def check_config_file(parser: argparse.ArgumentParser, path: str) -> None:
             except (TypeError, ValueError, argparse.ArgumentTypeError):
                 expected = {"int": "an integer", "float": "a number", "string_to_bool": "true or false"}
                 kind = expected.get(getattr(action.type, "__name__", ""), "another value")
-                raise ValueError(f"{path}: {key}: {item!r} is not valid: expected {kind}.") from None
+                raise ValueError(f"{where}: {key}: {item!r} is not valid: expected {kind}.") from None
             if action.choices is not None and converted not in action.choices:
                 choices = ", ".join(str(getattr(choice, "value", choice)) for choice in action.choices)
                 quote = " (YAML reads an unquoted no/yes/off/on as a bool: quote it)" if isinstance(item, bool) else ""
-                raise ValueError(f"{path}: {key}: {item!r} is not valid: expected one of {choices}{quote}.")
+                raise ValueError(f"{where}: {key}: {item!r} is not valid: expected one of {choices}{quote}.")
 
 
 def resolve_defaults(config: TrainingArguments) -> None:
