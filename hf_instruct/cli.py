@@ -3,7 +3,8 @@
 hf-instruct pretrain --config recipes/tiny/pretrain/config.yaml [--field value ...]
 hf-instruct sft --config recipes/tiny/sft/config.yaml --model_name_or_path <pretrained dir> [...]
 hf-instruct <stage> --help     # every field of the stage's config
-hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [--seed n] [--push_to namespace]
+hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [--seed n]
+                     [--push_to_hub] [--hub_model_id namespace/name]
 hf-instruct evaluate <model> [--suite | --data file ...] [--reward-model rm] [--baseline model]
 hf-instruct generate <model> --prompt "..." [--num-return-sequences 5]
 hf-instruct serve <model> [--port 8000] [--continuous-batching] [...]   # `transformers serve`, for our models
@@ -42,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline = commands.add_parser("pipeline", help="InstructGPT end to end: every stage, baselines, a report.")
     pipeline.add_argument("--config", default=DEFAULT_PIPELINE, help=f"Pipeline YAML (default: {DEFAULT_PIPELINE}).")
     pipeline.add_argument("--output_dir", help="Default: the config's output_dir.")
-    pipeline.add_argument("--push_to", help="A Hub namespace: push the final model there.")
     pipeline.add_argument("--seed", type=int, help="Default: the config's seed (it also seeds the suite).")
+    pipeline.add_argument(
+        "--push_to_hub", action="store_true", default=None, help="Push the final (PPO-ptx) model to the Hub when done."
+    )
+    pipeline.add_argument(
+        "--hub_model_id", help="'namespace/name' or 'name' (the token's user); default: the output_dir's folder name."
+    )
 
     evaluate = commands.add_parser("evaluate", help="Answer held-out instructions with a model and score them.")
     evaluate.add_argument("model", help="A saved chat model (an hf-instruct sft/ppo/dpo/grpo output) or adapter.")
@@ -146,7 +152,13 @@ def pipeline_command(args) -> int:
 
     if not Path(args.config).is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file (run from the repository root, or pass one).")
-    config = PipelineConfig.from_yaml(args.config, output_dir=args.output_dir, push_to=args.push_to, seed=args.seed)
+    config = PipelineConfig.from_yaml(
+        args.config,
+        output_dir=args.output_dir,
+        seed=args.seed,
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
+    )
     report = run_pipeline(config)
     print(report.read_text())
     print(f"pipeline: done, report in {report}")

@@ -1,22 +1,21 @@
 """`hf-instruct pipeline`: the whole InstructGPT recipe on one machine, with baselines and a report.
 
 suite data → pretrain → midtrain → sft → reward → ppo (PPO-ptx) → ppo_no_ptx and dpo (the baselines) → evaluation
-→ report,
-each stage through the same `run_<stage>` function as its recipe, each output feeding the next. A finished stage
-(its metrics, run record and a complete model written) is skipped on a re-run and an incomplete one resumes from its
-last complete checkpoint, so re-running the same command after a crash finishes the job, and re-running a finished
-pipeline changes no file. The models are then compared on the suite's held-out splits (per-family instruction
-accuracy, reward-model win rate against the SFT model) and on held-out pretraining text (perplexity: the "alignment
-tax"), and `report.md` with plots lands in the output folder; the comparison is computed again when a model changed.
+→ report, each stage through the same `run_<stage>` function as its recipe, each output feeding the next. A stage's
+fields come from the pipeline YAML, which may start it from a stage recipe (`config: <stage YAML>`), and are parsed as
+`hf-instruct <stage> --config` parses its file: a typo fails before anything runs, naming the file and the stage.
+A finished stage (its metrics, run record and a complete model written) is skipped on a re-run and an incomplete one
+resumes from its last complete checkpoint, so re-running the same command after a crash finishes the job, and
+re-running a finished pipeline changes no file. The models are then compared on the suite's held-out splits
+(per-family instruction accuracy, reward-model win rate against the SFT model) and on held-out pretraining text
+(perplexity: the "alignment tax"), and `report.md` with plots lands in the output folder; the comparison is computed
+again when a model changed.
 """
 
-import dataclasses
 import hashlib
 import io
 import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from .hub import push_to_hub
 from .markdown import table_cell
 from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .stages import STAGES
-from .stages.common import did_you_mean
+from .stages.common import did_you_mean, parse_fields
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
 # runs when the YAML configures it; the base model of the comparison is the plain pretrain run.
@@ -51,57 +50,57 @@ RUNS = {
 }
 COMPARED = ("pretrain", "midtrain", "sft", "ppo_no_ptx", "ppo", "dpo")  # the models compared, base model first
 # pretrain fields that change how many tokens a baseline reads (a baseline that sets none reads the base's tokens)
-TOKEN_FIELDS = {"max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "block_size", "train_files", "tokenizer_name_or_path", "vocab_size"}  # fmt: skip
+TOKEN_FIELDS = {
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "block_size",
+    "train_files",
+    "tokenizer_name_or_path",
+    "vocab_size",
+}
 FEW_SHOT = " (3-shot)"  # a base model asked with 3 solved examples of the same family before each question
 HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for the alignment-tax perplexity
-# field types a YAML value is checked against (a float field takes an int); other types are left to the config class
-PLAIN_TYPES = {
-    int: int,
-    float: (int, float),
-    bool: bool,
-    str: str,
-    list: list,
-    dict: dict,
-    types.NoneType: types.NoneType,
-}
+# what every stage of the pipeline does unless its fields say otherwise: frequent small checkpoints, a log every 10
+# steps and the trainers' progress bars, no trackers
+STAGE_DEFAULTS = dict(
+    save_strategy="steps", save_steps=50, save_total_limit=1, report_to="none", disable_tqdm=False, logging_steps=10
+)
 
 
 @dataclass
 class PipelineConfig:
-    """What `recipes/<setup>/pipeline.yaml` holds: the suite's size, each run's stage fields, the evaluation."""
+    """What `recipes/<setup>/pipeline.yaml` holds: the suite's size, each run's stage fields, the evaluation, the
+    time each run takes and where the final model goes."""
 
     output_dir: str = "runs/pipeline"
     seed: int = 42
     suite: dict = field(default_factory=dict)  # SuiteConfig fields
-    stages: dict = field(default_factory=dict)  # run name -> fields of its stage config (and `estimate_s`)
+    # run name -> fields of its stage config; `config: <stage YAML>` starts from a stage recipe (see `stage_config`)
+    stages: dict = field(default_factory=dict)
     # extra base models, e.g. 4x larger: run name -> pretrain fields that replace the pretrain stage's, so a baseline
     # sees the same corpus, tokenizer and tokens unless it says otherwise
     baselines: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)  # limit, max_new_tokens, batch_size
-    push_to: str | None = None  # a Hub namespace: the final model goes to <namespace>/<output_dir name>
+    estimates: dict = field(default_factory=dict)  # run name or "evaluation" -> seconds it took on 2 CPU cores
+    push_to_hub: bool = False  # push the final (PPO-ptx) model to the Hub when done
+    hub_model_id: str | None = None  # "namespace/name" or "name" (the token's user); default: output_dir's name
     source: str = "the pipeline config"  # the YAML file it came from, for error messages (not a YAML key)
 
     def __post_init__(self):
-        """Every stage's fields are checked before anything runs: a typo would fail mid-run, naming no file."""
-        unknown = [name for name in self.stages if name not in RUNS]
-        if unknown:
-            hint = did_you_mean(unknown[0], RUNS)
-            raise ValueError(f"{self.source}: stages: unknown stage {unknown[0]!r}{f' ({hint})' if hint else ''}")
-        sections = [(f"stages.{name}", RUNS[name], fields) for name, fields in self.stages.items()]
-        sections += [(f"baselines.{name}", "pretrain", fields) for name, fields in self.baselines.items()]
-        for section, stage, fields in sections:
-            config_class, _ = STAGES[stage]
-            if problem := fields_problem(config_class, fields or {}):
-                raise ValueError(f"{self.source}: {section}: {problem}")
+        """A misspelt run name would be left out without a word; the runs' fields are parsed by `stage_config`."""
+        known = {"stages": list(RUNS), "estimates": [*RUNS, *self.baselines, "evaluation"]}
+        for section, names in known.items():
+            unknown = [name for name in getattr(self, section) if name not in names]
+            if unknown:
+                hint = did_you_mean(unknown[0], names)
+                raise ValueError(f"{self.source}: {section}: unknown run {unknown[0]!r}{f' ({hint})' if hint else ''}")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> "PipelineConfig":
-        """`extends: <another pipeline.yaml>` (relative to this one) starts from that file's keys."""
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        if "extends" in values:
-            parent = Path(path).parent / values.pop("extends")
-            values = {**yaml.safe_load(parent.read_text()), **values}
+        """The pipeline of a YAML file (see `read_pipeline_yaml`), with the `overrides` that are not None."""
+        values = read_pipeline_yaml(Path(path))
         keys = set(cls.__dataclass_fields__) - {"source"}
         unknown = set(values) - keys
         if unknown:
@@ -109,22 +108,30 @@ class PipelineConfig:
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
 
 
-def fields_problem(config_class: type, fields: dict) -> str | None:
-    """Why YAML `fields` cannot configure `config_class` (None: they can): an unknown field, or a value of another
-    plain type than the field's. The config class itself checks neither (`max_steps: abc` would fail mid-run)."""
-    hints = typing.get_type_hints(config_class)
-    known = [f.name for f in dataclasses.fields(config_class) if f.init] + ["estimate_s"]
-    for name, value in fields.items():
-        if name not in known:
-            hint = did_you_mean(name, known)
-            return f"unknown field {name!r}{f' ({hint})' if hint else ''}"
-        hint = hints.get(name)
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        kinds = [typing.get_origin(kind) or kind for kind in (typing.get_args(hint) if union else (hint,))]
-        if all(kind in PLAIN_TYPES for kind in kinds) and not isinstance(value, tuple(PLAIN_TYPES[k] for k in kinds)):
-            expected = " or ".join("None" if kind is types.NoneType else kind.__name__ for kind in kinds)
-            return f"{name} must be {expected}, got {value!r}"
-    return None
+def read_pipeline_yaml(path: Path) -> dict:
+    """A pipeline YAML's keys, its stages' `config:` paths made relative to the working directory. `extends:
+    <another pipeline YAML>` (relative to this one) starts from that file's keys: its mappings (suite, stages,
+    estimates...) are updated key by key, its other values replaced."""
+    values = yaml.safe_load(path.read_text()) or {}
+    for section in ("stages", "baselines"):
+        if values.get(section):
+            values[section] = {name: with_config_path(fields, path) for name, fields in values[section].items()}
+    if "extends" not in values:
+        return values
+    parent = read_pipeline_yaml(path.parent / values.pop("extends"))
+    merged = {**parent, **values}
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(parent.get(key), dict):
+            merged[key] = {**parent[key], **value}
+    return merged
+
+
+def with_config_path(fields: dict | None, pipeline_file: Path) -> dict | None:
+    """A run's `fields` with `config:` (a stage YAML, relative to the pipeline YAML) relative to the working
+    directory, as the stage command reads it."""
+    if not fields or "config" not in fields:
+        return fields
+    return {**fields, "config": os.path.normpath(pipeline_file.parent / fields["config"])}
 
 
 def run_pipeline(config: PipelineConfig) -> Path:
@@ -139,9 +146,9 @@ def run_pipeline(config: PipelineConfig) -> Path:
         run_stage(name, stage, configs[name])
     results = compare_models(config, data, output_dir)
     report = write_report(config, results, output_dir)
-    if config.push_to:
-        final = output_dir / "ppo"
-        push_to_hub(final, f"{config.push_to}/{output_dir.name}", commit_message="hf-instruct pipeline: PPO-ptx")
+    if config.push_to_hub:  # a repo name without a namespace goes to the token's user
+        repo_id = config.hub_model_id or output_dir.name
+        push_to_hub(output_dir / "ppo", repo_id, commit_message="hf-instruct pipeline: PPO-ptx")
     return report
 
 
@@ -183,10 +190,26 @@ def prepare_data(config: PipelineConfig, files: dict[str, Path]) -> None:
 
 
 def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output_dir: Path):
-    """The stage config of `run`: its inputs (suite data, previous outputs) and the YAML's fields for it."""
+    """The stage config of `run`, parsed as `hf-instruct <stage> --config` parses its file. Its fields, each layer
+    replacing the one before: `STAGE_DEFAULTS`; the stage recipe its entry names with `config:`; the run's place in
+    the pipeline (seed, output_dir, `run_inputs`); the entry's own fields. A recipe's models, data and output folder
+    are those of the recipe run alone, so the pipeline's replace them; the entry's fields replace anything (e.g. real
+    data files instead of the suite's)."""
     template = "pretrain" if run in config.baselines else run  # a baseline is a pretrain run with its changes
     fields = {**(config.stages.get(template) or {}), **config.baselines.get(run, {})}
-    fields.pop("estimate_s", None)
+    recipe = fields.pop("config", None)
+    section = f"baselines.{run}" if run in config.baselines else f"stages.{run}"
+    where = f"{config.source}: {section}" + (f" (config: {recipe})" if recipe else "")
+    if recipe and not Path(recipe).is_file():
+        raise FileNotFoundError(f"{where}: no such file.")
+    recipe_fields = yaml.safe_load(Path(recipe).read_text()) if recipe else {}
+    place = dict(seed=config.seed, output_dir=str(output_dir / run), **run_inputs(run, config, data, output_dir))
+    config_class, _ = STAGES[RUNS[template]]
+    return parse_fields(config_class, {**STAGE_DEFAULTS, **recipe_fields, **place, **fields}, where)
+
+
+def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:
+    """What `run` reads: the models it starts from (earlier runs' outputs) and its data (the suite's files)."""
     run_dir = lambda name: str(output_dir / name)  # noqa: E731
     tuned = run_dir("midtrain" if "midtrain" in config.stages else "pretrain")  # where instruction tuning starts
     corpus = (config.stages.get("pretrain") or {}).get("train_files") or [str(data["pretrain"])]
@@ -195,38 +218,41 @@ def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output
         "pretrain": dict(train_files=[str(data["pretrain"])], instruction_files=instructions),
         "midtrain": dict(model_name_or_path=run_dir("pretrain"), train_files=corpus, instruction_files=instructions),
         "sft": dict(model_name_or_path=tuned, train_files=[str(data["sft"])]),
-        "reward": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparisons"])],
-                       demonstration_files=[str(data["sft"])]),
-        "ppo": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward"),
-                    train_files=[str(data["sft"])], ptx_files=[str(data["pretrain"])]),
-        "ppo_no_ptx": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward"),
-                           train_files=[str(data["sft"])], ptx_coef=0.0),
+        "reward": dict(
+            model_name_or_path=run_dir("sft"),
+            train_files=[str(data["comparisons"])],
+            demonstration_files=[str(data["sft"])],
+        ),
+        "ppo": dict(
+            model_name_or_path=run_dir("sft"),
+            reward_model_path=run_dir("reward"),
+            train_files=[str(data["sft"])],
+            ptx_files=[str(data["pretrain"])],
+        ),
+        "ppo_no_ptx": dict(  # PPO without the pretraining mix
+            model_name_or_path=run_dir("sft"),
+            reward_model_path=run_dir("reward"),
+            train_files=[str(data["sft"])],
+            ptx_coef=0.0,
+            ptx_files=None,
+        ),
         "dpo": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparisons"])]),
-    }[template]  # fmt: skip
+    }["pretrain" if run in config.baselines else run]
     if run in config.baselines:  # the base model's tokenizer, so the baseline reads the very same tokens
         inputs["tokenizer_name_or_path"] = run_dir("pretrain")
-    config_class, _ = STAGES[RUNS[template]]
-    defaults = dict(seed=config.seed, output_dir=run_dir(run), save_strategy="steps", save_steps=50,
-                    save_total_limit=1, report_to="none", disable_tqdm=False, logging_steps=10)  # fmt: skip
-    try:
-        return config_class(**{**defaults, **inputs, **fields})  # the YAML may replace inputs (e.g. real data files)
-    except (TypeError, ValueError) as error:
-        section = f"baselines.{run}" if run in config.baselines else f"stages.{run}"
-        raise ValueError(f"{config.source}: {section}: {error}") from error
+    return inputs
 
 
 def print_plan(config: PipelineConfig, configs: dict) -> None:
-    """The stages, their steps and the time each took on a 2-core CPU (from the YAML), before anything runs."""
+    """The stages, their steps and the time each took on a 2-core CPU (the YAML's `estimates`), before anything
+    runs."""
     lines = ["pipeline plan (times measured on 2 CPU cores):", "| stage | steps | estimated |", "|---|---|---|"]
-    total = 0
-    fields = {**config.stages, **config.baselines}
     for name, stage in configs.items():
-        estimate = (fields.get(name) or {}).get("estimate_s")
-        total += estimate or 0
+        estimate = config.estimates.get(name)
         status = "done" if unfinished(stage.output_dir) is None else f"~{estimate / 60:.1f} min" if estimate else "?"
         lines.append(f"| {name} | {stage.max_steps if stage.max_steps > 0 else 'epochs'} | {status} |")
-    lines.append(f"| evaluation | | ~{(config.evaluation.get('estimate_s') or 0) / 60:.1f} min |")
-    total += config.evaluation.get("estimate_s") or 0
+    lines.append(f"| evaluation | | ~{config.estimates.get('evaluation', 0) / 60:.1f} min |")
+    total = sum(config.estimates.get(name, 0) for name in [*configs, "evaluation"])
     print("\n".join(lines) + f"\ntotal ≈ {total / 60:.1f} min\n")
 
 
@@ -266,7 +292,6 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     if cached.get("models") == models and list(cached.get("results", {})) == list(compared(config)):
         return cached["results"]  # the same models compared before
     evaluation = {"limit": 100, "max_new_tokens": 32, "batch_size": 32, **config.evaluation}
-    evaluation.pop("estimate_s", None)
     splits = {
         split: datasets.load_dataset("json", data_files=str(data[split]), split="train") for split in SUITE_SPLITS
     }
@@ -282,14 +307,15 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     for name in tqdm(compared(config), desc="evaluating", unit="model"):
         model_dir = output_dir / model_of(name)
         scores = evaluate_model(model_dir, few_shot_splits if name.endswith(FEW_SHOT) else splits, **evaluation)
+        if name.endswith(FEW_SHOT):  # the zero-shot row's model: the same perplexity
+            text_perplexity = results[model_of(name)]["perplexity"]
+        else:
+            text_perplexity = perplexity.compute(predictions=held_out_text, model_id=str(model_dir), max_length=512)
+            text_perplexity = text_perplexity["mean_perplexity"]
         results[name] = {
             "parameters": read_history(model_dir)[-1]["parameters"],
             "splits": scores["splits"],
-            "perplexity": results[model_of(name)]["perplexity"]
-            if name.endswith(FEW_SHOT)
-            else perplexity.compute(predictions=held_out_text, model_id=str(model_dir), max_length=512)[
-                "mean_perplexity"
-            ],  # fmt: skip
+            "perplexity": text_perplexity,
         }
     for split in SUITE_SPLITS:  # every model's answers against the SFT model's, to the same prompts
         sft_answers = results["sft"]["splits"][split]["answers"]
@@ -323,8 +349,13 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
     """`report.md` and `accuracy.png`; the comparison also goes into the final (PPO-ptx) model's card."""
     write_if_changed(output_dir / "accuracy.png", plot_accuracy(results))
     lines = ["# hf-instruct pipeline report", "", "## Results on held-out data", ""]
-    header = ["model", "parameters", *[f"accuracy: {split.removeprefix('held_out_')}" for split in SUITE_SPLITS],
-              "win rate vs SFT", "pretraining perplexity"]  # fmt: skip
+    header = [
+        "model",
+        "parameters",
+        *[f"accuracy: {split.removeprefix('held_out_')}" for split in SUITE_SPLITS],
+        "win rate vs SFT",
+        "pretraining perplexity",
+    ]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name, model in results.items():
         accuracies = [f"{model['splits'][split]['accuracy']:.3f}" for split in SUITE_SPLITS]
@@ -336,13 +367,22 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
         lines += [headline(f"{name}{FEW_SHOT}", results, config.baselines[name])]
     lines += ["", "![accuracy by model and held-out split](accuracy.png)", ""]
     families = sorted({f for m in results.values() for f in m["splits"]["held_out_paraphrases"]["per_family"]})
-    lines += ["## Accuracy per task family (held-out paraphrases)", "",
-              "| family | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]  # fmt: skip
+    lines += [
+        "## Accuracy per task family (held-out paraphrases)",
+        "",
+        "| family | " + " | ".join(results) + " |",
+        "|---" * (len(results) + 1) + "|",
+    ]
     for family in families:
         values = [f"{m['splits']['held_out_paraphrases']['per_family'].get(family, 0):.2f}" for m in results.values()]
         lines.append(f"| {family} | " + " | ".join(values) + " |")
-    lines += ["", "## Sample answers (held-out paraphrases)", "", "| prompt | " + " | ".join(results) + " |",
-              "|---" * (len(results) + 1) + "|"]  # fmt: skip
+    lines += [
+        "",
+        "## Sample answers (held-out paraphrases)",
+        "",
+        "| prompt | " + " | ".join(results) + " |",
+        "|---" * (len(results) + 1) + "|",
+    ]
     samples = next(iter(results.values()))["splits"]["held_out_paraphrases"]["samples"]
     for index, sample in enumerate(samples):
         answers = [

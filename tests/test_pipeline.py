@@ -1,6 +1,6 @@
 """`hf-instruct pipeline`: the smoke setup end to end (killed once, then finished by re-running the same command; a
-re-run changes no file; a deleted model is trained again and compared again), errors in a pipeline YAML, and the
-default setup's sizes as the README states them."""
+re-run changes no file; a deleted model is trained again and compared again; the final model pushed), stages started
+from their recipes, errors in a pipeline YAML, and the default setup's sizes as the README states them."""
 
 import hashlib
 import json
@@ -12,6 +12,7 @@ import time
 import pytest
 import yaml
 from conftest import CLI_ENV, REPO
+from hub_server import hub_env
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
@@ -43,13 +44,15 @@ def test_every_pipeline_yaml_builds_the_config_of_every_stage(path, tmp_path):
 
 def test_a_baseline_is_the_pretrain_run_with_its_changes_on_the_same_tokens(tmp_path):
     config = PipelineConfig(
-        stages={"pretrain": {"max_steps": 7, "block_size": 32, "model_config": {"hidden_size": 32}, "estimate_s": 1}},
+        stages={"pretrain": {"max_steps": 7, "block_size": 32, "model_config": {"hidden_size": 32}}},
         baselines={"base_4x": {"model_config": {"hidden_size": 64}}},
     )
     data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
     assert list(runs(config)) == ["pretrain", "base_4x", "sft", "reward", "ppo", "ppo_no_ptx", "dpo"]
-    assert compared(config) == ("pretrain", "pretrain (3-shot)", "base_4x", "base_4x (3-shot)", "sft", "ppo_no_ptx",
-                                "ppo", "dpo")  # fmt: skip
+    assert compared(config) == (
+        *("pretrain", "pretrain (3-shot)", "base_4x", "base_4x (3-shot)"),
+        *("sft", "ppo_no_ptx", "ppo", "dpo"),
+    )
     base, baseline = (stage_config(name, config, data, tmp_path) for name in ("pretrain", "base_4x"))
     assert (baseline.max_steps, baseline.block_size, baseline.train_files) == (7, 32, [str(data["pretrain"])])
     assert baseline.model_config == {"hidden_size": 64} and base.model_config == {"hidden_size": 32}
@@ -67,6 +70,7 @@ def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_t
     config = PipelineConfig.from_yaml(REPO / "recipes/tiny/headline.yaml", output_dir=str(tmp_path))
     default = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
     assert (config.stages, config.suite, config.seed) == (default.stages, default.suite, default.seed)
+    assert config.estimates == {**default.estimates, "base_4x": 720}  # `extends` updates a mapping key by key
     data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
     base, midtrain, baseline = (
         stage_config(name, config, data, tmp_path) for name in ("pretrain", "midtrain", "base_4x")
@@ -80,6 +84,33 @@ def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_t
         return sum(p.numel() for p in InstructGPTForCausalLM(model_config).parameters())
 
     assert parameters(baseline) >= 4 * parameters(base)
+
+
+def test_a_stage_starts_from_its_recipe_in_the_place_the_pipeline_gives_it(tmp_path):
+    config = PipelineConfig.from_yaml(REPO / "recipes/gpu-125m/pipeline.yaml", output_dir=str(tmp_path), seed=7)
+    config.stages["sft"]["max_steps"] = 500  # the entry's own fields replace the recipe's
+    recipe = yaml.safe_load((REPO / "recipes/gpu-125m/sft/config.yaml").read_text())
+    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    sft = stage_config("sft", config, data, tmp_path)
+    for name in ("max_length", "num_train_epochs", "per_device_train_batch_size", "packing", "learning_rate"):
+        assert getattr(sft, name) == recipe[name], name
+    assert sft.max_steps == 500
+    # the pipeline's seed, output_dir, model and data, not the recipe's run alone
+    assert (sft.seed, sft.output_dir) == (7, str(tmp_path / "sft"))
+    assert (sft.model_name_or_path, sft.train_files) == (str(tmp_path / "midtrain"), [str(data["sft"])])
+
+
+def test_ppo_without_ptx_shares_the_ppo_fields_without_the_pretraining_mix(tmp_path):
+    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    for path in PIPELINES:
+        config = PipelineConfig.from_yaml(path, output_dir=str(tmp_path))
+        ppo, no_ptx = (stage_config(name, config, data, tmp_path) for name in ("ppo", "ppo_no_ptx"))
+        assert ppo.ptx_coef > 0 and ppo.ptx_files and no_ptx.ptx_coef == 0 and no_ptx.ptx_files is None
+        assert (ppo.max_steps, ppo.learning_rate, ppo.response_length) == (
+            no_ptx.max_steps,
+            no_ptx.learning_rate,
+            no_ptx.response_length,
+        )
 
 
 def test_the_headline_claims_the_same_tokens_only_when_the_baseline_changes_none_of_them():
@@ -98,8 +129,8 @@ def test_the_headline_claims_the_same_tokens_only_when_the_baseline_changes_none
 
 def smoke_pipeline(output_dir):
     """`hf-instruct pipeline` on the smoke setup, as a user runs it."""
-    return [sys.executable, "-m", "hf_instruct.cli", "pipeline", "--config", "recipes/smoke/pipeline.yaml",
-            "--output_dir", str(output_dir)]  # fmt: skip
+    config = ["--config", "recipes/smoke/pipeline.yaml", "--output_dir", str(output_dir)]
+    return [sys.executable, "-m", "hf_instruct.cli", "pipeline", *config]
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +156,14 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
     output_dir, output = smoke_run
     assert "pipeline: pretrain finished before, skipped" in output
     assert "pipeline: sft finished before, skipped" in output
+    assert "| reward | 10 | ~0.2 min |" in output and "| evaluation | | ~0.7 min |" in output  # the plan's estimates
 
     comparison = json.loads((output_dir / "comparison.json").read_text())["results"]
     config = PipelineConfig.from_yaml(REPO / "recipes/smoke/pipeline.yaml")
-    assert list(comparison) == ["pretrain", "pretrain (3-shot)", "base_4x", "base_4x (3-shot)", "midtrain", "sft",
-                                "ppo_no_ptx", "ppo", "dpo"]  # fmt: skip
+    assert list(comparison) == [
+        *("pretrain", "pretrain (3-shot)", "base_4x", "base_4x (3-shot)"),
+        *("midtrain", "sft", "ppo_no_ptx", "ppo", "dpo"),
+    ]
     assert list(comparison) == list(compared(config))
     assert comparison["base_4x"]["parameters"] >= 4 * comparison["ppo"]["parameters"]
     for model in comparison.values():
@@ -148,8 +182,11 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
 
 def file_states(folder):
     """Each file's content hash and modification time: a file rewritten with the same bytes counts as changed too."""
-    return {str(path.relative_to(folder)): (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
-            for path in sorted(folder.rglob("*")) if path.is_file()}  # fmt: skip
+    files = [path for path in sorted(folder.rglob("*")) if path.is_file()]
+    return {
+        str(path.relative_to(folder)): (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+        for path in files
+    }
 
 
 @pytest.mark.slow
@@ -159,6 +196,18 @@ def test_a_rerun_of_a_finished_pipeline_leaves_every_file_byte_identical(smoke_r
     rerun = subprocess.run(smoke_pipeline(output_dir), cwd=REPO, env=CLI_ENV, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert file_states(output_dir) == before
+
+
+@pytest.mark.slow
+def test_push_to_hub_publishes_the_final_model_under_the_tokens_user(smoke_run, hub_server, tmp_path):
+    output_dir, _ = smoke_run
+    command = [*smoke_pipeline(output_dir), "--push_to_hub", "--hub_model_id", "smoke-final"]
+    env = {**hub_env(hub_server, tmp_path / "home"), "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    repo = hub_server.repo("user/smoke-final")  # a name without a namespace: the token's user
+    assert {"model.safetensors", "README.md"} <= set(repo["files"])
+    assert repo["commits"][-1]["message"] == "hf-instruct pipeline: PPO-ptx"
 
 
 @pytest.mark.slow
@@ -184,16 +233,37 @@ def test_a_stage_whose_model_is_gone_runs_again_and_a_changed_model_is_compared_
 @pytest.mark.parametrize(
     "section, run, fields, message",
     [
-        ("stages", "sft", {"max_stepz": 5}, "stages.sft: unknown field 'max_stepz' (did you mean 'max_steps'?)"),
-        ("baselines", "base_4x", {"max_stepz": 5},
-         "baselines.base_4x: unknown field 'max_stepz' (did you mean 'max_steps'?)"),
-        ("stages", "sft", {"max_steps": "abc"}, "stages.sft: max_steps must be int, got 'abc'"),
-        ("stages", "reward", {"learning_rate": "1e-4"}, "stages.reward: learning_rate must be float, got '1e-4'"),
-        ("stages", "dpo", {"save_strategy": "sometimes"},
-         "stages.dpo: sometimes is not a valid SaveStrategy, please select one of ['no', 'steps', 'epoch', 'best']"),
-        ("stages", "sfft", {}, "stages: unknown stage 'sfft' (did you mean 'sft'?)"),
+        ("stages", "sft", {"max_stepz": 5}, "stages.sft: unknown key 'max_stepz' (did you mean 'max_steps'?)."),
+        (
+            "baselines",
+            "base_4x",
+            {"max_stepz": 5},
+            "baselines.base_4x: unknown key 'max_stepz' (did you mean 'max_steps'?).",
+        ),
+        ("stages", "sft", {"max_steps": "abc"}, "stages.sft: max_steps: 'abc' is not valid: expected an integer."),
+        (
+            "stages",
+            "reward",
+            {"learning_rate": "fast"},
+            "stages.reward: learning_rate: 'fast' is not valid: expected a number.",
+        ),
+        (
+            "stages",
+            "dpo",
+            {"save_strategy": "sometimes"},
+            "stages.dpo: save_strategy: 'sometimes' is not valid: expected one of no, steps, epoch, best.",
+        ),
+        ("stages", "sfft", {}, "stages: unknown run 'sfft' (did you mean 'sft'?)"),
+        ("estimates", "sfft", {}, "estimates: unknown run 'sfft' (did you mean 'sft'?)"),
+        (  # a stage recipe with a typo: its file is named too
+            "stages",
+            "sft",
+            {"config": "recipe.yaml"},
+            "stages.sft (config: {folder}/recipe.yaml): unknown key 'max_stepz' (did you mean 'max_steps'?).",
+        ),
+        ("stages", "sft", {"config": "missing.yaml"}, "stages.sft (config: {folder}/missing.yaml): no such file."),
     ],
-)  # fmt: skip
+)
 def test_a_bad_stage_field_is_one_line_naming_file_and_stage_before_anything_is_written(
     section, run, fields, message, tmp_path, capsys
 ):
@@ -201,9 +271,11 @@ def test_a_bad_stage_field_is_one_line_naming_file_and_stage_before_anything_is_
     values[section][run] = {**values[section].get(run, {}), **fields}
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(values))
+    (tmp_path / "recipe.yaml").write_text("max_stepz: 5\n")
     with pytest.raises(SystemExit) as exit:
         main(["pipeline", "--config", str(path), "--output_dir", str(tmp_path / "run")])
     assert exit.value.code == 1
+    message = message.format(folder=tmp_path)
     assert capsys.readouterr().err.splitlines()[0] == f"hf-instruct pipeline: {path}: {message}"
     assert not (tmp_path / "run").exists()
 
@@ -212,7 +284,7 @@ def test_the_default_setup_is_what_the_readme_says():
     config = yaml.safe_load((REPO / "recipes/default/pipeline.yaml").read_text())
     suite, stages = config["suite"], config["stages"]
     model = stages["pretrain"]["model_config"]
-    estimate = sum(stage["estimate_s"] for stage in stages.values()) + config["evaluation"]["estimate_s"]
+    estimate = sum(config["estimates"].values())
     sentence = (
         f"a {suite['corpus_mb']} MB corpus about {suite['num_entities']} invented entities, "
         f"{suite['sft_examples']} demonstrations, {suite['comparisons']} comparisons and "
