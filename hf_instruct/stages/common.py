@@ -91,14 +91,17 @@ class StageArguments:
         },
     )
     bf16_reason: str = field(default="set in the config", init=False, repr=False)  # why bf16 is on or off
-    # With push_to_hub a stage pushes the finished model once, with its card (`push_if_asked`); the Trainer's other
-    # strategies push at every save, with its generic card.
-    hub_strategy: str = field(
-        default="end",
+    # A stage pushes the finished model once, with its card (`push_if_asked`); the Trainer's other hub strategies
+    # would push at every save, with its generic card.
+    push_to_hub: bool = field(
+        default=False,
         metadata={
-            "help": "With push_to_hub: push once, at the end of the run, with the model card.",
-            "choices": ["end"],
+            "help": "Push the finished model with its card to hub_model_id (default: the output_dir's folder name "
+            "under the token's user), in one commit when the run ends."
         },
+    )
+    hub_strategy: str = field(
+        default="end", metadata={"help": "When to push: 'end' only (once, when the run ends).", "choices": ["end"]}
     )
 
     def __post_init__(self):
