@@ -1,16 +1,19 @@
-"""The `hf-instruct` command. Each stage's subcommand calls the same `run_<stage>` function as its recipe.
+"""The `hf-instruct` command. Each stage's subcommand runs `run_<stage>`; `recipes/<stage>.py` is that subcommand.
 
 hf-instruct pretrain --config recipes/tiny/pretrain/config.yaml [--field value ...]
 hf-instruct sft --config recipes/tiny/sft/config.yaml --model_name_or_path <pretrained dir> [...]
 hf-instruct <stage> --help     # every field of the stage's config
 hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [--seed n]
                      [--push_to_hub] [--hub_model_id namespace/name]
-hf-instruct evaluate <model> [--suite | --data file ...] [--reward-model rm] [--baseline model]
-hf-instruct generate <model> --prompt "..." [--num-return-sequences 5]
+hf-instruct evaluate <model> [--suite | --data file ...] [--reward_model rm] [--baseline model]
+hf-instruct generate <model> --prompt "..." [--num_return_sequences 5]
 hf-instruct serve <model> [--port 8000] [--continuous-batching] [...]   # `transformers serve`, for our models
 hf-instruct data export <dir> [--seed 0] [--size tiny|default]
-hf-instruct push <model dir> <namespace/name> [--private] [--revision r] [--commit-message m]
+hf-instruct push <model dir> <namespace/name> [--private] [--revision r] [--commit_message m]
                  [--card keep|regenerate] [--license id] [--base_model_repo_id id]
+hf-instruct <command> --help   # every flag of a command
+
+Flags are --snake_case, as in TRL and transformers (`serve` keeps transformers serve's own flags).
 """
 
 import argparse
@@ -56,26 +59,46 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--suite", action="store_true", help="The embedded suite's held-out splits (default).")
     evaluate.add_argument("--data", nargs="+", help="Instruction files with reference answers instead.")
     evaluate.add_argument(
-        "--on-bad-record", choices=("error", "skip"), default="error", help="With --data: stop, or skip and count."
+        "--on_bad_record",
+        choices=("error", "skip"),
+        default="error",
+        help="With --data: stop, or skip and count (default: %(default)s).",
     )
-    evaluate.add_argument("--reward-model", help="Also report mean reward and win rate against the references.")
-    evaluate.add_argument("--baseline", help="With --reward-model: also the win rate against this model's answers.")
-    evaluate.add_argument("--output-dir", help="Where eval_results.json/.md go (default: <model>/eval).")
+    evaluate.add_argument("--reward_model", help="Also report mean reward and win rate against the references.")
+    evaluate.add_argument("--baseline", help="With --reward_model: also the win rate against this model's answers.")
+    evaluate.add_argument("--output_dir", help="Where eval_results.json/.md go (default: <model>/eval).")
     evaluate.add_argument("--limit", type=int, help="At most this many examples per split.")
-    evaluate.add_argument("--max-new-tokens", type=int, default=64)
-    evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--suite-size", choices=("tiny", "default"), default="default")
-    evaluate.add_argument("--seed", type=int, default=0, help="Seed of the suite (use the one the model saw).")
+    evaluate.add_argument(
+        "--max_new_tokens", type=int, default=64, help="Longest answer, in tokens (default: %(default)s)."
+    )
+    evaluate.add_argument(
+        "--batch_size", type=int, default=16, help="Prompts answered at once (default: %(default)s)."
+    )
+    evaluate.add_argument(
+        "--suite_size",
+        choices=("tiny", "default"),
+        default="default",
+        help="With --suite: the suite's size (default: %(default)s).",
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=0, help="Seed of the suite: use the one the model saw (default: %(default)s)."
+    )
 
     generate = commands.add_parser("generate", help="Answer a prompt with a chat model.")
     generate.add_argument("model", help="A saved chat model or adapter.")
     generate.add_argument("--prompt", required=True, help="The user's message.")
     generate.add_argument("--system", help="An optional system message.")
-    generate.add_argument("--num-return-sequences", type=int, default=1, help="Answers to sample (> 1 samples).")
-    generate.add_argument("--max-new-tokens", type=int, default=128)
-    generate.add_argument("--do-sample", action="store_true", help="Sample (default: greedy for one answer).")
-    generate.add_argument("--temperature", type=float, default=0.7)
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--num_return_sequences", type=int, default=1, help="Answers to sample (> 1 samples; default: %(default)s)."
+    )
+    generate.add_argument(
+        "--max_new_tokens", type=int, default=128, help="Longest answer, in tokens (default: %(default)s)."
+    )
+    generate.add_argument("--do_sample", action="store_true", help="Sample (default: greedy for one answer).")
+    generate.add_argument(
+        "--temperature", type=float, default=0.7, help="Sampling temperature (default: %(default)s)."
+    )
+    generate.add_argument("--seed", type=int, default=0, help="Seed of the sampling (default: %(default)s).")
 
     commands.add_parser(
         "serve", help="An OpenAI-compatible server (transformers serve): `hf-instruct serve --help`.", add_help=False
@@ -84,16 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="The embedded instruction suite.")
     data_commands = data.add_subparsers(dest="data_command", metavar="<data command>", required=True)
     export = data_commands.add_parser("export", help="Write every split of the suite as JSONL files.")
-    export.add_argument("directory")
-    export.add_argument("--seed", type=int, default=0)
-    export.add_argument("--size", choices=("tiny", "default"), default="default")
+    export.add_argument("directory", help="Where the <split>.jsonl files go.")
+    export.add_argument("--seed", type=int, default=0, help="Seed of the suite (default: %(default)s).")
+    export.add_argument(
+        "--size", choices=("tiny", "default"), default="default", help="The suite's size (default: %(default)s)."
+    )
 
     push = commands.add_parser("push", help="Upload a saved model (weights, code, tokenizer, card) to the Hub.")
     push.add_argument("folder", help="A model folder written by a stage (or any saved model / LoRA adapter).")
     push.add_argument("repo_id", help="'namespace/name' (or 'name': the token's user).")
     push.add_argument("--private", action="store_true", default=None, help="Create the repo private.")
     push.add_argument("--revision", help="Branch to commit to (created if missing; default: main).")
-    push.add_argument("--commit-message", help="Default: 'Upload <folder> with hf-instruct'.")
+    push.add_argument("--commit_message", help="Default: 'Upload <folder> with hf-instruct'.")
     push.add_argument("--base_model_repo_id", help="For a LoRA adapter: the Hub repo of its base model.")
     push.add_argument(
         "--card",
@@ -174,9 +199,14 @@ def evaluate_command(args) -> int:
     else:
         splits = suite_examples(suite_config(args.suite_size, args.seed))
     results = evaluate_model(
-        args.model, splits, reward_model=args.reward_model, baseline_path=args.baseline,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
-    )  # fmt: skip
+        args.model,
+        splits,
+        reward_model=args.reward_model,
+        baseline_path=args.baseline,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        limit=args.limit,
+    )
     json_path, _ = write_results(results, args.output_dir or Path(args.model) / "eval")
     print(results_markdown(results))
     print(f"evaluate: done, results in {json_path}")
@@ -192,17 +222,22 @@ def generate_command(args) -> int:
         raise ValueError("--prompt is empty: give the message to answer.")
     for name in ("num_return_sequences", "max_new_tokens"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
     set_seed(args.seed)
     model, tokenizer = load_chat_model(args.model)
     conversation = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}
     ]
     (answers,) = generate_answers(
-        model, tokenizer, [conversation], max_new_tokens=args.max_new_tokens,
-        num_return_sequences=args.num_return_sequences, do_sample=args.do_sample or args.num_return_sequences > 1,
-        temperature=args.temperature, show_progress=False,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        [conversation],
+        max_new_tokens=args.max_new_tokens,
+        num_return_sequences=args.num_return_sequences,
+        do_sample=args.do_sample or args.num_return_sequences > 1,
+        temperature=args.temperature,
+        show_progress=False,
+    )
     for number, answer in enumerate(answers, start=1):
         print(f"[{number}] {answer}" if len(answers) > 1 else answer)
     return 0
@@ -227,10 +262,15 @@ def push_command(args) -> int:
     from .hub import push_to_hub
 
     url = push_to_hub(
-        args.folder, args.repo_id, private=args.private, revision=args.revision,
-        commit_message=args.commit_message, base_model_repo_id=args.base_model_repo_id, card=args.card,
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        base_model_repo_id=args.base_model_repo_id,
+        card=args.card,
         license=args.license,
-    )  # fmt: skip
+    )
     print(f"push: done, {url}")
     return 0
 

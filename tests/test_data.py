@@ -411,10 +411,10 @@ def test_pretrain_on_too_little_or_bad_text_says_what_to_change(bad_files, capsy
 
 
 def test_evaluate_skips_bad_records_when_asked(messy_file, tiny_model_dir, tmp_path, capsys):
-    evaluate = ["evaluate", str(tiny_model_dir), "--data", str(messy_file), "--max-new-tokens", "2"]
+    evaluate = ["evaluate", str(tiny_model_dir), "--data", str(messy_file), "--max_new_tokens", "2"]
     with pytest.raises(SystemExit):
         main(evaluate)
     assert "messy.jsonl, line 2: field 'output' is empty" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="Skipped 3 bad records of 5"):
-        assert main([*evaluate, "--on-bad-record", "skip", "--output-dir", str(tmp_path / "eval")]) == 0
+        assert main([*evaluate, "--on_bad_record", "skip", "--output_dir", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "eval_results.json").read_text())["splits"]["messy"]["examples"] == 2

@@ -1,6 +1,9 @@
-"""Evaluation: batched chat generation, `hf-instruct evaluate|generate|data export`, the training callback."""
+"""Evaluation: batched chat generation, `hf-instruct evaluate|generate|data export` (and every command's flags), the
+training callback."""
 
+import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import CLI_ENV, REPO
 
+from hf_instruct.cli import build_parser
 from hf_instruct.data import load_instruction_dataset
 from hf_instruct.data.suite import COMPOSITIONS, FAMILIES, SuiteConfig, build_suite
 from hf_instruct.evaluation import InstructionAccuracyCallback, generate_answers, load_chat_model
@@ -21,8 +25,31 @@ def tiny_suite():
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hf_instruct.cli", *args], cwd=REPO, env=CLI_ENV,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "hf_instruct.cli", *args],
+        cwd=REPO,
+        env=CLI_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_every_argument_of_the_commands_is_snake_case_and_says_what_it_is():
+    """One flag style, TRL's and transformers': `--max_new_tokens`, never `--max-new-tokens`."""
+    parsers, arguments = [build_parser()], []
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.dest != "help":
+                arguments.append(action)
+    assert {"--reward_model", "--num_return_sequences", "--commit_message"} <= {
+        option for action in arguments for option in action.option_strings
+    }
+    for action in arguments:
+        assert all(re.fullmatch(r"--[a-z0-9]+(_[a-z0-9]+)*", option) for option in action.option_strings), action
+        assert action.help, action
 
 
 def test_batched_generation_equals_one_conversation_at_a_time(chain):
@@ -35,8 +62,8 @@ def test_batched_generation_equals_one_conversation_at_a_time(chain):
 
 
 def test_evaluate_a_tiny_model_on_the_suite_prints_per_family_accuracy(chain, tmp_path):
-    proc = cli("evaluate", str(chain["sft"]), "--suite", "--suite-size", "tiny", "--limit", "12", "--max-new-tokens",
-               "8", "--output-dir", str(tmp_path))  # fmt: skip
+    settings = ["--suite_size", "tiny", "--limit", "12", "--max_new_tokens", "8", "--output_dir", str(tmp_path)]
+    proc = cli("evaluate", str(chain["sft"]), "--suite", *settings)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "## Instruction accuracy per task family" in proc.stdout
     results = json.loads((tmp_path / "eval_results.json").read_text())
@@ -53,16 +80,16 @@ def test_evaluate_a_data_file_and_the_data_export(tmp_path, chain):
     files = {path.stem: path for path in (tmp_path / "suite").glob("*.jsonl")}
     assert {"pretrain", "sft", "comparisons", "held_out_entities"} <= set(files)
     assert len(load_instruction_dataset(str(files["sft"]))) == len(build_suite(SuiteConfig.tiny())["sft"])
-    proc = cli("evaluate", str(chain["sft"]), "--data", str(files["held_out_paraphrases"]), "--limit", "6",
-               "--max-new-tokens", "6", "--output-dir", str(tmp_path / "eval"))  # fmt: skip
+    settings = ["--limit", "6", "--max_new_tokens", "6", "--output_dir", str(tmp_path / "eval")]
+    proc = cli("evaluate", str(chain["sft"]), "--data", str(files["held_out_paraphrases"]), *settings)
     assert proc.returncode == 0, proc.stderr[-4000:]
     scores = json.loads((tmp_path / "eval" / "eval_results.json").read_text())["splits"]["held_out_paraphrases"]
     assert {"accuracy", "per_family", "exact_match", "rouge_l"} <= set(scores)  # the export keeps the checks
 
 
 def test_generate_samples_several_answers(chain):
-    proc = cli("generate", str(chain["sft"]), "--prompt", "Tell me about the fox.", "--num-return-sequences", "3",
-               "--max-new-tokens", "8")  # fmt: skip
+    settings = ["--num_return_sequences", "3", "--max_new_tokens", "8"]
+    proc = cli("generate", str(chain["sft"]), "--prompt", "Tell me about the fox.", *settings)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [line[:3] for line in proc.stdout.splitlines() if line.startswith("[")] == ["[1]", "[2]", "[3]"]
 
@@ -72,8 +99,9 @@ def test_bad_inputs_give_clear_errors(chain, tmp_path):
     shutil.copytree(chain["pretrain"], without_template)
     (without_template / "chat_template.jinja").unlink(missing_ok=True)
     config_path = without_template / "tokenizer_config.json"
-    config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items()
-                                       if k != "chat_template"}))  # fmt: skip
+    config_path.write_text(
+        json.dumps({k: v for k, v in json.loads(config_path.read_text()).items() if k != "chat_template"})
+    )
     proc = cli("generate", str(without_template), "--prompt", "Hi")
     assert proc.returncode == 1 and "has no chat template" in proc.stderr and "Traceback" not in proc.stderr
     empty = tmp_path / "empty.jsonl"
@@ -88,10 +116,20 @@ def test_the_callback_logs_instruction_accuracy_during_sft(tmp_path, tiny_model_
     data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in sft["messages"]))
     held_out = tiny_suite["held_out_paraphrases"].select(range(8))
     config = SFTStageConfig(
-        model_name_or_path=str(tiny_model_dir), train_files=[str(data)], output_dir=str(tmp_path / "sft"),
-        eval_examples=8, max_steps=4, eval_strategy="steps", eval_steps=2, per_device_train_batch_size=8,
-        max_length=128, save_strategy="no", logging_steps=2, disable_tqdm=True, report_to="none",
-    )  # fmt: skip
+        model_name_or_path=str(tiny_model_dir),
+        train_files=[str(data)],
+        output_dir=str(tmp_path / "sft"),
+        eval_examples=8,
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        per_device_train_batch_size=8,
+        max_length=128,
+        save_strategy="no",
+        logging_steps=2,
+        disable_tqdm=True,
+        report_to="none",
+    )
     output_dir = Path(run_sft(config, callbacks=[InstructionAccuracyCallback(held_out, max_new_tokens=8)]))
     results = json.loads((output_dir / "all_results.json").read_text())
     assert 0.0 <= results["eval_instruction_accuracy"] <= 1.0

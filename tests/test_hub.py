@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,11 @@ from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from trl import SFTConfig
 
 from hf_instruct import InstructGPTForCausalLM
+from hf_instruct.model_card import CARD_MARKER
+from hf_instruct.stages import SFTStageConfig, parse_config
 
 TOKEN = "hf_test_token"  # the hub_server fixture's token of user "user"
 CONVERSATION = [{"role": "user", "content": "Tell me about the quick brown fox."}]
@@ -121,16 +125,20 @@ def push(hub_server, home: Path, *args: str) -> tuple[int, str, str]:
 def load_remotely(hub_server, tmp_path: Path, repo_id: str, kind: str) -> dict:
     """Logits (and greedy generation) of the pushed model, computed in a stranger's process."""
     output = tmp_path / "remote.pt"
-    proc = run([sys.executable, "-c", LOAD_SCRIPT, repo_id, kind, str(output)],
-               hub_env(hub_server, tmp_path / "stranger-home", token=None), cwd=tmp_path)  # fmt: skip
+    proc = run(
+        [sys.executable, "-c", LOAD_SCRIPT, repo_id, kind, str(output)],
+        hub_env(hub_server, tmp_path / "stranger-home", token=None),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(output)
 
 
 def local_outputs(model, folder: Path, kind: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    inputs = tokenizer.apply_chat_template(CONVERSATION, add_generation_prompt=True, return_dict=True,
-                                           return_tensors="pt")  # fmt: skip
+    inputs = tokenizer.apply_chat_template(
+        CONVERSATION, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
     with torch.no_grad():
         result = {"logits": model.eval()(**inputs).logits}
         if kind != "reward":
@@ -149,9 +157,18 @@ def test_a_pushed_model_loads_anywhere_with_identical_outputs(hub_server, chain,
     repo = hub_server.repo(f"user/tiny-{kind}")
     assert [commit["message"] for commit in repo["commits"]] == ["initial commit", f"Upload {kind} with hf-instruct"]
     files = set(repo["files"])
-    assert {"model.safetensors", "config.json", "modeling_instructgpt.py", "configuration_instructgpt.py",
-            "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "README.md", "training_curves.png",
-            "hf_instruct_run.json"} <= files  # fmt: skip
+    assert {
+        "model.safetensors",
+        "config.json",
+        "modeling_instructgpt.py",
+        "configuration_instructgpt.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "README.md",
+        "training_curves.png",
+        "hf_instruct_run.json",
+    } <= files
     assert not any(name.startswith("checkpoint-") or name == "training_args.bin" for name in files)
     assert json.loads(repo["files"]["config.json"])["auto_map"]["AutoModelForCausalLM"]
 
@@ -171,11 +188,15 @@ def test_a_pushed_model_loads_anywhere_with_identical_outputs(hub_server, chain,
 @pytest.mark.slow
 def test_a_lora_adapter_pushes_with_its_base_model_and_loads_with_auto_peft(hub_server, chain, tmp_path):
     home = tmp_path / "home"
-    refused, base, adapter = push_each(home=home, hub_server=hub_server, cases=[
-        (TOKEN, [str(chain["lora"]), "user/tiny-lora"]),
-        (TOKEN, [str(chain["pretrain"]), "user/tiny-base"]),
-        (TOKEN, [str(chain["lora"]), "user/tiny-lora", "--base_model_repo_id", "user/tiny-base"]),
-    ])  # fmt: skip
+    refused, base, adapter = push_each(
+        home=home,
+        hub_server=hub_server,
+        cases=[
+            (TOKEN, [str(chain["lora"]), "user/tiny-lora"]),
+            (TOKEN, [str(chain["pretrain"]), "user/tiny-base"]),
+            (TOKEN, [str(chain["lora"]), "user/tiny-lora", "--base_model_repo_id", "user/tiny-base"]),
+        ],
+    )
     assert refused[0] == 1 and "is a local folder" in refused[2] and "--base_model_repo_id" in refused[2]
     assert base[0] == 0 and adapter[0] == 0, base[2] + adapter[2]
     files = hub_server.repo("user/tiny-lora")["files"]
@@ -200,8 +221,8 @@ def test_a_private_push_is_private(hub_server, chain, tmp_path):
 
 
 def test_a_push_to_a_branch_leaves_main_alone(hub_server, chain, tmp_path):
-    code, _, stderr = push(hub_server, tmp_path / "home", str(chain["sft"]), "user/branched", "--revision", "dev",
-                           "--commit-message", "First try")  # fmt: skip
+    options = ["--revision", "dev", "--commit_message", "First try"]
+    code, _, stderr = push(hub_server, tmp_path / "home", str(chain["sft"]), "user/branched", *options)
     assert code == 0, stderr
     repo = hub_server.repo("user/branched", branch="dev")
     assert repo["branches"] == ["dev", "main"] and repo["commits"][-1]["message"] == "First try"
@@ -229,16 +250,18 @@ def test_a_recipe_with_push_to_hub_pushes_and_keeps_the_token_out_of_every_file(
 ):
     output_dir = tmp_path / "sft"
     secret = "hf_test_token"
-    proc = run(
-        [sys.executable, "-m", "hf_instruct.cli", "sft", "--model_name_or_path", str(tiny_model_dir), "--train_files",
-         str(instructions), "--output_dir", str(output_dir), "--max_steps", "2", "--eval_examples", "4",
-         "--max_length", "64", "--save_steps", "1", "--report_to", "none", "--disable_tqdm", "true",
-         "--push_to_hub", "true", "--hub_model_id", "user/from-recipe", "--hub_token", secret],
-        hub_env(hub_server, tmp_path / "home", token=None),
-    )  # fmt: skip
+    data = ["--model_name_or_path", str(tiny_model_dir), "--train_files", str(instructions)]
+    short_run = ["--max_steps", "2", "--eval_examples", "4", "--max_length", "64", "--save_steps", "1"]
+    quiet = ["--report_to", "none", "--disable_tqdm", "true"]
+    publish = ["--push_to_hub", "true", "--hub_model_id", "user/from-recipe", "--hub_token", secret]
+    sft = [sys.executable, "-m", "hf_instruct.cli", "sft", *data, "--output_dir", str(output_dir)]
+    proc = run([*sft, *short_run, *quiet, *publish], hub_env(hub_server, tmp_path / "home", token=None))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "sft: pushed to" in proc.stderr
-    assert "model.safetensors" in hub_server.repo("user/from-recipe")["files"]
+    repo = hub_server.repo("user/from-recipe")
+    # one push, at the end, with our card: none by the Trainer at its two saves or at `save_model`
+    assert [commit["message"] for commit in repo["commits"]] == ["initial commit", "hf-instruct sft"]
+    assert "model.safetensors" in repo["files"] and CARD_MARKER in repo["files"]["README.md"].decode()
     written = [path for path in output_dir.rglob("*") if path.is_file()]
     assert any(path.name == "training_args.bin" for path in written)  # checkpoints pickle the arguments...
     for path in written:  # ...and still no file holds the token
@@ -246,19 +269,40 @@ def test_a_recipe_with_push_to_hub_pushes_and_keeps_the_token_out_of_every_file(
     assert secret not in proc.stdout + proc.stderr
 
 
+def test_a_stage_keeps_push_to_hub_as_set_and_adds_no_undeclared_setting(tmp_path):
+    """The Trainer reads the same `push_to_hub`: "end" is the only hub_strategy, so the stage's own push is the one."""
+    args = ["--model_name_or_path", "m", "--train_files", "t.jsonl", "--output_dir", str(tmp_path)]
+    config = parse_config(SFTStageConfig, [*args, "--push_to_hub", "true"])
+    assert config.push_to_hub is True and config.hub_strategy == "end"
+    stock = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False)
+    assert undeclared_attributes(config) == undeclared_attributes(stock)  # transformers' own, nothing of ours
+    with pytest.raises(ValueError, match="--hub_strategy.*invalid choice: 'every_save'"):
+        parse_config(SFTStageConfig, [*args, "--hub_strategy", "every_save"])
+
+
+def undeclared_attributes(config) -> set[str]:
+    return set(vars(config)) - {field.name for field in fields(config)}
+
+
 def test_any_saved_folder_pushes_with_our_card_unless_its_user_wrote_one(hub_server, tiny_model_dir, tmp_path):
     mine, drafted = tmp_path / "mine", tmp_path / "drafted"
-    for folder, readme in [(mine, "# My model\n\nMy words.\n"),
-                           (drafted, "---\ntags:\n- generated_from_trainer\n---\n# A Trainer draft\n")]:  # fmt: skip
+    for folder, readme in [
+        (mine, "# My model\n\nMy words.\n"),
+        (drafted, "---\ntags:\n- generated_from_trainer\n---\n# A Trainer draft\n"),
+    ]:
         shutil.copytree(tiny_model_dir, folder)
         (folder / "README.md").write_text(readme)
-    results = push_each(hub_server, tmp_path / "home", [
-        (TOKEN, [str(tiny_model_dir), "user/saved"]),  # only `save_pretrained`: no README.md
-        (TOKEN, [str(mine), "user/mine"]),
-        (TOKEN, [str(mine), "user/mine-ours", "--card", "regenerate", "--license", "apache-2.0"]),
-        (TOKEN, [str(drafted), "user/drafted"]),
-        (TOKEN, [str(drafted), "user/drafted-kept", "--card", "keep"]),
-    ])  # fmt: skip
+    results = push_each(
+        hub_server,
+        tmp_path / "home",
+        [
+            (TOKEN, [str(tiny_model_dir), "user/saved"]),  # only `save_pretrained`: no README.md
+            (TOKEN, [str(mine), "user/mine"]),
+            (TOKEN, [str(mine), "user/mine-ours", "--card", "regenerate", "--license", "apache-2.0"]),
+            (TOKEN, [str(drafted), "user/drafted"]),
+            (TOKEN, [str(drafted), "user/drafted-kept", "--card", "keep"]),
+        ],
+    )
     assert all(code == 0 for code, _, _ in results), results
 
     card, metadata = pushed_card(hub_server, "user/saved", tmp_path)
@@ -272,8 +316,10 @@ def test_any_saved_folder_pushes_with_our_card_unless_its_user_wrote_one(hub_ser
     # the quick start that test_model_card.py runs against the folder, with the repo id
     assert 'pipeline("text-generation", model="user/saved", trust_remote_code=True)' in card.text
 
-    readme = {repo: hub_server.repo(repo)["files"]["README.md"].decode() for repo in
-              ("user/mine", "user/mine-ours", "user/drafted", "user/drafted-kept")}  # fmt: skip
+    readme = {
+        repo: hub_server.repo(repo)["files"]["README.md"].decode()
+        for repo in ("user/mine", "user/mine-ours", "user/drafted", "user/drafted-kept")
+    }
     assert readme["user/mine"] == "# My model\n\nMy words.\n" and "A Trainer draft" in readme["user/drafted-kept"]
     for repo in ("user/mine-ours", "user/drafted"):
         card = ModelCard(readme[repo])
@@ -285,8 +331,9 @@ def test_any_saved_folder_pushes_with_our_card_unless_its_user_wrote_one(hub_ser
 @pytest.mark.slow
 def test_trainer_push_to_hub_publishes_our_card_instead_of_the_generic_one(hub_server, tmp_path):
     output_dir = tmp_path / "trained"
-    proc = run([sys.executable, "-c", TRAINER_SCRIPT, str(output_dir), "user/trained"],
-               hub_env(hub_server, tmp_path / "home"))  # fmt: skip
+    proc = run(
+        [sys.executable, "-c", TRAINER_SCRIPT, str(output_dir), "user/trained"], hub_env(hub_server, tmp_path / "home")
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     files = hub_server.repo("user/trained")["files"]
     assert {"README.md", "training_curves.png", "trainer_state.json", "model.safetensors"} <= set(files)

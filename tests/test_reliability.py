@@ -265,9 +265,9 @@ def test_generate_names_truncated_weights(tmp_path, finished, capsys):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--num-return-sequences", "0"], "--num-return-sequences must be at least 1, got 0."),
-     (["--num-return-sequences", "-2"], "--num-return-sequences must be at least 1, got -2."),
-     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0.")],
+    [(["--num_return_sequences", "0"], "--num_return_sequences must be at least 1, got 0."),
+     (["--num_return_sequences", "-2"], "--num_return_sequences must be at least 1, got -2."),
+     (["--max_new_tokens", "0"], "--max_new_tokens must be at least 1, got 0.")],
 )  # fmt: skip
 def test_generate_refuses_impossible_counts_and_empty_prompts(tmp_path, capsys, args, message):
     assert run_cli(["generate", str(tmp_path), "--prompt", "Hi", *args], capsys) == f"hf-instruct generate: {message}"

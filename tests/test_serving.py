@@ -39,7 +39,7 @@ def chat_model_dir(tmp_path, tokenizer) -> Path:
 def test_the_openai_client_gets_the_greedy_answer_from_hf_instruct_serve(chat_model_dir, tmp_path, capsys):
     expected = []
     for prompt in PROMPTS:
-        assert main(["generate", str(chat_model_dir), "--prompt", prompt, "--max-new-tokens", str(MAX_TOKENS)]) == 0
+        assert main(["generate", str(chat_model_dir), "--prompt", prompt, "--max_new_tokens", str(MAX_TOKENS)]) == 0
         expected.append(capsys.readouterr().out.strip())
     assert min(len(answer) for answer in expected) > 5  # answers worth comparing, not a lone stop token
 

@@ -55,8 +55,14 @@ LANGUAGE_MODELLING_STAGES = ("pretrain", "sft")
 TRACKERS = ("tensorboard", "trackio")  # report_to names that are also their module names
 ConfigT = TypeVar("ConfigT", bound=TrainingArguments)
 # settings that make no sense at 0 or below: a run with them would train nothing, or crash inside torch
-POSITIVE_FIELDS = ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
-                   "gradient_accumulation_steps", "logging_steps", "save_steps")  # fmt: skip
+POSITIVE_FIELDS = (
+    "learning_rate",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "logging_steps",
+    "save_steps",
+)
 
 
 @dataclass
@@ -85,6 +91,18 @@ class StageArguments:
         },
     )
     bf16_reason: str = field(default="set in the config", init=False, repr=False)  # why bf16 is on or off
+    # A stage pushes the finished model once, with its card (`push_if_asked`); the Trainer's other hub strategies
+    # would push at every save, with its generic card.
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "Push the finished model with its card to hub_model_id (default: the output_dir's folder name "
+            "under the token's user), in one commit when the run ends."
+        },
+    )
+    hub_strategy: str = field(
+        default="end", metadata={"help": "When to push: 'end' only (once, when the run ends).", "choices": ["end"]}
+    )
 
     def __post_init__(self):
         if not self.train_files and not self.dataset_name:
@@ -95,9 +113,6 @@ class StageArguments:
         resolve_defaults(self)
         if self.hub_token:  # to the environment, out of every file the run writes (training_args.bin pickles us)
             os.environ["HF_TOKEN"], self.hub_token = self.hub_token, None
-        # The stage pushes the finished model with its own card; the Trainer's pushes (its generic card, every
-        # checkpoint) stay off.
-        self.push_when_done, self.push_to_hub = self.push_to_hub, False
         super().__post_init__()
 
     @property
@@ -441,7 +456,8 @@ def train_and_save(
         metrics.update(trainer.evaluate())
         if stage in LANGUAGE_MODELLING_STAGES:  # the eval loss is a per-token cross-entropy
             metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
-    trainer.save_model(config.output_dir)
+    # `_internal_call`: no Trainer push with its generic card; `push_if_asked` pushes once, below, with ours
+    trainer.save_model(config.output_dir, _internal_call=True)
     trainer.log_metrics("all", metrics)
     trainer.save_metrics("all", metrics)
     trainer.save_state()
@@ -474,7 +490,9 @@ def leave_finished_run(config: StageArguments, stage: str) -> str:
 
 
 def push_if_asked(config: StageArguments, stage: str) -> None:
-    if config.push_when_done:
+    """With push_to_hub: upload the finished model and its card in one commit, to hub_model_id (default: the
+    output_dir's folder name under the token's user)."""
+    if config.push_to_hub:
         url = push_to_hub(
             config.output_dir,
             config.hub_model_id or Path(config.output_dir).name,
