@@ -141,8 +141,14 @@ def train_once(path: str, model: torch.nn.Module, tokenizer, examples: list, ste
     dataset = Dataset.from_list([{"messages": example["messages"]} for example in examples])
     model = copy.deepcopy(model)
     if path == "trl":  # packs examples into rows of max_length tokens, padding-free
-        config = SFTConfig(per_device_train_batch_size=1, max_length=BATCH_SIZE * MAX_LENGTH // 4, packing=True,
-                           padding_free=True, assistant_only_loss=True, **common)  # fmt: skip
+        config = SFTConfig(
+            per_device_train_batch_size=1,
+            max_length=BATCH_SIZE * MAX_LENGTH // 4,
+            packing=True,
+            padding_free=True,
+            assistant_only_loss=True,
+            **common,
+        )
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     else:
         config = SFTConfig(per_device_train_batch_size=BATCH_SIZE, remove_unused_columns=False, **common)

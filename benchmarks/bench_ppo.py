@@ -48,6 +48,7 @@ from hf_instruct import (
 )
 from hf_instruct.data import pack_texts
 from hf_instruct.data.suite import SuiteConfig, build_suite
+from hf_instruct.utils import markdown_table
 
 SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "pretrain", "tinyshakespeare.txt")
 MODELS = {  # name: (model_config, tokenizer vocab_size, tokenizer corpus)
@@ -196,13 +197,22 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, {args.repeats} runs of {args.steps} iterations each; mean ± sd, × GRPO "
         "within each repeat\n"
     )
-    print("| model | trainer | iterations/s | × GRPO | peak RSS growth MiB | × GRPO |")
-    print("|---|---|---|---|---|---|")
+    rows = []
     for model, params, rates, memory in tables:
         for run in RUNS:
             ratios = [rate / grpo for rate, grpo in zip(rates[run], rates["GRPO"], strict=True)]  # within each repeat
-            print(f"| {model} ({params / 1e6:.2f} M) | {run} | {spread(rates[run])} | {spread(ratios)} | "
-                  f"{memory[run]:.0f} | {memory[run] / memory['GRPO']:.2f} |")  # fmt: skip
+            rows.append(
+                [
+                    f"{model} ({params / 1e6:.2f} M)",
+                    run,
+                    spread(rates[run]),
+                    spread(ratios),
+                    f"{memory[run]:.0f}",
+                    f"{memory[run] / memory['GRPO']:.2f}",
+                ]
+            )
+    header = ["model", "trainer", "iterations/s", "× GRPO", "peak RSS growth MiB", "× GRPO"]
+    print(*markdown_table(header, rows), sep="\n")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from hf_instruct.utils import markdown_table
+
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
@@ -60,13 +62,14 @@ def summarise(a: list[float], b: list[float], best: Callable = max) -> dict:
 
 
 def print_table(rows: list[tuple[str, dict]], a_name: str, b_name: str) -> None:
+    """The Markdown table of `summarise` results, one row per measure."""
+
     def number(x: float) -> str:
         return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2f}"
 
-    print(f"| measure | {a_name} (best / median) | {b_name} (best / median) | ratio of medians |")
-    print("|---|---|---|---|")
-    for label, r in rows:
-        print(
-            f"| {label} | {number(r['a_best'])} / {number(r['a_median'])} | {number(r['b_best'])} / "
-            f"{number(r['b_median'])} | {r['ratio']:.2f} |"
-        )
+    def best_median(summary: dict, side: str) -> str:
+        return f"{number(summary[f'{side}_best'])} / {number(summary[f'{side}_median'])}"
+
+    header = ["measure", f"{a_name} (best / median)", f"{b_name} (best / median)", "ratio of medians"]
+    cells = [[label, best_median(r, "a"), best_median(r, "b"), f"{r['ratio']:.2f}"] for label, r in rows]
+    print(*markdown_table(header, cells), sep="\n")

@@ -15,7 +15,8 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .model_card import is_generated_card, is_hub_id, model_card_files
+from .model_card import is_generated_card, model_card_files
+from .utils import is_hub_id
 
 # What of a run folder is not the model: checkpoints, tensorboard runs, trainer internals.
 LOCAL_ONLY_DIRS = ("checkpoint-", "runs", "_")

@@ -26,6 +26,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard import metadata_load
 from safetensors import safe_open
 
+from .utils import is_hub_id, markdown_table, table_cell
+
 # The card templates live in the top-level model_cards/ folder. A wheel installs them inside the package (see
 # pyproject.toml); an editable install and a source checkout (e.g. `python -m pytest` from the repository root, which
 # imports this source tree even when a wheel is installed) read them where they lie, beside the package.
@@ -219,10 +221,10 @@ def render_model_card(
         chat=tokenizer is not None and tokenizer["chat"],
         stage=final["stage"] if final else None,
         base_model=card_data.base_model,
-        model=_model_rows(folder, config_folder, config, adapter, parameters, trainable, tokenizer),
+        model=_table(["", ""], _model_rows(folder, config_folder, config, adapter, parameters, trainable, tokenizer)),
         history=[_presented(number, record) for number, record in enumerate(history, start=1)],
-        training=run["rows"] if run else None,
-        results={name: _format(value) for name, value in metrics.items()},
+        training=_table(["", ""], run["rows"]) if run else None,
+        results=_table(["metric", "value"], {name: _format(value) for name, value in metrics.items()}),
         plot=PLOT_FILE if plot else None,
     )
 
@@ -356,8 +358,8 @@ def _presented(number: int, record: dict) -> dict:
     return {
         "number": number,
         "stage": record["stage"],
-        "rows": {name: _format(value) for name, value in rows.items() if value is not None},
-        "metrics": {name: _format(value) for name, value in record["metrics"].items()},
+        "rows": _table(["", ""], {name: _format(value) for name, value in rows.items() if value is not None}),
+        "metrics": _table(["metric", "value"], {name: _format(value) for name, value in record["metrics"].items()}),
     }
 
 
@@ -413,17 +415,20 @@ def _stored_parameters(folder: Path) -> int | None:
     return total if files else None
 
 
+def _table(header: list[str], rows: dict[str, str]) -> str | None:
+    """A table of `name | value` rows for the template (a value may hold a pipe: a regex of LoRA target modules);
+    None when there are none."""
+    if not rows:
+        return None
+    return "\n".join(markdown_table(header, [[name, table_cell(value, width=None)] for name, value in rows.items()]))
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
-
-
-def is_hub_id(name: str | None) -> bool:
-    """A Hub repo id ("org/name") rather than a local path."""
-    return bool(name) and not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/"))
 
 
 def _is_number(value) -> bool:

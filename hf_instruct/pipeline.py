@@ -32,10 +32,10 @@ from .data.suite import SuiteConfig, build_suite, export_suite
 from .evaluation import evaluate_model, load_metric
 from .evaluation.evaluator import SUITE_SPLITS, few_shot
 from .hub import push_to_hub
-from .markdown import table_cell
 from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .stages import STAGES
 from .stages.common import did_you_mean, parse_fields
+from .utils import markdown_table, table_cell
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
 # runs when the YAML configures it; the base model of the comparison is the plain pretrain run.

@@ -1,18 +1,19 @@
-"""Align the SFT model directly on comparisons with DPO (no reward model, no RL): an alternative to PPO.
+"""Align the SFT model directly on comparisons with DPO (no reward model, no RL), an alternative to PPO:
+`hf-instruct dpo` as a script, for launchers.
 
 Usage:
     # one CPU (or GPU) process, starting from an SFT output
     python recipes/dpo.py --config recipes/tiny/dpo/config.yaml --model_name_or_path runs/tiny/sft
     # many GPUs
-    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/dpo.py --config <config.yaml>
+    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/dpo.py \\
+        --config recipes/gutenberg-dolly/dpo/config.yaml
 
-Any config key can be overridden on the command line. The same stage runs as `hf-instruct dpo --config ...`.
+Any field of the config can be set on the command line (`--help` lists them).
 """
 
-from hf_instruct.stages import DPOStageConfig, parse_config, run_dpo
+import sys
+
+from hf_instruct.cli import main
 
 if __name__ == "__main__":
-    # ---- parse config: YAML + command-line overrides
-    config = parse_config(DPOStageConfig)
-    # ---- comparisons -> tokenizer -> SFT policy (+ reference reloaded from disk) -> DPOTrainer -> save -> card
-    run_dpo(config)
+    sys.exit(main(["dpo", *sys.argv[1:]]))

@@ -1,4 +1,4 @@
-"""Pretrain a causal LM on raw text (stage 0 of InstructGPT).
+"""Pretrain a causal LM on raw text (stage 0 of InstructGPT): `hf-instruct pretrain` as a script, for launchers.
 
 Usage:
     # one CPU (or GPU) process
@@ -6,15 +6,15 @@ Usage:
     # many GPUs: DDP, FSDP or DeepSpeed through accelerate
     accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/pretrain.py \\
         --config recipes/gpu-125m/pretrain/config.yaml
+    # 2-process DDP on CPU (gloo)
+    torchrun --nproc_per_node 2 recipes/pretrain.py --config recipes/tiny/pretrain/config.yaml
 
-Any config key can be overridden on the command line, e.g. `--max_steps 10 --output_dir runs/try`.
-The same stage runs as `hf-instruct pretrain --config ...`.
+Any field of the config can be set on the command line (`--help` lists them), e.g. `--max_steps 10`.
 """
 
-from hf_instruct.stages import PretrainStageConfig, parse_config, run_pretrain
+import sys
+
+from hf_instruct.cli import main
 
 if __name__ == "__main__":
-    # ---- parse config: YAML + command-line overrides
-    config = parse_config(PretrainStageConfig)
-    # ---- data -> tokenizer -> model -> Trainer -> train/resume -> save -> card -> push (see run_pretrain)
-    run_pretrain(config)
+    sys.exit(main(["pretrain", *sys.argv[1:]]))

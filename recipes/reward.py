@@ -1,18 +1,19 @@
-"""Train a reward model on human comparisons (stage 2 of InstructGPT), starting from the SFT model.
+"""Train a reward model on human comparisons (stage 2 of InstructGPT), starting from the SFT model: `hf-instruct
+reward` as a script, for launchers.
 
 Usage:
     # one CPU (or GPU) process, starting from an SFT output
     python recipes/reward.py --config recipes/tiny/reward/config.yaml --model_name_or_path runs/tiny/sft
     # many GPUs
-    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/reward.py --config <config.yaml>
+    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/reward.py \\
+        --config recipes/gutenberg-dolly/reward/config.yaml
 
-Any config key can be overridden on the command line. The same stage runs as `hf-instruct reward --config ...`.
+Any field of the config can be set on the command line (`--help` lists them).
 """
 
-from hf_instruct.stages import RewardStageConfig, parse_config, run_reward
+import sys
+
+from hf_instruct.cli import main
 
 if __name__ == "__main__":
-    # ---- parse config: YAML + command-line overrides
-    config = parse_config(RewardStageConfig)
-    # ---- comparisons -> tokenizer -> SFT backbone + score head -> RewardTrainer -> reward shift -> save -> card
-    run_reward(config)
+    sys.exit(main(["reward", *sys.argv[1:]]))

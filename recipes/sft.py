@@ -1,4 +1,5 @@
-"""Instruction-tune a causal LM (stage 1 of InstructGPT: supervised fine-tuning on demonstrations).
+"""Instruction-tune a causal LM (stage 1 of InstructGPT: supervised fine-tuning on demonstrations): `hf-instruct sft`
+as a script, for launchers.
 
 Usage:
     # one CPU (or GPU) process, starting from a pretrain output
@@ -7,14 +8,12 @@ Usage:
     accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/sft.py \\
         --config recipes/gpu-125m/sft/config.yaml
 
-Any config key can be overridden on the command line, e.g. `--use_peft true --sft_backend collator`.
-The same stage runs as `hf-instruct sft --config ...`.
+Any field of the config can be set on the command line (`--help` lists them), e.g. `--use_peft true`.
 """
 
-from hf_instruct.stages import SFTStageConfig, parse_config, run_sft
+import sys
+
+from hf_instruct.cli import main
 
 if __name__ == "__main__":
-    # ---- parse config: YAML + command-line overrides
-    config = parse_config(SFTStageConfig)
-    # ---- data -> tokenizer -> model (+LoRA) -> SFTTrainer -> train/resume -> save -> card -> push (see run_sft)
-    run_sft(config)
+    sys.exit(main(["sft", *sys.argv[1:]]))

@@ -16,7 +16,9 @@ from hf_instruct.cli import build_parser
 from hf_instruct.data import load_instruction_dataset
 from hf_instruct.data.suite import COMPOSITIONS, FAMILIES, SuiteConfig, build_suite
 from hf_instruct.evaluation import InstructionAccuracyCallback, generate_answers, load_chat_model
+from hf_instruct.evaluation.evaluator import results_markdown
 from hf_instruct.stages import SFTStageConfig, run_sft
+from hf_instruct.utils import markdown_table, table_cell
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +160,16 @@ def test_few_shot_prompts_put_three_solved_examples_of_the_same_family_first(tin
         assert start == len(shots) and len(conversations) == 3, row["family"]
     with pytest.raises(ValueError, match="only 0 solved examples"):
         few_shot(held_out, held_out.select([]), shots=3)
+
+
+def test_markdown_table_puts_a_rule_under_the_header_and_one_line_per_row():
+    lines = markdown_table(["name", "value"], [["a", "1"], [table_cell("x | y\nz"), ""]])
+    assert lines == ["| name | value |", "|---|---|", "| a | 1 |", r"| x \| y z |  |"]
+
+
+def test_the_results_markdown_keeps_each_sample_answer_in_its_cells():
+    sample = {"prompt": "Say a | b\nthen stop", "answer": "w" * 150, "reference": "a | b"}
+    results = {"model": "m", "splits": {"held_out_entities": {"examples": 1, "accuracy": 0.5, "samples": [sample]}}}
+    lines = results_markdown(results).splitlines()
+    assert lines[2:5] == ["| split | examples | accuracy |", "|---|---|---|", "| held_out_entities | 1 | 0.500 |"]
+    assert rf"| Say a \| b then stop | {'w' * 99}… | a \| b |" in lines

@@ -10,6 +10,7 @@ from conftest import SMOKE_TRAINING, TEXT, tiny_config, tiny_llama_config
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from peft import LoraConfig
 from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 
 from hf_instruct import InstructGPTForCausalLM, use_model_card
@@ -112,3 +113,14 @@ def test_a_trainer_with_use_model_card_writes_our_card_with_its_curves_and_final
     assert "![training curves](training_curves.png)" in card.text and (tmp_path / "training_curves.png").is_file()
     assert "| steps | 4 |" in card.text and "| epochs |" in card.text and "| train_loss |" in card.text
     assert f"| eval_loss | {eval_loss:.4g} |" in card.text and "None" not in card.text
+
+
+def test_a_value_holding_a_pipe_stays_in_its_table_cell(tmp_path):
+    """PEFT takes a regex for `target_modules`: its `|` is escaped, so the Model table keeps two columns."""
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    tiny_llama_config().save_pretrained(base)
+    LoraConfig(
+        r=4, lora_alpha=8, target_modules=r".*\.(q_proj|v_proj)", base_model_name_or_path=str(base)
+    ).save_pretrained(adapter)
+    card = render_model_card(adapter)
+    assert r"| adapter | LoRA r=4, alpha=8, on .*\.(q_proj\|v_proj) |" in card.text.splitlines()

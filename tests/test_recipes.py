@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -129,6 +130,17 @@ def test_cli_help(capsys, args, expected):
     assert exit_code.value.code == 0
     out = capsys.readouterr().out
     assert all(word in out for word in expected)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_recipe_script_is_its_stage_command(stage, tmp_path, monkeypatch, capsys):
+    """`python recipes/<stage>.py ...` (what `accelerate launch` runs) is `hf-instruct <stage> ...`: the same parser
+    and the same one-line errors."""
+    monkeypatch.setattr(sys, "argv", [f"recipes/{stage}.py", "--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(SystemExit) as exit_code:
+        runpy.run_path(str(REPO / "recipes" / f"{stage}.py"), run_name="__main__")
+    assert exit_code.value.code == 1
+    assert f"hf-instruct {stage}: --config {tmp_path / 'missing.yaml'}: no such file" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- clear errors

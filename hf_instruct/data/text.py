@@ -99,8 +99,13 @@ def pack_sequences(
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Blocks from `sequences(**gen_kwargs)`, which yields (input_ids, labels) per document (-100: not trained); a
     streamed corpus in `gen_kwargs` gives streamed blocks."""
-    gen_kwargs = {"sequences": sequences, "gen_kwargs": gen_kwargs, "eos_token_id": eos_token_id,
-                  "block_size": block_size, "keep_documents_apart": keep_documents_apart}  # fmt: skip
+    gen_kwargs = {
+        "sequences": sequences,
+        "gen_kwargs": gen_kwargs,
+        "eos_token_id": eos_token_id,
+        "block_size": block_size,
+        "keep_documents_apart": keep_documents_apart,
+    }
     if any(isinstance(value, datasets.IterableDataset) for value in gen_kwargs["gen_kwargs"].values()):
         return datasets.IterableDataset.from_generator(_blocks, gen_kwargs=gen_kwargs)
     return datasets.Dataset.from_list(list(_blocks(**gen_kwargs)))

@@ -22,8 +22,9 @@ class InstructionAccuracyCallback(TrainerCallback):
         policy = getattr(model, "policy", model)  # PPO evaluates a policy + value model pair
         was_training = policy.training
         prompts = [messages[:-1] for messages in self.examples["messages"]]
-        answers = generate_answers(policy.eval(), processing_class, prompts, self.max_new_tokens, self.batch_size,
-                                   show_progress=False)  # fmt: skip
+        answers = generate_answers(
+            policy.eval(), processing_class, prompts, self.max_new_tokens, self.batch_size, show_progress=False
+        )
         policy.train(was_training)
         scores = self.metric.compute(
             predictions=[a[0] for a in answers], references=self.examples["check"], families=self.examples["family"]

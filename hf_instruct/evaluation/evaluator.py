@@ -17,11 +17,13 @@ import datasets
 from ..data.instructions import to_messages
 from ..data.records import OnBadRecord, normalize_records
 from ..data.suite import SuiteConfig, build_suite
-from ..markdown import table_cell
+from ..utils import markdown_table, table_cell
 from .generation import generate_answers, load_chat_model
 from .metric_modules import load_metric
 
 SUITE_SPLITS = ("held_out_entities", "held_out_paraphrases", "held_out_compositions")
+# The columns of the results table, in this order, when any split has them.
+METRICS = ("accuracy", "exact_match", "rouge_l", "mean_reward", "win_rate_vs_reference", "win_rate_vs_baseline")
 
 
 def load_scored_examples(source: str | os.PathLike | list, on_bad_record: OnBadRecord = "error") -> datasets.Dataset:
@@ -127,27 +129,23 @@ def write_results(results: dict, output_dir: str | os.PathLike) -> tuple[Path, P
 
 
 def results_markdown(results: dict) -> str:
-    lines = [f"# Evaluation of {results['model']}", ""]
+    """`eval_results.md`: the scores of every split, the accuracy per task family, the sample answers."""
     splits = results["splits"]
-    metrics = [m for m in ("accuracy", "exact_match", "rouge_l", "mean_reward", "win_rate_vs_reference",
-                           "win_rate_vs_baseline") if any(m in s for s in splits.values())]  # fmt: skip
-    lines += ["| split | examples | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
-    for name, scores in splits.items():
-        values = [_cell(scores.get(metric)) for metric in metrics]
-        lines.append(f"| {name} | {scores['examples']} | " + " | ".join(values) + " |")
+    metrics = [metric for metric in METRICS if any(metric in scores for scores in splits.values())]
+    rows = [
+        [name, str(scores["examples"]), *(_cell(scores.get(m)) for m in metrics)] for name, scores in splits.items()
+    ]
+    lines = [f"# Evaluation of {results['model']}", "", *markdown_table(["split", "examples", *metrics], rows)]
     families = sorted({family for scores in splits.values() for family in scores.get("per_family", {})})
     if families:
-        lines += ["", "## Instruction accuracy per task family", ""]
-        lines += ["| family | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
-        for family in families:
-            values = [_cell(scores.get("per_family", {}).get(family)) for scores in splits.values()]
-            lines.append(f"| {family} | " + " | ".join(values) + " |")
+        rows = [
+            [family, *(_cell(s.get("per_family", {}).get(family)) for s in splits.values())] for family in families
+        ]
+        lines += ["", "## Instruction accuracy per task family", "", *markdown_table(["family", *splits], rows)]
     for name, scores in splits.items():
-        lines += ["", f"## Sample answers: {name}", "", "| prompt | answer | reference |", "|---|---|---|"]
-        for sample in scores["samples"]:
-            lines.append(
-                "| " + " | ".join(table_cell(sample[key], 100) for key in ("prompt", "answer", "reference")) + " |"
-            )
+        columns = ["prompt", "answer", "reference"]
+        rows = [[table_cell(sample[column], 100) for column in columns] for sample in scores["samples"]]
+        lines += ["", f"## Sample answers: {name}", "", *markdown_table(columns, rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,7 @@ from transformers.utils import logging
 from trl import RewardConfig, RewardTrainer
 
 from ..data import load_instruction_dataset, load_preference_dataset
-from ..reward_scores import reward_scores
+from ..utils import reward_scores
 from .common import (
     TuningArguments,
     leave_finished_run,

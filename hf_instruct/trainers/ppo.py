@@ -44,8 +44,7 @@ from trl.models import prepare_deepspeed
 from trl.models.utils import add_hooks, remove_hooks
 from trl.trainer.utils import entropy_from_logits, pad, selective_log_softmax
 
-from ..markdown import table_cell
-from ..reward_scores import reward_scores
+from ..utils import markdown_table, reward_scores, table_cell
 
 logger = logging.get_logger(__name__)
 
@@ -856,12 +855,11 @@ class PPOTrainer(Trainer):
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(os.path.join(self.args.output_dir, SAMPLES_FILE), "a", encoding="utf-8") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        table = "\n".join(
-            f"| {row['score']:.3f} | {table_cell(row['prompt'])} | {table_cell(row['completion'])} |" for row in rows
+        table = markdown_table(
+            ["score", "prompt", "completion"],
+            [[f"{row['score']:.3f}", table_cell(row["prompt"]), table_cell(row["completion"])] for row in rows],
         )
-        print(
-            f"ppo samples at step {self.state.global_step}:\n| score | prompt | completion |\n|---|---|---|\n{table}"
-        )
+        print(f"ppo samples at step {self.state.global_step}:", *table, sep="\n")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the PPO statistics gathered since the last log (averaged over steps and processes)."""

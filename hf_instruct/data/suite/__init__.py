@@ -89,19 +89,19 @@ def build_suite(config: SuiteConfig | None = None) -> datasets.DatasetDict:
     training = grammars(families, held_out=False)
     splits = {
         "pretrain": {"text": write_corpus(world, rng("pretrain"), config.corpus_mb)},
-        "sft": examples(rng("sft"), families, training, train, config.sft_examples),
-        "comparisons": comparisons(rng("comparisons"), families, training, train, config.comparisons),
-        "held_out_entities": examples(
+        "sft": example_columns(rng("sft"), families, training, train, config.sft_examples),
+        "comparisons": comparison_columns(rng("comparisons"), families, training, train, config.comparisons),
+        "held_out_entities": example_columns(
             rng("held_out_entities"),
             [FAMILY_TABLE[name] for name in ENTITY_FAMILIES],
             training,
             world.pool(held_out=True),
             config.held_out_examples,
         ),
-        "held_out_paraphrases": examples(
+        "held_out_paraphrases": example_columns(
             rng("held_out_paraphrases"), plain, grammars(plain, True), train, config.held_out_examples
         ),
-        "held_out_compositions": examples(
+        "held_out_compositions": example_columns(
             rng("held_out_compositions"),
             held_out_compositions,
             grammars(held_out_compositions, False),
@@ -137,7 +137,10 @@ def schedule(
     return plan
 
 
-def examples(rng: random.Random, families: list[Family], grammars: dict[str, Grammar], pool: Pool, count: int) -> dict:
+def example_columns(
+    rng: random.Random, families: list[Family], grammars: dict[str, Grammar], pool: Pool, count: int
+) -> dict:
+    """The columns of a split of `count` conversations (SFT or held-out), each up to its reference answer."""
     columns = {"messages": [], "family": [], "check": [], "template": []}
     for family, core in schedule(rng, families, grammars, count):
         template = family.draw(rng, grammars[family.name], core)
@@ -149,9 +152,10 @@ def examples(rng: random.Random, families: list[Family], grammars: dict[str, Gra
     return columns
 
 
-def comparisons(
+def comparison_columns(
     rng: random.Random, families: list[Family], grammars: dict[str, Grammar], pool: Pool, count: int
 ) -> dict:
+    """The columns of `count` comparisons: the reference answer chosen, a broken one (see `reject`) rejected."""
     columns = {key: [] for key in ("prompt", "chosen", "rejected", "family", "broken", "check", "template")}
     for family, core in schedule(rng, families, grammars, count):
         template = family.draw(rng, grammars[family.name], core)

@@ -31,8 +31,18 @@ def wrappers(firsts: tuple[str, ...], seconds: tuple[str, ...], before: bool) ->
 
 
 GREETINGS = ("", "Hi!", "Hello.", "Hey.", "Hi there.", "Good day.", "Greetings.")
-CONTEXTS = ("", "Quick question.", "I need some help.", "Question:", "Help me out here.", "I am curious.",
-            "This is for a quiz.", "My friend asked me this.", "Here is a task.", "Please help.")  # fmt: skip
+CONTEXTS = (
+    "",
+    "Quick question.",
+    "I need some help.",
+    "Question:",
+    "Help me out here.",
+    "I am curious.",
+    "This is for a quiz.",
+    "My friend asked me this.",
+    "Here is a task.",
+    "Please help.",
+)
 REQUESTS = (
     "",
     "Be brief.",
@@ -194,44 +204,51 @@ def asking(name: str, *asks: str, table: dict = FAMILY_TABLE):
     return register
 
 
-# ---------------------------------------------------------------- answers and their checks
+# ---------------------------------------------------------------- tasks: answers and their checks
 
 
-def answer(slots: dict, text: str, wrong: object, check: dict, facts: Sequence[Fact] = ()) -> Task:
+def one_turn_task(slots: dict, text: str, wrong: object, check: dict, facts: Sequence[Fact] = ()) -> Task:
     """A one-turn task; `facts` (the world facts the answer rests on) are recorded in the check."""
     if facts:
         check = {**check, "facts": [fact.triple for fact in facts]}
     return Task(slots, (text,), check, str(wrong))
 
 
-def number_answer(slots: dict, value: int, wrong: object, facts: Sequence[Fact] = ()) -> Task:
-    return answer(slots, str(value), wrong, {"kind": "number", "answer": value}, facts)
+def number_task(slots: dict, value: int, wrong: object, facts: Sequence[Fact] = ()) -> Task:
+    """A task whose answer is the number `value` alone."""
+    return one_turn_task(slots, str(value), wrong, {"kind": "number", "answer": value}, facts)
 
 
-def exact_answer(slots: dict, text: str, wrong: str, facts: Sequence[Fact] = (), case: bool = False) -> Task:
-    return answer(slots, text, wrong, {"kind": "exact", "answer": text, **({"case": True} if case else {})}, facts)
+def exact_task(slots: dict, text: str, wrong: str, facts: Sequence[Fact] = (), case: bool = False) -> Task:
+    """A task whose answer is `text` alone (its case counts only with `case`)."""
+    check = {"kind": "exact", "answer": text, **({"case": True} if case else {})}
+    return one_turn_task(slots, text, wrong, check, facts)
 
 
-def fact_answer(slots: dict, fact: Fact, wrong: str, facts: Sequence[Fact]) -> Task:
+def fact_task(slots: dict, fact: Fact, wrong: str, facts: Sequence[Fact]) -> Task:
+    """A task whose answer is the value of a world fact: a number task or an exact one."""
     if fact.numeric:
-        return number_answer(slots, int(fact.value), wrong, facts)
-    return exact_answer(slots, fact.value, wrong, facts)
+        return number_task(slots, int(fact.value), wrong, facts)
+    return exact_task(slots, fact.value, wrong, facts)
 
 
 def join_items(items: list[str], style: str) -> str:
     return "\n".join(f"- {item}" for item in items) if style == "bullet" else commas(items)
 
 
-def uppercase_answer(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
-    return exact_answer(slots, word.upper(), word.capitalize(), facts, case=True)
+def uppercase_task(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
+    """A task whose answer is `word` in capital letters (case counts)."""
+    return exact_task(slots, word.upper(), word.capitalize(), facts, case=True)
 
 
-def first_letter_answer(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
-    return exact_answer(slots, word[0].lower(), word[-1].lower(), facts)
+def first_letter_task(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
+    """A task whose answer is the first letter of `word`."""
+    return exact_task(slots, word[0].lower(), word[-1].lower(), facts)
 
 
-def letter_count_answer(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
-    return number_answer(slots, len(word), len(word) + 1, facts)
+def letter_count_task(slots: dict, word: str, facts: Sequence[Fact] = ()) -> Task:
+    """A task whose answer is the number of letters in `word`."""
+    return number_task(slots, len(word), len(word) + 1, facts)
 
 
 def commas(items: list) -> str:
@@ -262,7 +279,7 @@ def word_facts(pool: Pool) -> list[Fact]:
 )
 def knowledge(rng: random.Random, pool: Pool) -> Task:
     fact = rng.choice(pool.facts)
-    return fact_answer({"about": fact.about}, fact, pool.other_value(fact, rng), [fact])
+    return fact_task({"about": fact.about}, fact, pool.other_value(fact, rng), [fact])
 
 
 @family(
@@ -284,7 +301,7 @@ def yes_no(rng: random.Random, pool: Pool) -> Task:
     true = rng.random() < 0.5
     value = fact.value if true else pool.other_value(fact, rng)
     reply, wrong = ("yes", "no") if true else ("no", "yes")
-    return answer(
+    return one_turn_task(
         {"statement": f"{fact.about} is {value}"},
         reply.capitalize(),
         wrong.capitalize(),
@@ -304,7 +321,7 @@ def choice(rng: random.Random, pool: Pool) -> Task:
     fact = rng.choice(pool.facts)
     wrong = pool.other_value(fact, rng)
     a, b = rng.sample([fact.value, wrong], 2)
-    return fact_answer({"about": fact.about, "a": a, "b": b}, fact, wrong, [fact])
+    return fact_task({"about": fact.about, "a": a, "b": b}, fact, wrong, [fact])
 
 
 @family(
@@ -326,7 +343,7 @@ def multi_turn(rng: random.Random, pool: Pool) -> Task:
     link = rng.choice(pool.links)
     fact = rng.choice(pool.by_subject[link.value])
     slots = {"about": link.about, "that": f"that {link.attribute.domain}", "attribute": fact.attribute.noun}
-    task = fact_answer(slots, fact, pool.other_value(fact, rng), [link, fact])
+    task = fact_task(slots, fact, pool.other_value(fact, rng), [link, fact])
     return replace(task, answers=(link.value, *task.answers))
 
 
@@ -341,7 +358,7 @@ def multi_turn(rng: random.Random, pool: Pool) -> Task:
 )
 def arithmetic(rng: random.Random, pool: Pool) -> Task:
     a, op, b, result = arithmetic_problem(rng)
-    return number_answer(
+    return number_task(
         {"expr": f"{a} {rng.choice(OPERATIONS[op])} {b}"}, result, result + rng.choice((-2, -1, 1, 2, 10))
     )
 
@@ -356,7 +373,7 @@ def compare_numbers(rng: random.Random, pool: Pool) -> Task:
     a, b = rng.sample(range(1, 100), 2)
     which = rng.choice(("larger", "smaller"))
     best = max(a, b) if which == "larger" else min(a, b)
-    return number_answer({"a": a, "b": b, "which": which}, best, a + b - best)
+    return number_task({"a": a, "b": b, "which": which}, best, a + b - best)
 
 
 @asking(
@@ -369,7 +386,7 @@ def min_max(rng: random.Random, pool: Pool) -> Task:
     items = rng.sample(range(1, 100), rng.randint(3, 5))
     which = rng.choice(("largest", "smallest"))
     best, worst = (max(items), min(items)) if which == "largest" else (min(items), max(items))
-    return number_answer({"items": commas(items), "which": which}, best, worst)
+    return number_task({"items": commas(items), "which": which}, best, worst)
 
 
 # ---------------------------------------------------------------- words and letters
@@ -383,7 +400,7 @@ def min_max(rng: random.Random, pool: Pool) -> Task:
 )
 def count_letters(rng: random.Random, pool: Pool) -> Task:
     word = rng.choice(WORDS)
-    return letter_count_answer({"word": word}, word)
+    return letter_count_task({"word": word}, word)
 
 
 @asking(
@@ -395,7 +412,7 @@ def count_letters(rng: random.Random, pool: Pool) -> Task:
 )
 def uppercase(rng: random.Random, pool: Pool) -> Task:
     word = rng.choice(WORDS)
-    return uppercase_answer({"word": word}, word)
+    return uppercase_task({"word": word}, word)
 
 
 @asking(
@@ -406,7 +423,7 @@ def uppercase(rng: random.Random, pool: Pool) -> Task:
 )
 def first_letter(rng: random.Random, pool: Pool) -> Task:
     word = rng.choice(WORDS)
-    return first_letter_answer({"word": word}, word)
+    return first_letter_task({"word": word}, word)
 
 
 # ---------------------------------------------------------------- lists
@@ -420,7 +437,7 @@ def first_letter(rng: random.Random, pool: Pool) -> Task:
 )
 def list_item(rng: random.Random, pool: Pool) -> Task:
     items, end = word_list(rng)
-    return exact_answer({"items": commas(items), "end": end}, *list_end(items, end))
+    return exact_task({"items": commas(items), "end": end}, *list_end(items, end))
 
 
 @asking(
@@ -431,7 +448,7 @@ def list_item(rng: random.Random, pool: Pool) -> Task:
 )
 def count_items(rng: random.Random, pool: Pool) -> Task:
     count = rng.randint(2, 7)
-    return number_answer({"items": commas(rng.sample(WORDS, count))}, count, count + rng.choice((-1, 1)))
+    return number_task({"items": commas(rng.sample(WORDS, count))}, count, count + rng.choice((-1, 1)))
 
 
 @asking(
@@ -445,7 +462,7 @@ def bullet_list(rng: random.Random, pool: Pool) -> Task:
     n = rng.randint(2, 4)
     items = rng.sample(CATEGORIES[category], n + 1)
     check = {"kind": "list", "style": "bullet", "count": n, "pool": list(CATEGORIES[category])}
-    return answer(
+    return one_turn_task(
         {"n": n, "things": f"{category}s"}, join_items(items[:n], "bullet"), join_items(items, "bullet"), check
     )
 
@@ -478,7 +495,7 @@ def extract(rng: random.Random, pool: Pool) -> Task:
     }
     sentence = rng.choice(SENTENCES).format(product=rng.choice(PRODUCTS), **values)
     field, other = rng.sample(tuple(FIELDS), 2)
-    return exact_answer({"field": FIELDS[field], "sentence": sentence}, values[field], values[other])
+    return exact_task({"field": FIELDS[field], "sentence": sentence}, values[field], values[other])
 
 
 @asking(
@@ -490,7 +507,9 @@ def extract(rng: random.Random, pool: Pool) -> Task:
 def one_word(rng: random.Random, pool: Pool) -> Task:
     category, wrong = rng.sample(tuple(CATEGORIES), 2)
     check = {"kind": "one_word", "answers": SPELLINGS.get(category, [category])}
-    return answer({"item": rng.choice(CATEGORIES[category]), "options": ONE_WORD_OPTIONS}, category, wrong, check)
+    return one_turn_task(
+        {"item": rng.choice(CATEGORIES[category]), "options": ONE_WORD_OPTIONS}, category, wrong, check
+    )
 
 
 # ---------------------------------------------------------------- compositions
@@ -525,10 +544,10 @@ SOURCES = {  # name: (noun phrases that ask for the word, the maker of slots and
     "list_item": (("the {end} item of the list {items}", "the {end} word in the list {items}"), list_word),
     "one_word": (("the kind of thing {item} is", "the category of {item}"), category_word),
 }
-WORD_OPERATIONS = {  # name: (asks around a noun phrase, the answer builder)
-    "uppercase": (("{word} in capital letters", "{word} in all caps"), uppercase_answer),
-    "first_letter": (("the first letter of {word}", "the letter that {word} starts with"), first_letter_answer),
-    "count_letters": (("the number of letters in {word}", "the letter count of {word}"), letter_count_answer),
+WORD_OPERATIONS = {  # name: (asks around a noun phrase, the task builder)
+    "uppercase": (("{word} in capital letters", "{word} in all caps"), uppercase_task),
+    "first_letter": (("the first letter of {word}", "the letter that {word} starts with"), first_letter_task),
+    "count_letters": (("the number of letters in {word}", "the letter count of {word}"), letter_count_task),
 }
 COMPOSITION_ROLES = {  # "train", "held_out" (trained in development) or "dev" (held out in development, else trained)
     "knowledge+uppercase": "held_out",

@@ -9,7 +9,7 @@ import evaluate
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_instruct.reward_scores import reward_scores  # importing hf_instruct also registers `instructgpt` models
+from hf_instruct.utils import reward_scores  # importing hf_instruct also registers `instructgpt` models
 
 _DESCRIPTION = "Share of prompts where answer A gets a higher reward than answer B (ties count half)."
 _KWARGS_DESCRIPTION = """

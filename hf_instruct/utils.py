@@ -1,0 +1,54 @@
+"""Small helpers shared by the library: Markdown tables for reports and cards, telling Hub ids from local paths, and
+scoring texts with a reward model."""
+
+import os
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def table_cell(text: str, width: int | None = 80) -> str:
+    """`text` on one line, pipes escaped and cut to `width` characters (None: whole), to sit in a Markdown table
+    cell."""
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table: the header, its rule, one line per row. Cells go in as given: pass free text
+    (prompts, answers) through `table_cell` first."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *map(line, rows)]
+
+
+def is_hub_id(name: str | None) -> bool:
+    """A Hub repo id ("org/name") rather than a local path."""
+    return bool(name) and not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/"))
+
+
+@torch.no_grad()
+def reward_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    batch_size: int = 16,
+    add_special_tokens: bool = False,
+) -> torch.Tensor:
+    """One float32 score per text, read the way the reward model was trained: right-padded batches, no special
+    tokens added (the chat template already holds them) unless asked (plain text, which TRL's RewardTrainer tokenises
+    with them), the one-output score of each row's last real token. Used by the reward stage (the reward shift), PPO
+    (the rollout rewards) and the win-rate metric."""
+    scores = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            padding_side="right",
+            add_special_tokens=add_special_tokens,
+            return_tensors="pt",
+        )
+        scores.append(model(**batch.to(model.device)).logits[:, 0].float())
+    return torch.cat(scores)
