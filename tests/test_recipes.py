@@ -348,7 +348,7 @@ def test_grpo_refuses_a_lora_adapter_it_cannot_reload_as_its_reference(tmp_path,
 
 
 def readme_commands(stage: str) -> set[str]:
-    """Every tiny-recipe command of `stage` in the README: the main-job line and the Recipes section."""
+    """Every tiny-recipe command of `stage` in the README (the tiny chain of its section on the stages)."""
     readme = (REPO / "README.md").read_text()
     pattern = rf"hf-instruct {stage} --config recipes/tiny/{stage}/config\.yaml(?: --\w+ [^\s&]+)*"
     return set(re.findall(pattern, readme))
