@@ -246,12 +246,13 @@ def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_d
 def print_plan(config: PipelineConfig, configs: dict) -> None:
     """The stages, their steps and the time each took on a 2-core CPU (the YAML's `estimates`), before anything
     runs."""
-    lines = ["pipeline plan (times measured on 2 CPU cores):", "| stage | steps | estimated |", "|---|---|---|"]
+    rows = []
     for name, stage in configs.items():
         estimate = config.estimates.get(name)
         status = "done" if unfinished(stage.output_dir) is None else f"~{estimate / 60:.1f} min" if estimate else "?"
-        lines.append(f"| {name} | {stage.max_steps if stage.max_steps > 0 else 'epochs'} | {status} |")
-    lines.append(f"| evaluation | | ~{config.estimates.get('evaluation', 0) / 60:.1f} min |")
+        rows.append([name, str(stage.max_steps if stage.max_steps > 0 else "epochs"), status])
+    rows.append(["evaluation", "", f"~{config.estimates.get('evaluation', 0) / 60:.1f} min"])
+    lines = ["pipeline plan (times measured on 2 CPU cores):", *markdown_table(["stage", "steps", "estimated"], rows)]
     total = sum(config.estimates.get(name, 0) for name in [*configs, "evaluation"])
     print("\n".join(lines) + f"\ntotal ≈ {total / 60:.1f} min\n")
 
@@ -356,55 +357,61 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
         "win rate vs SFT",
         "pretraining perplexity",
     ]
-    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    rows = []
     for name, model in results.items():
         accuracies = [f"{model['splits'][split]['accuracy']:.3f}" for split in SUITE_SPLITS]
         win = sum(model["splits"][split]["win_rate_vs_sft"] for split in SUITE_SPLITS) / len(SUITE_SPLITS)
-        row = [name, f"{model['parameters'] / 1e6:.2f} M", *accuracies, f"{win:.3f}", f"{model['perplexity']:.3f}"]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(
+            [name, f"{model['parameters'] / 1e6:.2f} M", *accuracies, f"{win:.3f}", f"{model['perplexity']:.3f}"]
+        )
+    lines += markdown_table(header, rows)
     for name in config.baselines:
         lines += ["", headline(name, results, config.baselines[name])]
         lines += [headline(f"{name}{FEW_SHOT}", results, config.baselines[name])]
     lines += ["", "![accuracy by model and held-out split](accuracy.png)", ""]
-    families = sorted({f for m in results.values() for f in m["splits"]["held_out_paraphrases"]["per_family"]})
-    lines += [
-        "## Accuracy per task family (held-out paraphrases)",
-        "",
-        "| family | " + " | ".join(results) + " |",
-        "|---" * (len(results) + 1) + "|",
-    ]
-    for family in families:
-        values = [f"{m['splits']['held_out_paraphrases']['per_family'].get(family, 0):.2f}" for m in results.values()]
-        lines.append(f"| {family} | " + " | ".join(values) + " |")
-    lines += [
-        "",
-        "## Sample answers (held-out paraphrases)",
-        "",
-        "| prompt | " + " | ".join(results) + " |",
-        "|---" * (len(results) + 1) + "|",
-    ]
-    samples = next(iter(results.values()))["splits"]["held_out_paraphrases"]["samples"]
-    for index, sample in enumerate(samples):
-        answers = [
-            table_cell(m["splits"]["held_out_paraphrases"]["samples"][index]["answer"], 40) for m in results.values()
-        ]
-        lines.append(f"| {table_cell(sample['prompt'], 60)} | " + " | ".join(answers) + " |")
+    paraphrases = {name: model["splits"]["held_out_paraphrases"] for name, model in results.items()}
+    families = sorted({family for split in paraphrases.values() for family in split["per_family"]})
+    lines += ["## Accuracy per task family (held-out paraphrases)", ""]
+    lines += markdown_table(
+        ["family", *results],
+        [
+            [family, *(f"{split['per_family'].get(family, 0):.2f}" for split in paraphrases.values())]
+            for family in families
+        ],
+    )
+    lines += ["", "## Sample answers (held-out paraphrases)", ""]
+    samples = next(iter(paraphrases.values()))["samples"]
+    lines += markdown_table(
+        ["prompt", *results],
+        [
+            [
+                table_cell(sample["prompt"], 60),
+                *(table_cell(split["samples"][index]["answer"], 40) for split in paraphrases.values()),
+            ]
+            for index, sample in enumerate(samples)
+        ],
+    )
     lines += ["", "## Training curves", ""]
     lines += [
         f"![{name}]({name}/training_curves.png)"
         for name in runs(config)
         if (output_dir / name / "training_curves.png").is_file()
     ]
-    lines += ["", "## Run", "", "| | |", "|---|---|"]
-    for name in runs(config):  # as each stage recorded it, so a resumed pipeline reports the real times
-        seconds = read_history(output_dir / name)[-1]["wall_time_s"]
-        lines.append(f"| {name} wall time | {seconds / 60:.1f} min |")
-    lines += [
-        f"| seed | {config.seed} |",
-        f"| hardware | {hardware()} |",
-        f"| versions | hf-instruct {__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-        f"torch {torch.__version__} |",
+    # each stage's time as it recorded it, so a resumed pipeline reports the real times
+    run = [
+        [f"{name} wall time", f"{read_history(output_dir / name)[-1]['wall_time_s'] / 60:.1f} min"]
+        for name in runs(config)
     ]
+    run += [
+        ["seed", str(config.seed)],
+        ["hardware", hardware()],
+        [
+            "versions",
+            f"hf-instruct {__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
+            f"torch {torch.__version__}",
+        ],
+    ]
+    lines += ["", "## Run", "", *markdown_table(["", ""], run)]
     report = output_dir / "report.md"
     write_if_changed(report, "\n".join(lines) + "\n")
     record_comparison(output_dir / "ppo", results)
