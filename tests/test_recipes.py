@@ -67,9 +67,13 @@ ACCELERATE_CONFIGS = sorted(REPO.glob("recipes/accelerate/*.yaml"))
 
 def cli(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "hf_instruct.cli", *args], cwd=cwd, env=CLI_ENV, capture_output=True, text=True,
+        [sys.executable, "-m", "hf_instruct.cli", *args],
+        cwd=cwd,
+        env=CLI_ENV,
+        capture_output=True,
+        text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -121,9 +125,12 @@ def test_console_script_version():
 
 @pytest.mark.parametrize(
     ("args", "expected"),
-    [(["--help"], ["pretrain", "sft"]), (["pretrain", "--help"], ["--block_size", "--model_config"]),
-     (["sft", "--help"], ["--sft_backend", "--use_peft", "--assistant_only_loss"])],
-)  # fmt: skip
+    [
+        (["--help"], ["pretrain", "sft"]),
+        (["pretrain", "--help"], ["--block_size", "--model_config"]),
+        (["sft", "--help"], ["--sft_backend", "--use_peft", "--assistant_only_loss"]),
+    ],
+)
 def test_cli_help(capsys, args, expected):
     with pytest.raises(SystemExit) as exit_code:
         main(args)
@@ -147,9 +154,19 @@ def test_a_recipe_script_is_its_stage_command(stage, tmp_path, monkeypatch, caps
 
 
 def sft_config(model_dir: Path, data: Path, output_dir: Path, **overrides) -> SFTStageConfig:
-    args = dict(model_name_or_path=str(model_dir), train_files=[str(data)], output_dir=str(output_dir),
-                max_steps=3, per_device_train_batch_size=4, eval_examples=4, max_length=64, logging_steps=1,
-                save_strategy="no", disable_tqdm=True, report_to="none")  # fmt: skip
+    args = dict(
+        model_name_or_path=str(model_dir),
+        train_files=[str(data)],
+        output_dir=str(output_dir),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        eval_examples=4,
+        max_length=64,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        report_to="none",
+    )
     return SFTStageConfig(**{**args, **overrides})
 
 
@@ -190,10 +207,17 @@ def test_continued_pretraining_keeps_the_models_tokenizer(tmp_path, tiny_model_d
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 40)
     config = PretrainStageConfig(
-        model_name_or_path=str(tiny_model_dir), train_files=[str(corpus)], output_dir=str(tmp_path / "continued"),
-        block_size=32, eval_blocks=4, max_steps=2, per_device_train_batch_size=4, save_strategy="no",
-        disable_tqdm=True, report_to="none",
-    )  # fmt: skip
+        model_name_or_path=str(tiny_model_dir),
+        train_files=[str(corpus)],
+        output_dir=str(tmp_path / "continued"),
+        block_size=32,
+        eval_blocks=4,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        disable_tqdm=True,
+        report_to="none",
+    )
     output_dir = Path(run_pretrain(config))
     assert (output_dir / "tokenizer.json").read_text() == (tiny_model_dir / "tokenizer.json").read_text()
     assert f"| base model | {tiny_model_dir} |" in (output_dir / "README.md").read_text()
@@ -242,10 +266,14 @@ def test_reward_model_learns_an_obvious_preference_and_centres_on_demonstrations
     """Polite answers beat rude ones: > 90 % held-out pairwise accuracy; demonstrations then score 0 on average."""
     topics = ["the sea", "a fox", "the moon", "bread", "music", "rain", "a river", "the city", "tea", "stars"]
     rows = [
-        {"prompt": f"Tell me about {topic}, round {i}.", "chosen": f"Thank you for asking about {topic}, gladly.",
-         "rejected": f"Go away, {topic} bores me."}
-        for i in range(12) for topic in topics
-    ]  # fmt: skip
+        {
+            "prompt": f"Tell me about {topic}, round {i}.",
+            "chosen": f"Thank you for asking about {topic}, gladly.",
+            "rejected": f"Go away, {topic} bores me.",
+        }
+        for i in range(12)
+        for topic in topics
+    ]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     demonstrations = tmp_path / "demos.jsonl"
@@ -253,18 +281,29 @@ def test_reward_model_learns_an_obvious_preference_and_centres_on_demonstrations
         "".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n" for r in rows)
     )
     config = RewardStageConfig(
-        model_name_or_path=str(tiny_model_dir), train_files=[str(pairs)], demonstration_files=[str(demonstrations)],
-        max_demonstrations=32, output_dir=str(tmp_path / "reward"), eval_examples=40, max_steps=40,
-        per_device_train_batch_size=8, learning_rate=3e-3, max_length=256, logging_steps=10, save_strategy="no",
-        disable_tqdm=True, report_to="none",
-    )  # fmt: skip
+        model_name_or_path=str(tiny_model_dir),
+        train_files=[str(pairs)],
+        demonstration_files=[str(demonstrations)],
+        max_demonstrations=32,
+        output_dir=str(tmp_path / "reward"),
+        eval_examples=40,
+        max_steps=40,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        max_length=256,
+        logging_steps=10,
+        save_strategy="no",
+        disable_tqdm=True,
+        report_to="none",
+    )
     output_dir = run_reward(config)
     results = json.loads((Path(output_dir) / "all_results.json").read_text())
     assert results["eval_accuracy"] > 0.9
     model = AutoModelForSequenceClassification.from_pretrained(output_dir)
     assert model.config.num_labels == 1 and model.config.pad_token_id == 0
-    conversations = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}]
-                     for r in rows[:32]]  # fmt: skip
+    conversations = [
+        [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["chosen"]}] for r in rows[:32]
+    ]
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     assert abs(mean_reward(model, tokenizer, conversations) + model.config.reward_shift) < 1e-4
     with pytest.raises(ValueError, match="All 80 training comparisons are longer than max_length=16 tokens"):
@@ -279,10 +318,19 @@ def test_dpo_moves_the_reward_margin_towards_the_chosen_answers(tmp_path, tiny_m
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = DPOStageConfig(
-        model_name_or_path=str(tiny_model_dir), train_files=[str(pairs)], output_dir=str(tmp_path / "dpo"),
-        eval_examples=8, max_steps=10, per_device_train_batch_size=8, learning_rate=3e-3, max_length=128,
-        logging_steps=5, save_strategy="no", disable_tqdm=True, report_to="none",
-    )  # fmt: skip
+        model_name_or_path=str(tiny_model_dir),
+        train_files=[str(pairs)],
+        output_dir=str(tmp_path / "dpo"),
+        eval_examples=8,
+        max_steps=10,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        max_length=128,
+        logging_steps=5,
+        save_strategy="no",
+        disable_tqdm=True,
+        report_to="none",
+    )
     results = json.loads((Path(run_dpo(config)) / "all_results.json").read_text())
     assert results["eval_rewards/margins"] > 0.5 and results["eval_rewards/accuracies"] == 1.0
 
@@ -302,8 +350,15 @@ def test_stages_from_a_lora_sft_adapter_train_the_merged_sft_model(tmp_path, cha
 
     monkeypatch.setattr(dpo_stage, "DPOTrainer", RecordedDPOTrainer)
     root = chain["sft"].parent
-    common = dict(model_name_or_path=str(chain["lora"]), output_dir=str(tmp_path / stage), eval_examples=0,
-                  max_length=64, max_steps=3, learning_rate=1e-2, **QUICK)  # fmt: skip
+    common = dict(
+        model_name_or_path=str(chain["lora"]),
+        output_dir=str(tmp_path / stage),
+        eval_examples=0,
+        max_length=64,
+        max_steps=3,
+        learning_rate=1e-2,
+        **QUICK,
+    )
     config_class, run = STAGES[stage]
     data = root / ("instructions.jsonl" if stage == "sft" else "pairs.jsonl")
     output_dir = Path(run(config_class(train_files=[str(data)], **common)))
@@ -326,8 +381,15 @@ def test_a_lora_adapter_is_refused_under_deepspeed_zero3(tmp_path, chain, stage,
     config_class, run = STAGES[stage]
     data = chain["sft"].parent / ("pairs.jsonl" if stage == "dpo" else "instructions.jsonl")
     extra = {"reward_model_path": str(chain["reward"]), "use_peft": True} if stage == "ppo" else {}
-    config = config_class(model_name_or_path=str(chain["lora"]), train_files=[str(data)], eval_examples=0,
-                          output_dir=str(tmp_path / stage), max_steps=1, **extra, **QUICK)  # fmt: skip
+    config = config_class(
+        model_name_or_path=str(chain["lora"]),
+        train_files=[str(data)],
+        eval_examples=0,
+        output_dir=str(tmp_path / stage),
+        max_steps=1,
+        **extra,
+        **QUICK,
+    )
     with pytest.raises(ValueError, match="is a LoRA adapter, which cannot be merged here under DeepSpeed ZeRO-3"):
         run(config)
     assert not (tmp_path / stage / "model.safetensors").exists()
@@ -335,10 +397,16 @@ def test_a_lora_adapter_is_refused_under_deepspeed_zero3(tmp_path, chain, stage,
 
 def test_grpo_refuses_a_lora_adapter_it_cannot_reload_as_its_reference(tmp_path, chain):
     config = GRPOStageConfig(
-        model_name_or_path=str(chain["lora"]), reward_model_path=str(chain["reward"]), beta=0.04,
-        train_files=[str(chain["sft"].parent / "instructions.jsonl")], output_dir=str(tmp_path / "grpo"),
-        eval_examples=0, max_steps=1, num_generations=4, **QUICK,
-    )  # fmt: skip
+        model_name_or_path=str(chain["lora"]),
+        reward_model_path=str(chain["reward"]),
+        beta=0.04,
+        train_files=[str(chain["sft"].parent / "instructions.jsonl")],
+        output_dir=str(tmp_path / "grpo"),
+        eval_examples=0,
+        max_steps=1,
+        num_generations=4,
+        **QUICK,
+    )
     with pytest.raises(ValueError, match=r"is a LoRA adapter: GRPOTrainer reloads its KL reference \(beta=0\.04\)"):
         run_grpo(config)
     assert not (tmp_path / "grpo" / "model.safetensors").exists()
@@ -393,8 +461,21 @@ def test_readme_tiny_chain_on_real_data(tmp_path):
 
 # ---------------------------------------------------------------- fault tolerance: SIGKILL, re-run, same weights
 
-RESUME_ARGS = ["pretrain", "--config", "recipes/tiny/pretrain/config.yaml", "--max_steps", "24", "--save_steps",
-               "8", "--eval_blocks", "8", "--disable_tqdm", "true", "--logging_steps", "4"]  # fmt: skip
+RESUME_ARGS = [
+    "pretrain",
+    "--config",
+    "recipes/tiny/pretrain/config.yaml",
+    "--max_steps",
+    "24",
+    "--save_steps",
+    "8",
+    "--eval_blocks",
+    "8",
+    "--disable_tqdm",
+    "true",
+    "--logging_steps",
+    "4",
+]
 
 
 @needs_shared
@@ -435,9 +516,21 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
 def test_torchrun_two_process_ddp_ends_with_identical_weights(tmp_path):
     output_dir = tmp_path / "ddp"
     torchrun_stage(
-        "pretrain", "--config", "recipes/tiny/pretrain/config.yaml", "--output_dir", str(output_dir),
-        "--max_steps", "6", "--save_strategy", "no", "--eval_blocks", "8", "--disable_tqdm", "true", tmp_path=tmp_path,
-    )  # fmt: skip
+        "pretrain",
+        "--config",
+        "recipes/tiny/pretrain/config.yaml",
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "6",
+        "--save_strategy",
+        "no",
+        "--eval_blocks",
+        "8",
+        "--disable_tqdm",
+        "true",
+        tmp_path=tmp_path,
+    )
     assert (output_dir / "model.safetensors").exists()
 
 
@@ -450,11 +543,32 @@ def test_deepspeed_zero_on_cpu(tmp_path, zero):
     corpus, output_dir = tmp_path / "corpus.txt", tmp_path / f"zero{zero}"
     corpus.write_text(TEXT * 40)
     deepspeed_stage(
-        "pretrain", zero, "--train_files", str(corpus), "--vocab_size", "300", "--block_size", "32", "--eval_blocks",
-        "4", "--model_config", json.dumps(TINY_MODEL), "--output_dir", str(output_dir), "--max_steps", "4",
-        "--per_device_train_batch_size", "4", "--save_strategy", "no", "--disable_tqdm", "true", "--report_to",
-        "none", tmp_path=tmp_path,
-    )  # fmt: skip
+        "pretrain",
+        zero,
+        "--train_files",
+        str(corpus),
+        "--vocab_size",
+        "300",
+        "--block_size",
+        "32",
+        "--eval_blocks",
+        "4",
+        "--model_config",
+        json.dumps(TINY_MODEL),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        tmp_path=tmp_path,
+    )
     config = json.loads((output_dir / "config.json").read_text())
     embeddings = load_file(output_dir / "model.safetensors")["model.embed_tokens.weight"]
     assert embeddings.shape == (config["vocab_size"], config["hidden_size"])
