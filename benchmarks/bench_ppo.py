@@ -52,11 +52,21 @@ from hf_instruct.utils import markdown_table
 
 SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "pretrain", "tinyshakespeare.txt")
 MODELS = {  # name: (model_config, tokenizer vocab_size, tokenizer corpus)
-    "0.66M": (dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2), 2048, "suite"),
-    "5.3M": (dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
-                  num_key_value_heads=4), 8192, "shakespeare"),
-}  # fmt: skip
+    "0.66M": (
+        dict(
+            hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+        ),
+        2048,
+        "suite",
+    ),
+    "5.3M": (
+        dict(
+            hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
+        ),
+        8192,
+        "shakespeare",
+    ),
+}
 ANSWERS, RESPONSE_LENGTH, GENERATIONS, KL_COEF, LEARNING_RATE = 16, 24, 4, 0.05, 1e-5
 RUNS = {  # name: PPOConfig settings (GRPO has its own)
     "PPO": dict(num_ppo_epochs=1, num_mini_batches=1),
@@ -78,8 +88,13 @@ def prepare(model: str, directory: str) -> None:
     else:
         texts = suite["pretrain"]["text"]
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size, show_progress=False)
-    config = InstructGPTConfig(**model_config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    config = InstructGPTConfig(
+        **model_config,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     InstructGPTForCausalLM(config).save_pretrained(os.path.join(directory, "policy"))
     reward_config = InstructGPTConfig(**config.to_dict() | {"num_labels": 1})
@@ -120,16 +135,29 @@ def build(run: str, directory: str, steps: int) -> PPOTrainer | GRPOTrainer:
             gradient_checkpointing=False,
             **common,
         )
-        return GRPOTrainer(model=os.path.join(directory, "policy"), reward_funcs=os.path.join(directory, "reward"),
-                           args=args, train_dataset=prompts, processing_class=tokenizer)  # fmt: skip
-    args = PPOConfig(per_device_train_batch_size=ANSWERS, response_length=RESPONSE_LENGTH, kl_coef=KL_COEF,
-                     num_sample_completions=0, **RUNS[run], **common)  # fmt: skip
+        return GRPOTrainer(
+            model=os.path.join(directory, "policy"),
+            reward_funcs=os.path.join(directory, "reward"),
+            args=args,
+            train_dataset=prompts,
+            processing_class=tokenizer,
+        )
+    args = PPOConfig(
+        per_device_train_batch_size=ANSWERS,
+        response_length=RESPONSE_LENGTH,
+        kl_coef=KL_COEF,
+        num_sample_completions=0,
+        **RUNS[run],
+        **common,
+    )
     return PPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(os.path.join(directory, "policy")), args=args,
-        processing_class=tokenizer, train_dataset=prompts,
+        model=AutoModelForCausalLM.from_pretrained(os.path.join(directory, "policy")),
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=prompts,
         reward_model=AutoModelForSequenceClassification.from_pretrained(os.path.join(directory, "reward")),
         ptx_dataset=datasets.load_from_disk(os.path.join(directory, "ptx")) if args.ptx_coef > 0 else None,
-    )  # fmt: skip
+    )
 
 
 class StepClock(TrainerCallback):

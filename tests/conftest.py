@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny configs and a real byte-level BPE tokenizer trained on the spot (no downloads)."""
+"""Shared fixtures and helpers: tiny configs, the Trainer settings of few-step runs, a real byte-level BPE tokenizer
+trained on the spot (no downloads), a pretrain → SFT → reward chain, and DDP and DeepSpeed launchers."""
 
 import json
 import os
@@ -60,7 +61,8 @@ TEXT = (
 )
 
 
-# Trainer settings for a three-step CPU smoke run (TRL configs default to bf16 and activation checkpointing).
+# Trainer settings of every few-step test run, of a stock Trainer or a stage: three steps on the CPU in fp32 (TRL
+# configs default to bf16 and activation checkpointing, stages pick bf16 by the machine), logged, nothing saved.
 SMOKE_TRAINING = dict(
     max_steps=3,
     per_device_train_batch_size=4,
@@ -72,6 +74,12 @@ SMOKE_TRAINING = dict(
     bf16=False,
     disable_tqdm=True,
 )
+
+
+def flags(**values) -> list[str]:
+    """A command line's `--name value` pairs: flags(max_steps=3, output_dir=path) == ["--max_steps", "3",
+    "--output_dir", str(path)]."""
+    return [item for name, value in values.items() for item in (f"--{name}", str(value))]
 
 
 def logged_losses(trainer) -> list[float]:
@@ -148,11 +156,10 @@ def torchrun_stage(stage: str, *args: str, tmp_path: Path) -> None:
     """Run `stage` as 2-process gloo DDP on CPU; assert both ranks end with the same weights."""
     script = tmp_path / "ddp_stage.py"
     script.write_text(DDP_SCRIPT)
+    launcher = [sys.executable, "-m", "torch.distributed.run", *flags(nproc_per_node=2, master_port=free_port())]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(script), stage, *args],
-        cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [*launcher, str(script), stage, *args], cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     output_dir = Path(args[args.index("--output_dir") + 1])
     digests = [(output_dir / f"rank{rank}.sha256").read_text().split() for rank in (0, 1)]
@@ -181,22 +188,26 @@ def deepspeed_stage(stage: str, zero: int, *args: str, tmp_path: Path) -> subpro
     DeepSpeed; fp32, as bf16 is slow on most CPUs."""
     script = tmp_path / "deepspeed_stage.py"
     script.write_text(DEEPSPEED_SCRIPT)
+    launcher = ["accelerate", "launch", "--config_file", f"recipes/accelerate/deepspeed_zero{zero}.yaml"]
+    launcher += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())]
     proc = subprocess.run(
-        ["accelerate", "launch", "--config_file", f"recipes/accelerate/deepspeed_zero{zero}.yaml", "--num_processes",
-         "2", "--mixed_precision", "no", "--main_process_port", str(free_port()), str(script), stage, *args],
-        cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [*launcher, str(script), stage, *args], cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     output_dir = Path(args[args.index("--output_dir") + 1])
     assert [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)] == [[zero, 2]] * 2
     return proc
 
 
-# Trainer settings of the few-step stage runs that tests chain together.
 # The `model_config` of the few-step pretraining runs that tests start from.
-TINY_MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "num_key_value_heads": 2, "tie_word_embeddings": True}  # fmt: skip
-QUICK = dict(per_device_train_batch_size=4, logging_steps=1, save_strategy="no", disable_tqdm=True, report_to="none")
+TINY_MODEL = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": True,
+}
 
 
 @pytest.fixture(scope="session")
@@ -213,17 +224,12 @@ def chain(tmp_path_factory) -> dict[str, Path]:
         "".join(json.dumps({"prompt": f"Say {s}", "chosen": s, "rejected": "No."}) + "\n" for s in sentences * 8)
     )
     runs = {name: root / name for name in ("pretrain", "sft", "lora", "reward")}
-    model_config = TINY_MODEL
-    run_pretrain(PretrainStageConfig(
-        train_files=[str(corpus)], output_dir=str(runs["pretrain"]), vocab_size=300, block_size=32, eval_blocks=4,
-        model_config=model_config, max_steps=3, **QUICK,
-    ))  # fmt: skip
-    tuning = dict(model_name_or_path=str(runs["pretrain"]), train_files=[str(instructions)], eval_examples=4,
-                  max_length=64, max_steps=3, **QUICK)  # fmt: skip
-    run_sft(SFTStageConfig(output_dir=str(runs["sft"]), **tuning))
-    run_sft(SFTStageConfig(output_dir=str(runs["lora"]), use_peft=True, **tuning))
-    run_reward(RewardStageConfig(
-        model_name_or_path=str(runs["sft"]), train_files=[str(pairs)], output_dir=str(runs["reward"]),
-        eval_examples=4, max_length=64, max_steps=3, **QUICK,
-    ))  # fmt: skip
+    pretraining = dict(vocab_size=300, block_size=32, eval_blocks=4, model_config=TINY_MODEL, **SMOKE_TRAINING)
+    run_pretrain(PretrainStageConfig(train_files=[str(corpus)], output_dir=str(runs["pretrain"]), **pretraining))
+    tuning = dict(eval_examples=4, max_length=64, **SMOKE_TRAINING)
+    sft = dict(model_name_or_path=str(runs["pretrain"]), train_files=[str(instructions)], **tuning)
+    run_sft(SFTStageConfig(output_dir=str(runs["sft"]), **sft))
+    run_sft(SFTStageConfig(output_dir=str(runs["lora"]), use_peft=True, **sft))
+    reward = dict(model_name_or_path=str(runs["sft"]), train_files=[str(pairs)], **tuning)
+    run_reward(RewardStageConfig(output_dir=str(runs["reward"]), **reward))
     return runs

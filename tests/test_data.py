@@ -7,7 +7,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import REPO, SHARED, TEXT, needs_shared
+from conftest import REPO, SHARED, TEXT, flags, needs_shared
 
 from hf_instruct.cli import main
 from hf_instruct.data import (
@@ -73,7 +73,7 @@ def write_jsonl(path: Path, records: list) -> Path:
         "messages",
         "sharegpt",
         "system-field",
-    ],  # fmt: skip
+    ],
 )
 def test_every_instruction_shape_becomes_messages(record, expected):
     assert to_messages(record) == expected
@@ -360,8 +360,10 @@ def test_bad_data_files_are_named_with_line_column_and_fix(bad_files, load, sour
     assert str(error.value) == message
 
 
-TINY_PRETRAIN = ["pretrain", "--config", str(REPO / "recipes/tiny/pretrain/config.yaml"), "--output_dir", "out",
-                 "--report_to", "none", "--bf16", "false"]  # fmt: skip
+TINY_PRETRAIN = [
+    "pretrain",
+    *flags(config=REPO / "recipes/tiny/pretrain/config.yaml", output_dir="out", report_to="none", bf16="false"),
+]
 STREAMING = ["--streaming", "true", "--max_steps", "1"]
 
 

@@ -79,8 +79,12 @@ def test_lm_eval_scores_a_saved_checkpoint_without_the_plugin(tmp_path, tokenize
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", LM_EVAL_WITHOUT_THE_PLUGIN, str(tmp_path / "model"), str(tasks), str(tmp_path / "out")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # The harness's log-likelihood of every choice is our model's, so its accuracy is too.

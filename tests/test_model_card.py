@@ -93,8 +93,13 @@ def test_a_trainer_with_use_model_card_writes_our_card_with_its_curves_and_final
     ids = tokenizer(TEXT * 4)["input_ids"]
     blocks = [{"input_ids": ids[i : i + 16], "labels": ids[i : i + 16]} for i in range(0, len(ids) - 16, 16)]
     args = TrainingArguments(str(tmp_path), **{**SMOKE_TRAINING, "max_steps": 4}, eval_strategy="steps", eval_steps=2)
-    trainer = Trainer(InstructGPTForCausalLM(tiny_config()), args, train_dataset=blocks, eval_dataset=blocks[:4],
-                      processing_class=tokenizer)  # fmt: skip
+    trainer = Trainer(
+        InstructGPTForCausalLM(tiny_config()),
+        args,
+        train_dataset=blocks,
+        eval_dataset=blocks[:4],
+        processing_class=tokenizer,
+    )
     use_model_card(trainer)
     trainer.train()
     trainer.save_metrics("eval", trainer.evaluate())

@@ -44,8 +44,12 @@ def test_a_wheel_and_a_checkout_both_find_the_card_templates(tmp_path):
 
     proc = subprocess.run(
         [sys.executable, "-c", WHERE_IS_THE_TEMPLATE, str(installed), str(checkout)],
-        cwd=tmp_path, env=CLI_ENV, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=CLI_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     # Each copy reads its own templates (not, say, the ones an editable install maps in from this repository).
     assert [Path(line) for line in proc.stdout.split()] == [installed / "hf_instruct" / TEMPLATE, checkout / TEMPLATE]

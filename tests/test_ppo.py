@@ -12,7 +12,7 @@ import datasets
 import pytest
 import torch
 import yaml
-from conftest import REPO, TEXT, deepspeed_stage, tiny_config, torchrun_stage
+from conftest import REPO, TEXT, deepspeed_stage, flags, tiny_config, torchrun_stage
 from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
@@ -121,18 +121,37 @@ def prompts(count: int = 64) -> datasets.Dataset:
 
 
 def ppo_args(output_dir: Path, **overrides) -> PPOConfig:
-    args = dict(output_dir=str(output_dir), max_steps=4, per_device_train_batch_size=16, num_mini_batches=2,
-                learning_rate=3e-3, lr_scheduler_type="constant", response_length=12, temperature=1.0, kl_coef=0.05,
-                logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-                num_sample_completions=0)  # fmt: skip
+    args = dict(
+        output_dir=str(output_dir),
+        max_steps=4,
+        per_device_train_batch_size=16,
+        num_mini_batches=2,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        response_length=12,
+        temperature=1.0,
+        kl_coef=0.05,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        num_sample_completions=0,
+    )
     return PPOConfig(**{**args, **overrides})
 
 
 def ppo_trainer(tokenizer, args: PPOConfig, **overrides) -> PPOTrainer:
     torch.manual_seed(args.seed)
     value_model = InstructGPTForSequenceClassification(tiny_config(num_labels=1))
-    kwargs = dict(model=InstructGPTForCausalLM(tiny_config()), args=args, processing_class=tokenizer,
-                  reward_model=even_tokens, value_model=value_model, train_dataset=prompts())  # fmt: skip
+    kwargs = dict(
+        model=InstructGPTForCausalLM(tiny_config()),
+        args=args,
+        processing_class=tokenizer,
+        reward_model=even_tokens,
+        value_model=value_model,
+        train_dataset=prompts(),
+    )
     return PPOTrainer(**{**kwargs, **overrides})
 
 
@@ -140,8 +159,8 @@ def logged(trainer, name: str) -> list[float]:
     return [entry[name] for entry in trainer.state.log_history if name in entry]
 
 
-def lora_config() -> LoraConfig:
-    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+def lora_config(**overrides) -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM", **overrides)
 
 
 def rollout_batch(trainer: PPOTrainer, count: int = 8) -> dict:
@@ -156,8 +175,14 @@ def test_ppo_raises_the_reward_while_the_kl_stays_bounded(tmp_path, tokenizer):
     assert scores[0] < 0.6  # a random policy: about half of its tokens are even
     assert scores[-1] > 0.85, scores
     assert max(kls) < 15.0, kls  # nats per 12-token response, held by the β = 0.02 penalty
-    for name in ("objective/rlhf_reward", "objective/entropy", "policy/clipfrac", "val/ratio", "loss/policy",
-                 "loss/value"):  # fmt: skip
+    for name in (
+        "objective/rlhf_reward",
+        "objective/entropy",
+        "policy/clipfrac",
+        "val/ratio",
+        "loss/policy",
+        "loss/value",
+    ):
         assert len(logged(trainer, name)) == 6, name
 
 
@@ -195,8 +220,17 @@ def test_a_crashed_run_resumes_to_the_same_policy_value_model_and_kl_coefficient
     """Resume restores policy, value model, optimiser, scheduler, RNG, β and the prompt and pretraining positions:
     the result equals an uninterrupted run to 1e-6 (one CPU process computes deterministically)."""
     blocks = pretraining_blocks(tokenizer)
-    settings = dict(max_steps=6, save_strategy="steps", save_steps=2, ptx_coef=0.5, ptx_batch_size=2, kl_target=1.0,
-                    kl_horizon=50, lr_scheduler_type="linear", per_device_train_batch_size=8)  # fmt: skip
+    settings = dict(
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=2,
+        ptx_coef=0.5,
+        ptx_batch_size=2,
+        kl_target=1.0,
+        kl_horizon=50,
+        lr_scheduler_type="linear",
+        per_device_train_batch_size=8,
+    )
     reference = ppo_trainer(tokenizer, ppo_args(tmp_path / "reference", **settings), ptx_dataset=blocks)
     reference.train()
 
@@ -230,31 +264,82 @@ def test_the_reference_is_the_starting_policy(tmp_path, tokenizer, use_peft):
         assert set(load_file(tmp_path / "model.safetensors")) == set(trainer.policy.state_dict())
 
 
-def test_clear_errors(tmp_path, tokenizer, tiny_model_dir):
-    args = ppo_args(tmp_path)
-    other_tokenizer = train_tokenizer(["a completely different corpus " * 50], vocab_size=300, show_progress=False)
-    with pytest.raises(ValueError, match="reward model's tokenizer differs from the policy's"):
-        ppo_trainer(tokenizer, args, reward_processing_class=other_tokenizer)
-    two_labels = InstructGPTForSequenceClassification(tiny_config(num_labels=2))
-    with pytest.raises(ValueError, match="reward_model has num_labels=2"):
-        ppo_trainer(tokenizer, args, reward_model=two_labels, value_model=None)
-    with pytest.raises(ValueError, match="train_dataset is empty"):
-        ppo_trainer(tokenizer, args, train_dataset=prompts().select([]))
-    with pytest.raises(ValueError, match="longer than max_prompt_length=2 tokens"):
-        ppo_trainer(tokenizer, ppo_args(tmp_path, max_prompt_length=2))
-    with pytest.raises(ValueError, match="ptx_coef=0.5 needs a ptx_dataset"):
-        ppo_trainer(tokenizer, ppo_args(tmp_path, ptx_coef=0.5))
-    with pytest.raises(ValueError, match="With a reward function, pass a value_model"):
-        ppo_trainer(tokenizer, args, value_model=None)
-    with pytest.raises(ValueError, match="must be a multiple of num_mini_batches=3"):
-        ppo_args(tmp_path, num_mini_batches=3)
-    frozen = InstructGPTForCausalLM(tiny_config()).requires_grad_(False)
-    with pytest.raises(ValueError, match="The policy has no trainable parameters"):
-        ppo_trainer(tokenizer, args, model=frozen)
-    adapter = tmp_path / "adapter"
-    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_config()).save_pretrained(adapter)
-    with pytest.raises(ValueError, match="carries a LoRA adapter loaded by from_pretrained"):
-        ppo_trainer(tokenizer, args, model=AutoModelForCausalLM.from_pretrained(adapter), peft_config=lora_config())
+def policy_with_a_loaded_adapter(folder: Path) -> dict:
+    """A policy loaded by from_pretrained(<adapter folder>), as PPOTrainer arguments: base + a frozen LoRA adapter."""
+    InstructGPTForCausalLM(tiny_config()).save_pretrained(folder / "base")
+    adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(folder / "base"), lora_config())
+    adapter.save_pretrained(folder / "adapter")
+    return dict(model=AutoModelForCausalLM.from_pretrained(folder / "adapter"), peft_config=lora_config())
+
+
+BAD_INPUTS = {  # what is wrong: (PPOConfig fields, PPOTrainer arguments made in a scratch folder, what the error says)
+    "reward model with another tokenizer": (
+        {},
+        lambda folder: dict(
+            reward_processing_class=train_tokenizer(["another corpus " * 50], vocab_size=300, show_progress=False)
+        ),
+        "reward model's tokenizer differs from the policy's",
+    ),
+    "reward function without a value model": (
+        {},
+        lambda folder: dict(value_model=None),
+        "With a reward function, pass a value_model",
+    ),
+    "reward model with two labels": (
+        {},
+        lambda folder: dict(
+            reward_model=InstructGPTForSequenceClassification(tiny_config(num_labels=2)), value_model=None
+        ),
+        "reward_model has num_labels=2",
+    ),
+    "value model with two labels": (
+        {},
+        lambda folder: dict(value_model=InstructGPTForSequenceClassification(tiny_config(num_labels=2))),
+        "value_model has num_labels=2",
+    ),
+    "ptx_coef without a ptx_dataset": ({"ptx_coef": 0.5}, lambda folder: {}, "ptx_coef=0.5 needs a ptx_dataset"),
+    "ptx_dataset without input_ids": (
+        {"ptx_coef": 0.5},
+        lambda folder: dict(ptx_dataset=datasets.Dataset.from_dict({"text": [TEXT]})),
+        "ptx_dataset needs an `input_ids` column",
+    ),
+    "policy with an adapter loaded by from_pretrained": (
+        {},
+        policy_with_a_loaded_adapter,
+        "carries a LoRA adapter loaded by from_pretrained",
+    ),
+    "frozen policy": (
+        {},
+        lambda folder: dict(model=InstructGPTForCausalLM(tiny_config()).requires_grad_(False)),
+        "The policy has no trainable parameters",
+    ),
+    "peft_config in inference mode": (  # as one read from a saved adapter is: get_peft_model freezes the adapter
+        {},
+        lambda folder: dict(peft_config=lora_config(inference_mode=True)),
+        "The policy has no trainable parameters",
+    ),
+    "frozen value model": (
+        {},
+        lambda folder: dict(
+            value_model=InstructGPTForSequenceClassification(tiny_config(num_labels=1)).requires_grad_(False)
+        ),
+        "The value_model has no trainable parameters",
+    ),
+    "no prompts": ({}, lambda folder: dict(train_dataset=prompts().select([])), "train_dataset is empty"),
+    "every prompt too long": ({"max_prompt_length": 2}, lambda folder: {}, "longer than max_prompt_length=2 tokens"),
+    "batch not divisible into minibatches": (
+        {"num_mini_batches": 3},
+        lambda folder: {},
+        "must be a multiple of num_mini_batches=3",
+    ),
+}
+
+
+@pytest.mark.parametrize("bad_input", BAD_INPUTS)
+def test_a_bad_input_is_refused_with_the_fix(tmp_path, tokenizer, bad_input):
+    settings, make_arguments, message = BAD_INPUTS[bad_input]
+    with pytest.raises(ValueError, match=message):
+        ppo_trainer(tokenizer, ppo_args(tmp_path, **settings), **make_arguments(tmp_path))
 
 
 # ---------------------------------------------------------------- settings users pick every day
@@ -266,8 +351,12 @@ def test_activation_checkpointing_trains_the_same_policy(tmp_path, tokenizer, us
     backward pass, and end with the weights of a run without it."""
     policies = []
     for checkpointing in (False, True):
-        args = ppo_args(tmp_path / str(checkpointing), max_steps=2, per_device_train_batch_size=4,
-                        activation_checkpointing=checkpointing)  # fmt: skip
+        args = ppo_args(
+            tmp_path / str(checkpointing),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            activation_checkpointing=checkpointing,
+        )
         trainer = ppo_trainer(tokenizer, args, peft_config=lora_config() if use_peft else None)
         trainer.train()
         layers = [module for module in trainer.model.modules() if isinstance(module, GradientCheckpointingLayer)]
@@ -304,11 +393,19 @@ class FirstIsBest(TrainerCallback):
 
 
 def test_load_best_model_at_end_loads_the_best_checkpoints_policy_and_value_model(tmp_path, tokenizer):
-    settings = dict(eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
-                    load_best_model_at_end=True)  # fmt: skip
+    settings = dict(
+        eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, load_best_model_at_end=True
+    )
     assert ppo_args(tmp_path, **settings).metric_for_best_model == "reward"  # by default: evaluate() has no loss
-    args = ppo_args(tmp_path, max_steps=4, per_device_train_batch_size=4, num_mini_batches=1,
-                    per_device_eval_batch_size=4, metric_for_best_model="earliness", **settings)  # fmt: skip
+    args = ppo_args(
+        tmp_path,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        num_mini_batches=1,
+        per_device_eval_batch_size=4,
+        metric_for_best_model="earliness",
+        **settings,
+    )
     trainer = ppo_trainer(tokenizer, args, eval_dataset=prompts(4), callbacks=[FirstIsBest()])
     trainer.train()
     assert Path(trainer.state.best_model_checkpoint).name == "checkpoint-2"
@@ -325,8 +422,10 @@ def test_a_cut_off_answer_is_scored_as_cut_off(tmp_path, tokenizer):
     it, and pays missing_eos_penalty (on by default)."""
     prompt = [{"role": "user", "content": "Say something"}]
     texts = reward_texts(tokenizer, [prompt, prompt], [" The fox.", " The fox"], [True, False])
-    assert texts == ["<|im_start|>user\n Say something<|im_end|>\n<|im_start|>assistant\n The fox.<|im_end|>\n",
-                     "<|im_start|>user\n Say something<|im_end|>\n<|im_start|>assistant\n The fox"]  # fmt: skip
+    assert texts == [
+        "<|im_start|>user\n Say something<|im_end|>\n<|im_start|>assistant\n The fox.<|im_end|>\n",
+        "<|im_start|>user\n Say something<|im_end|>\n<|im_start|>assistant\n The fox",
+    ]
     args = ppo_args(tmp_path)
     assert args.missing_eos_penalty == 1.0
     trainer = ppo_trainer(tokenizer, args, reward_model=lambda prompts, completions, completion_ids: [0.0] * 8)
@@ -423,8 +522,11 @@ def test_log_probs_come_from_the_response_positions_alone_and_equal_the_full_log
     # generation projects one position per token; scoring by policy and reference the response's R + 1
     assert lm_head_rows[-2:] == [response_length + 1] * 2 and max(lm_head_rows) == response_length + 1
     with torch.no_grad():
-        full = trainer.policy(input_ids=rollout.query_responses, attention_mask=rollout.attention_mask,
-                              position_ids=sequence_positions(rollout.attention_mask)).logits  # fmt: skip
+        full = trainer.policy(
+            input_ids=rollout.query_responses,
+            attention_mask=rollout.attention_mask,
+            position_ids=sequence_positions(rollout.attention_mask),
+        ).logits
     predicting = full[:, rollout.prompt_length - 1 : -1]
     expected = selective_log_softmax(predicting / 0.7, rollout.responses) * rollout.mask
     torch.testing.assert_close(rollout.logprobs, expected)
@@ -464,8 +566,15 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_minibatch(tmp_path,
         torch.manual_seed(3)
         policy = InstructGPTForCausalLM(tiny_config())
         policy.generation_config.eos_token_id = list(range(2, 320, 8))  # answers of many lengths: unequal shares
-        args = ppo_args(tmp_path / str(steps), max_steps=1, per_device_train_batch_size=8,
-                        gradient_accumulation_steps=steps, ptx_coef=0.5, ptx_batch_size=4, **settings)  # fmt: skip
+        args = ppo_args(
+            tmp_path / str(steps),
+            max_steps=1,
+            per_device_train_batch_size=8,
+            gradient_accumulation_steps=steps,
+            ptx_coef=0.5,
+            ptx_batch_size=4,
+            **settings,
+        )
         trainer = ppo_trainer(tokenizer, args, model=policy, ptx_dataset=blocks)
         trainer.model.register_forward_pre_hook(lambda module, args, steps=steps: forwards.append(steps))
         trainer.train()
@@ -480,16 +589,25 @@ def test_gradient_accumulation_gives_the_update_of_the_whole_minibatch(tmp_path,
         for name, tensor in expected.state_dict().items():
             torch.testing.assert_close(actual_state[name], tensor, atol=1e-5, rtol=0, msg=name)
     assert logged(accumulated, "loss") == pytest.approx(logged(whole, "loss"), rel=1e-5)
-    with pytest.raises(ValueError, match="per_device_train_batch_size / num_mini_batches = 8 must be a multiple of "
-                                         "gradient_accumulation_steps=3"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match="per_device_train_batch_size / num_mini_batches = 8 must be a multiple of gradient_accumulation_steps=3",
+    ):
         ppo_args(tmp_path, gradient_accumulation_steps=3)
 
 
 def test_the_value_model_has_its_own_learning_rate_and_gradient_clipping(tmp_path, tokenizer):
     """value_learning_rate and value_max_grad_norm: a large critic gradient is clipped to its own norm and does not
     shrink the policy's step (one clip over both would)."""
-    args = ppo_args(tmp_path, optim="sgd", learning_rate=1e-3, value_learning_rate=1e-2, max_grad_norm=0.5,
-                    value_max_grad_norm=2.0, weight_decay=0.1)  # fmt: skip
+    args = ppo_args(
+        tmp_path,
+        optim="sgd",
+        learning_rate=1e-3,
+        value_learning_rate=1e-2,
+        max_grad_norm=0.5,
+        value_max_grad_norm=2.0,
+        weight_decay=0.1,
+    )
     trainer = ppo_trainer(tokenizer, args)
     optimizer = trainer.create_optimizer()
     value_parameters = set(trainer.value_model.parameters())
@@ -547,8 +665,12 @@ def test_what_a_sharded_backend_cannot_do_is_refused(tmp_path, tokenizer, monkey
         setattr(self, f"is_{backend}_enabled", True)
 
     monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", as_if_launched_so)
-    with pytest.raises(ValueError, match=r"does not run under FSDP .*deepspeed_zero3\.yaml" if backend == "fsdp" else
-                       r"value_max_grad_norm=2\.0: under DeepSpeed its engine clips"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"does not run under FSDP .*deepspeed_zero3\.yaml"
+        if backend == "fsdp"
+        else r"value_max_grad_norm=2\.0: under DeepSpeed its engine clips",
+    ):
         ppo_trainer(tokenizer, ppo_args(tmp_path, value_max_grad_norm=2.0))
 
 
@@ -578,18 +700,40 @@ def parity_reward_model_dir(tmp_path: Path, tokenizer) -> Path:
     return path
 
 
+def prompts_and_corpus(folder: Path, count: int) -> tuple[Path, Path]:
+    """A prompt file of `count` prompts and a pretraining corpus, written to `folder`."""
+    prompt_file, corpus = folder / "prompts.jsonl", folder / "corpus.txt"
+    prompt_file.write_text("".join(json.dumps({"prompt": f"Say something {i}."}) + "\n" for i in range(count)))
+    corpus.write_text(TEXT * 20)
+    return prompt_file, corpus
+
+
+# The stage runs below sample at T = 1 and learn at a constant rate; they save and report nothing.
+STAGE_RUN = dict(
+    lr_scheduler_type="constant", temperature=1.0, save_strategy="no", disable_tqdm=True, report_to="none"
+)
+
+
 def test_ppo_stage_with_a_reward_model_on_disk(tmp_path, tiny_model_dir, tokenizer):
     reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
-    prompt_file, corpus = tmp_path / "prompts.jsonl", tmp_path / "corpus.txt"
-    prompt_file.write_text("".join(json.dumps({"prompt": f"Say something {i}."}) + "\n" for i in range(96)))
-    corpus.write_text(TEXT * 20)
+    prompt_file, corpus = prompts_and_corpus(tmp_path, 96)
     config = PPOStageConfig(
-        model_name_or_path=str(tiny_model_dir), reward_model_path=str(reward_dir), train_files=[str(prompt_file)],
-        ptx_files=[str(corpus)], ptx_coef=0.05, ptx_block_size=32, output_dir=str(tmp_path / "ppo"), eval_examples=32,
-        max_steps=24, per_device_train_batch_size=16, num_mini_batches=2, learning_rate=3e-3,
-        lr_scheduler_type="constant", response_length=4, temperature=1.0, logging_steps=8, save_strategy="no",
-        disable_tqdm=True, report_to="none",
-    )  # fmt: skip
+        model_name_or_path=str(tiny_model_dir),
+        reward_model_path=str(reward_dir),
+        train_files=[str(prompt_file)],
+        ptx_files=[str(corpus)],
+        ptx_coef=0.05,
+        ptx_block_size=32,
+        output_dir=str(tmp_path / "ppo"),
+        eval_examples=32,
+        max_steps=24,
+        per_device_train_batch_size=16,
+        num_mini_batches=2,
+        learning_rate=3e-3,
+        response_length=4,
+        logging_steps=8,
+        **STAGE_RUN,
+    )
     output_dir = Path(run_ppo(config))
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["eval_reward"] > results["eval_reward_before_training"] + 0.5, results
@@ -601,17 +745,29 @@ def test_ppo_stage_with_a_reward_model_on_disk(tmp_path, tiny_model_dir, tokeniz
     assert not (output_dir / "value_model").exists()  # the output is the policy alone
 
 
-def test_ppo_stage_refuses_a_reward_model_with_another_tokenizer(tmp_path, tiny_model_dir, tokenizer, instructions):
+@pytest.mark.parametrize(
+    ("eval_examples", "foreign_reward_tokenizer", "message"),
+    [(64, False, "--eval_examples 64 would hold out all 24 records"), (4, True, "reward model's tokenizer differs")],
+    ids=["every record held out", "reward model with another tokenizer"],
+)
+def test_the_ppo_stage_refuses_bad_inputs(
+    tmp_path, tiny_model_dir, tokenizer, instructions, eval_examples, foreign_reward_tokenizer, message
+):
     reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
-    train_tokenizer(["another corpus entirely " * 40], vocab_size=300, show_progress=False).save_pretrained(reward_dir)
+    if foreign_reward_tokenizer:
+        foreign = train_tokenizer(["another corpus entirely " * 40], vocab_size=300, show_progress=False)
+        foreign.save_pretrained(reward_dir)
     config = PPOStageConfig(
-        model_name_or_path=str(tiny_model_dir), reward_model_path=str(reward_dir), train_files=[str(instructions)],
-        output_dir=str(tmp_path / "ppo"), max_steps=1, report_to="none",
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="would hold out all 24 records"):
+        model_name_or_path=str(tiny_model_dir),
+        reward_model_path=str(reward_dir),
+        train_files=[str(instructions)],
+        eval_examples=eval_examples,
+        output_dir=str(tmp_path / "ppo"),
+        max_steps=1,
+        report_to="none",
+    )
+    with pytest.raises(ValueError, match=message):
         run_ppo(config)
-    with pytest.raises(ValueError, match="reward model's tokenizer differs"):
-        run_ppo(dataclasses.replace(config, eval_examples=4))
 
 
 @pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora"])
@@ -627,12 +783,20 @@ def test_ppo_from_a_lora_sft_adapter_trains_against_the_sft_model(tmp_path, chai
 
     monkeypatch.setattr(ppo_stage, "PPOTrainer", RecordedPPOTrainer)
     config = PPOStageConfig(
-        model_name_or_path=str(chain["lora"]), reward_model_path=str(chain["reward"]), use_peft=use_peft,
-        train_files=[str(chain["sft"].parent / "instructions.jsonl")], eval_examples=0,
-        output_dir=str(tmp_path / "ppo"), max_steps=3, per_device_train_batch_size=4, num_mini_batches=1,
-        learning_rate=1e-2, lr_scheduler_type="constant", response_length=6, temperature=1.0, logging_steps=1,
-        save_strategy="no", disable_tqdm=True, report_to="none",
-    )  # fmt: skip
+        model_name_or_path=str(chain["lora"]),
+        reward_model_path=str(chain["reward"]),
+        use_peft=use_peft,
+        train_files=[str(chain["sft"].parent / "instructions.jsonl")],
+        eval_examples=0,
+        output_dir=str(tmp_path / "ppo"),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        num_mini_batches=1,
+        learning_rate=1e-2,
+        response_length=6,
+        logging_steps=1,
+        **STAGE_RUN,
+    )
     output_dir = Path(run_ppo(config))
     (trainer,) = trainers
     sft = AutoPeftModelForCausalLM.from_pretrained(chain["lora"]).merge_and_unload()
@@ -650,15 +814,46 @@ def test_ppo_from_a_lora_sft_adapter_trains_against_the_sft_model(tmp_path, chai
 def test_grpo_stage_raises_the_reward(tmp_path, tiny_model_dir, tokenizer, instructions):
     reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
     config = GRPOStageConfig(
-        model_name_or_path=str(tiny_model_dir), reward_model_path=str(reward_dir), train_files=[str(instructions)],
-        output_dir=str(tmp_path / "grpo"), eval_examples=0, max_steps=40, per_device_train_batch_size=16,
-        num_generations=4, max_completion_length=4, temperature=1.0, learning_rate=1e-2, lr_scheduler_type="constant",
-        logging_steps=4, save_strategy="no", disable_tqdm=True, report_to="none",
-    )  # fmt: skip
+        model_name_or_path=str(tiny_model_dir),
+        reward_model_path=str(reward_dir),
+        train_files=[str(instructions)],
+        output_dir=str(tmp_path / "grpo"),
+        eval_examples=0,
+        max_steps=40,
+        per_device_train_batch_size=16,
+        num_generations=4,
+        max_completion_length=4,
+        learning_rate=1e-2,
+        logging_steps=4,
+        **STAGE_RUN,
+    )
     output_dir = Path(run_grpo(config))
-    rewards = [entry["reward"] for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
-               if "reward" in entry]  # fmt: skip
+    rewards = [
+        entry["reward"]
+        for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+        if "reward" in entry
+    ]
     assert rewards[-1] > rewards[0] + 0.5, rewards
+
+
+def multi_process_ppo_flags(folder: Path, model_dir: Path, reward_dir: Path, prompts: int) -> list[str]:
+    """The flags of the multi-process PPO-ptx runs, with micro-batches: `prompts` prompts and a pretraining corpus
+    (written to `folder`), four-token answers."""
+    prompt_file, corpus = prompts_and_corpus(folder, prompts)
+    return flags(
+        model_name_or_path=model_dir,
+        reward_model_path=reward_dir,
+        train_files=prompt_file,
+        ptx_files=corpus,
+        ptx_coef=0.5,
+        ptx_block_size=32,
+        response_length=4,
+        per_device_train_batch_size=4,
+        num_mini_batches=2,
+        gradient_accumulation_steps=2,
+        disable_tqdm="true",
+        report_to="none",
+    )
 
 
 @pytest.mark.slow
@@ -666,17 +861,10 @@ def test_torchrun_two_process_ppo_ends_with_identical_policy_and_value_weights(t
     """Each rank samples its own prompts and pretraining blocks; gradients (accumulated over micro-batches, all-reduced
     on the last), β and metrics are averaged."""
     reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
-    prompt_file, corpus = tmp_path / "prompts.jsonl", tmp_path / "corpus.txt"
-    prompt_file.write_text("".join(json.dumps({"prompt": f"Say something {i}."}) + "\n" for i in range(64)))
-    corpus.write_text(TEXT * 20)
     output_dir = tmp_path / "ppo-ddp"
-    torchrun_stage(
-        "ppo", "--model_name_or_path", str(tiny_model_dir), "--reward_model_path", str(reward_dir), "--train_files",
-        str(prompt_file), "--ptx_files", str(corpus), "--ptx_coef", "0.5", "--ptx_block_size", "32", "--kl_target",
-        "2", "--eval_examples", "8", "--output_dir", str(output_dir), "--max_steps", "3", "--response_length", "4",
-        "--per_device_train_batch_size", "4", "--num_mini_batches", "2", "--gradient_accumulation_steps", "2",
-        "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none", tmp_path=tmp_path,
-    )  # fmt: skip
+    args = multi_process_ppo_flags(tmp_path, tiny_model_dir, reward_dir, prompts=64)
+    args += flags(kl_target=2, eval_examples=8, output_dir=output_dir, max_steps=3, save_strategy="no")
+    torchrun_stage("ppo", *args, tmp_path=tmp_path)
     assert (output_dir / "model.safetensors").exists()
 
 
@@ -688,22 +876,14 @@ def test_deepspeed_zero_ppo_on_cpu(tmp_path, tiny_model_dir, tokenizer, stage):
     with micro-batches; reference and reward model are sharded like them under ZeRO-3. The saved policy is trained,
     and a larger --max_steps continues the run from its DeepSpeed checkpoint."""
     reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
-    prompt_file, corpus = tmp_path / "prompts.jsonl", tmp_path / "corpus.txt"
-    prompt_file.write_text("".join(json.dumps({"prompt": f"Say something {i}."}) + "\n" for i in range(32)))
-    corpus.write_text(TEXT * 20)
     output_dir = tmp_path / "ppo"
-    args = [
-        "--model_name_or_path", str(tiny_model_dir), "--reward_model_path", str(reward_dir),
-        "--train_files", str(prompt_file), "--ptx_files", str(corpus), "--ptx_coef", "0.5", "--ptx_block_size", "32",
-        "--eval_examples", "0", "--output_dir", str(output_dir), "--response_length", "4",
-        "--per_device_train_batch_size", "4", "--num_mini_batches", "2", "--gradient_accumulation_steps", "2",
-        "--learning_rate", "1e-2", "--save_strategy", "steps", "--save_steps", "2", "--disable_tqdm", "true",
-        "--report_to", "none",
-    ]  # fmt: skip
+    args = multi_process_ppo_flags(tmp_path, tiny_model_dir, reward_dir, prompts=32)
+    args += flags(eval_examples=0, output_dir=output_dir, learning_rate="1e-2", save_strategy="steps", save_steps=2)
     deepspeed_stage("ppo", stage, *args, "--max_steps", "2", tmp_path=tmp_path)
-    for trained, start in [(output_dir / "model.safetensors", tiny_model_dir / "model.safetensors"),
-                           (output_dir / "checkpoint-2" / "value_model" / "model.safetensors",
-                            reward_dir / "model.safetensors")]:  # fmt: skip
+    for trained, start in [
+        (output_dir / "model.safetensors", tiny_model_dir / "model.safetensors"),
+        (output_dir / "checkpoint-2" / "value_model" / "model.safetensors", reward_dir / "model.safetensors"),
+    ]:
         trained, start = load_file(trained), load_file(start)  # whole weights, gathered from the shards under ZeRO-3
         assert set(trained) == set(start) and all(trained[name].shape == start[name].shape for name in start)
         assert any(not torch.equal(trained[name], start[name]) for name in start)

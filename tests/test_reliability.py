@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TEXT, TINY_MODEL
+from conftest import TEXT, TINY_MODEL, flags
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
@@ -27,9 +27,21 @@ def corpus(tmp_path_factory) -> Path:
 
 def pretrain_config(corpus: Path, output_dir: Path, **overrides) -> PretrainStageConfig:
     """Six steps of a tiny model, a checkpoint every two (all kept)."""
-    fields = dict(train_files=[str(corpus)], output_dir=str(output_dir), vocab_size=300, block_size=32, eval_blocks=4,
-                  model_config=TINY_MODEL, max_steps=6, save_steps=2, per_device_train_batch_size=4,
-                  learning_rate=3e-3, logging_steps=1, disable_tqdm=True, report_to="none")  # fmt: skip
+    fields = dict(
+        train_files=[str(corpus)],
+        output_dir=str(output_dir),
+        vocab_size=300,
+        block_size=32,
+        eval_blocks=4,
+        model_config=TINY_MODEL,
+        max_steps=6,
+        save_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        logging_steps=1,
+        disable_tqdm=True,
+        report_to="none",
+    )
     return PretrainStageConfig(**{**fields, **overrides})
 
 
@@ -81,10 +93,17 @@ def test_rerunning_a_finished_run_changes_no_file_and_more_steps_continue_it(tmp
 
 def test_rerunning_a_finished_sft_run_changes_no_file(tmp_path, finished, instructions, caplog):
     config = lambda: SFTStageConfig(  # noqa: E731
-        model_name_or_path=str(finished), train_files=[str(instructions)], output_dir=str(tmp_path / "sft"),
-        max_steps=2, save_steps=1, eval_examples=4, max_length=64, per_device_train_batch_size=4, disable_tqdm=True,
+        model_name_or_path=str(finished),
+        train_files=[str(instructions)],
+        output_dir=str(tmp_path / "sft"),
+        max_steps=2,
+        save_steps=1,
+        eval_examples=4,
+        max_length=64,
+        per_device_train_batch_size=4,
+        disable_tqdm=True,
         report_to="none",
-    )  # fmt: skip
+    )
     run_sft(config())
     before = digests(tmp_path / "sft")
     run_sft(config())
@@ -170,8 +189,16 @@ def test_a_checkpoint_of_another_model_shape_is_refused(tmp_path, corpus, finish
 def recipe(tmp_path, corpus) -> Path:
     """A tiny pretrain recipe."""
     path = tmp_path / "config.yaml"
-    fields = dict(train_files=[str(corpus)], vocab_size=300, block_size=32, eval_blocks=4, model_config=TINY_MODEL,
-                  max_steps=2, report_to="none", disable_tqdm=True)  # fmt: skip
+    fields = dict(
+        train_files=[str(corpus)],
+        vocab_size=300,
+        block_size=32,
+        eval_blocks=4,
+        model_config=TINY_MODEL,
+        max_steps=2,
+        report_to="none",
+        disable_tqdm=True,
+    )
     path.write_text(yaml.safe_dump(fields))
     return path
 
@@ -197,7 +224,7 @@ STAGE_ERRORS = [  # (arguments after `--config <recipe> --output_dir <out>`, wha
     (["--model_config", '{"hidden_size": "wide"}'], "--model_config: Field 'hidden_size' expected int, got str"),
     (["--model_name_or_path", "no/such/model"], "--model_name_or_path no/such/model: no such folder"),
     (["--tokenizer_name_or_path", "./nowhere"], "--tokenizer_name_or_path ./nowhere: no such folder"),
-]  # fmt: skip
+]
 
 
 def run_cli(args: list[str], capsys) -> str:
@@ -247,13 +274,14 @@ def test_a_bad_command_line_value_is_one_line(tmp_path, recipe, capsys):
 
 @pytest.mark.parametrize(
     ("how", "message"),
-    [("empty", "no config.json (or adapter_config.json): not a saved model"),
-     ("truncated", "model.safetensors is truncated")],
-)  # fmt: skip
+    [
+        ("empty", "no config.json (or adapter_config.json): not a saved model"),
+        ("truncated", "model.safetensors is truncated"),
+    ],
+)
 def test_a_broken_model_folder_is_named(tmp_path, finished, instructions, capsys, how, message):
     model = broken_model_dir(tmp_path, finished, how)
-    args = ["sft", "--model_name_or_path", str(model), "--train_files", str(instructions), "--output_dir",
-            str(tmp_path / "out")]  # fmt: skip
+    args = ["sft", *flags(model_name_or_path=model, train_files=instructions, output_dir=tmp_path / "out")]
     assert run_cli(args, capsys).startswith(f"hf-instruct sft: --model_name_or_path {model}: {message}")
 
 
@@ -265,11 +293,13 @@ def test_generate_names_truncated_weights(tmp_path, finished, capsys):
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--num_return_sequences", "0"], "--num_return_sequences must be at least 1, got 0."),
-     (["--num_return_sequences", "-2"], "--num_return_sequences must be at least 1, got -2."),
-     (["--max_new_tokens", "0"], "--max_new_tokens must be at least 1, got 0.")],
-)  # fmt: skip
+    [
+        (["--prompt", "Hi", "--num_return_sequences", "0"], "--num_return_sequences must be at least 1, got 0."),
+        (["--prompt", "Hi", "--num_return_sequences", "-2"], "--num_return_sequences must be at least 1, got -2."),
+        (["--prompt", "Hi", "--max_new_tokens", "0"], "--max_new_tokens must be at least 1, got 0."),
+        (["--prompt", "  "], "--prompt is empty: give the message to answer."),
+    ],
+    ids=["no answers", "a negative number of answers", "no new tokens", "a blank prompt"],
+)
 def test_generate_refuses_impossible_counts_and_empty_prompts(tmp_path, capsys, args, message):
-    assert run_cli(["generate", str(tmp_path), "--prompt", "Hi", *args], capsys) == f"hf-instruct generate: {message}"
-    line = run_cli(["generate", str(tmp_path), "--prompt", "  "], capsys)
-    assert line == "hf-instruct generate: --prompt is empty: give the message to answer."
+    assert run_cli(["generate", str(tmp_path), *args], capsys) == f"hf-instruct generate: {message}"

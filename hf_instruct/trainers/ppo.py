@@ -115,8 +115,10 @@ class PPOConfig(TrainingArguments):
                 f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple of "
                 f"num_mini_batches={self.num_mini_batches} (each minibatch is an equal share of a rollout batch)."
             )
-        for name, rows in (("per_device_train_batch_size / num_mini_batches", self.mini_batch_size),
-                           ("ptx_batch_size", self.ptx_batch_size or self.mini_batch_size)):  # fmt: skip
+        for name, rows in (
+            ("per_device_train_batch_size / num_mini_batches", self.mini_batch_size),
+            ("ptx_batch_size", self.ptx_batch_size or self.mini_batch_size),
+        ):
             if rows % self.gradient_accumulation_steps:
                 raise ValueError(
                     f"{name} = {rows} must be a multiple of gradient_accumulation_steps="
@@ -124,8 +126,16 @@ class PPOConfig(TrainingArguments):
                 )
         if self.rollout_forward_batch_size < 1:
             raise ValueError(f"rollout_forward_batch_size must be ≥ 1, got {self.rollout_forward_batch_size}.")
-        for name in ("kl_coef", "ptx_coef", "vf_coef", "cliprange", "cliprange_value", "missing_eos_penalty",
-                     "value_learning_rate", "value_max_grad_norm"):  # fmt: skip
+        for name in (
+            "kl_coef",
+            "ptx_coef",
+            "vf_coef",
+            "cliprange",
+            "cliprange_value",
+            "missing_eos_penalty",
+            "value_learning_rate",
+            "value_max_grad_norm",
+        ):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}.")
 
@@ -253,18 +263,23 @@ def response_logits(
     """The logits of the positions that predict the last `response_length` tokens (B, R, vocab). Only those go through
     the LM head (`logits_to_keep`): full-vocabulary logits over prompt + response would be most of a step's memory."""
     return model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=sequence_positions(attention_mask),
-        use_cache=False, logits_to_keep=response_length + 1,
-    ).logits[:, :-1]  # fmt: skip
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=sequence_positions(attention_mask),
+        use_cache=False,
+        logits_to_keep=response_length + 1,
+    ).logits[:, :-1]
 
 
 def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """A one-output sequence classifier's score at every position (B, T): the per-token values of a value model."""
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=sequence_positions(attention_mask),
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=sequence_positions(attention_mask),
         use_cache=False,
-    ).last_hidden_state  # fmt: skip
+    ).last_hidden_state
     return model.score(hidden).squeeze(-1)
 
 
@@ -390,45 +405,13 @@ class PPOTrainer(Trainer):
         reward_processing_class: PreTrainedTokenizerBase | None = None,
         callbacks: list | None = None,
     ):
-        if processing_class.pad_token_id is None:
-            raise ValueError("The tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos_token).")
-        if reward_processing_class is not None and reward_processing_class.get_vocab() != processing_class.get_vocab():
-            raise ValueError(
-                "The reward model's tokenizer differs from the policy's, so it would score other tokens than the "
-                "policy writes. Train the reward model from the same SFT model (hf-instruct reward does)."
-            )
+        self._check_inputs(
+            model, args, processing_class, reward_model, value_model, ptx_dataset, peft_config, reward_processing_class
+        )
         if value_model is None:
-            if not isinstance(reward_model, nn.Module):
-                raise ValueError("With a reward function, pass a value_model (a one-output sequence classifier).")
             value_model = copied(reward_model, "value_model").requires_grad_(True)  # trained, even from a frozen one
-        for name, scorer in (("reward_model", reward_model), ("value_model", value_model)):
-            labels = getattr(getattr(scorer, "config", None), "num_labels", 1)
-            if isinstance(scorer, nn.Module) and labels != 1:
-                raise ValueError(
-                    f"{name} has num_labels={labels}; PPO needs one scalar per sequence: a sequence classifier with "
-                    "num_labels=1 (what hf-instruct reward trains)."
-                )
-        if ptx_dataset is None and args.ptx_coef > 0:
-            raise ValueError(f"ptx_coef={args.ptx_coef} needs a ptx_dataset of pretraining blocks (or ptx_coef=0).")
-        if args.ptx_coef > 0 and "input_ids" not in (ptx_dataset.column_names or []):
-            raise ValueError("ptx_dataset needs an `input_ids` column of equal-length blocks (see pack_texts).")
-
-        if getattr(model, "_hf_peft_config_loaded", False):
-            raise ValueError(
-                "The policy carries a LoRA adapter loaded by from_pretrained(<adapter folder>): its weights are "
-                "frozen, and a PEFT reference (adapters disabled) would switch that adapter off too. Merge it into "
-                "its base first: peft.AutoPeftModelForCausalLM.from_pretrained(folder).merge_and_unload() "
-                "(hf-instruct ppo does)."
-            )
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
-        for name, trained in (("policy", model), ("value_model", value_model)):
-            if not any(parameter.requires_grad for parameter in trained.parameters()):
-                raise ValueError(
-                    f"The {name} has no trainable parameters, so PPO would not change it (a model or adapter loaded "
-                    "for inference is frozen): unfreeze it (requires_grad_(True)), load a PEFT adapter with "
-                    "is_trainable=True, or merge it (merge_and_unload) and pass peft_config."
-                )
         if ref_model is None and not isinstance(model, PeftModel):
             ref_model = copied(model, "ref_model")
         for module in (model, value_model, ref_model, reward_model):
@@ -499,6 +482,63 @@ class PPOTrainer(Trainer):
         )
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._ptx_rows: Iterator[dict] | None = None
+
+    @staticmethod
+    def _check_inputs(
+        model: PreTrainedModel | PeftModel,
+        args: PPOConfig,
+        processing_class: PreTrainedTokenizerBase,
+        reward_model: PreTrainedModel | RewardFunction,
+        value_model: PreTrainedModel | None,
+        ptx_dataset: datasets.Dataset | datasets.IterableDataset | None,
+        peft_config: PeftConfig | None,
+        reward_processing_class: PreTrainedTokenizerBase | None,
+    ) -> None:
+        """Refuse, before any model is copied or wrapped, what PPO cannot train with; each error says the fix."""
+        if processing_class.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos_token).")
+        if reward_processing_class is not None and reward_processing_class.get_vocab() != processing_class.get_vocab():
+            raise ValueError(
+                "The reward model's tokenizer differs from the policy's, so it would score other tokens than the "
+                "policy writes. Train the reward model from the same SFT model (hf-instruct reward does)."
+            )
+        if value_model is None and not isinstance(reward_model, nn.Module):
+            raise ValueError("With a reward function, pass a value_model (a one-output sequence classifier).")
+        for name, scorer in (("reward_model", reward_model), ("value_model", value_model)):
+            labels = getattr(getattr(scorer, "config", None), "num_labels", 1)
+            if isinstance(scorer, nn.Module) and labels != 1:
+                raise ValueError(
+                    f"{name} has num_labels={labels}; PPO needs one scalar per sequence: a sequence classifier with "
+                    "num_labels=1 (what hf-instruct reward trains)."
+                )
+        if ptx_dataset is None and args.ptx_coef > 0:
+            raise ValueError(f"ptx_coef={args.ptx_coef} needs a ptx_dataset of pretraining blocks (or ptx_coef=0).")
+        if args.ptx_coef > 0 and "input_ids" not in (ptx_dataset.column_names or []):
+            raise ValueError("ptx_dataset needs an `input_ids` column of equal-length blocks (see pack_texts).")
+        if getattr(model, "_hf_peft_config_loaded", False):
+            raise ValueError(
+                "The policy carries a LoRA adapter loaded by from_pretrained(<adapter folder>): its weights are "
+                "frozen, and a PEFT reference (adapters disabled) would switch that adapter off too. Merge it into "
+                "its base first: peft.AutoPeftModelForCausalLM.from_pretrained(folder).merge_and_unload() "
+                "(hf-instruct ppo does)."
+            )
+        # What trains: with peft_config a new adapter on the policy (frozen if the config is in inference mode, as one
+        # read from a saved adapter is); without a value_model a copy of the reward model, made trainable
+        policy_trains = (
+            not peft_config.inference_mode
+            if peft_config is not None
+            else any(parameter.requires_grad for parameter in model.parameters())
+        )
+        value_model_trains = value_model is None or any(
+            parameter.requires_grad for parameter in value_model.parameters()
+        )
+        for name, trains in (("policy", policy_trains), ("value_model", value_model_trains)):
+            if not trains:
+                raise ValueError(
+                    f"The {name} has no trainable parameters, so PPO would not change it (a model or adapter loaded "
+                    "for inference is frozen): unfreeze it (requires_grad_(True)), load a PEFT adapter with "
+                    "is_trainable=True, or merge it (merge_and_unload) and pass peft_config."
+                )
 
     @property
     def policy(self) -> PreTrainedModel | PeftModel:
@@ -619,10 +659,11 @@ class PPOTrainer(Trainer):
                 input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config
             )
         responses = sequences[:, prompt_length:]
+        response_length = responses.shape[1]
         is_stop = torch.isin(responses, self.stop_token_ids.to(responses.device))
         ended = is_stop.any(dim=1)
-        first_stop = torch.where(ended, is_stop.int().argmax(dim=1), responses.shape[1] - 1)
-        mask = (torch.arange(responses.shape[1], device=responses.device)[None, :] <= first_stop[:, None]).long()
+        first_stop = torch.where(ended, is_stop.int().argmax(dim=1), response_length - 1)
+        mask = (torch.arange(response_length, device=responses.device)[None, :] <= first_stop[:, None]).long()
         responses = responses.masked_fill(mask == 0, self.processing_class.pad_token_id)
         query_responses = torch.cat([prompt_ids, responses], dim=1)
         attention_mask = torch.cat([prompt_mask, mask], dim=1)
@@ -632,20 +673,22 @@ class PPOTrainer(Trainer):
             model.train()
             ptx_input_ids = self._next_ptx_batch() if self.args.ptx_coef > 0 else None
             with self.compute_loss_context_manager():
-                forward = model(query_responses, attention_mask, responses.shape[1], ptx_input_ids)
+                forward = model(query_responses, attention_mask, response_length, ptx_input_ids)
         size = self.args.rollout_forward_batch_size
         chunks = [slice(start, start + size) for start in range(0, len(responses), size)]
         with torch.no_grad(), self.compute_loss_context_manager(), self._gathered_without_engine():
             if forward is None:
                 statistics = [
-                    self._policy_statistics(wrapper(query_responses[rows], attention_mask[rows], responses.shape[1]),
-                                            responses[rows])
+                    self._policy_statistics(
+                        wrapper(query_responses[rows], attention_mask[rows], response_length), responses[rows]
+                    )
                     for rows in chunks
-                ]  # fmt: skip
+                ]
             else:
                 statistics = [self._policy_statistics(forward, responses)]
-            ref_logprobs = [self._ref_logprobs(query_responses[rows], attention_mask[rows], responses[rows])
-                            for rows in chunks]  # fmt: skip
+            ref_logprobs = [
+                self._ref_logprobs(query_responses[rows], attention_mask[rows], responses[rows]) for rows in chunks
+            ]
             scores = self._scores(inputs.get("prompt"), prompt_ids, prompt_mask, responses, mask, ended)
         logprobs, entropy, values = (torch.cat(column) * mask for column in zip(*statistics, strict=True))
         ref_logprobs = torch.cat(ref_logprobs) * mask
@@ -655,9 +698,20 @@ class PPOTrainer(Trainer):
         advantages, returns = compute_gae(rewards, values, mask, self.args.gamma, self.args.lam)
         advantages = masked_whiten(advantages, mask)
         return Rollout(
-            query_responses, attention_mask, responses, mask, logprobs, values, advantages, returns, kl, scores,
-            ended, masked_mean(entropy, mask), forward,
-        )  # fmt: skip
+            query_responses=query_responses,
+            attention_mask=attention_mask,
+            responses=responses,
+            mask=mask,
+            logprobs=logprobs,
+            values=values,
+            advantages=advantages,
+            returns=returns,
+            kl=kl,
+            scores=scores,
+            ended=ended,
+            entropy=masked_mean(entropy, mask),
+            forward=forward,
+        )
 
     def _policy_statistics(self, outputs: tuple, responses: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per response token (B, R), from a policy-and-value forward's outputs, without gradients: the policy's
@@ -694,8 +748,8 @@ class PPOTrainer(Trainer):
         # RewardTrainer tokenises plain text with the tokenizer's special tokens (e.g. a BOS); a chat rendering, or a
         # prompt decoded from its ids, holds its own already
         add_special_tokens = isinstance(prompts[0], str) and not given_as_ids
-        scores = reward_scores(self.reward_model, tokenizer, texts, self.args.rollout_forward_batch_size,
-                               add_special_tokens=add_special_tokens)  # fmt: skip
+        batch_size = self.args.rollout_forward_batch_size
+        scores = reward_scores(self.reward_model, tokenizer, texts, batch_size, add_special_tokens=add_special_tokens)
         return scores + (getattr(self.reward_model.config, "reward_shift", 0.0) or 0.0)
 
     # ---- update
@@ -790,9 +844,11 @@ class PPOTrainer(Trainer):
         value_max_grad_norm = self.args.max_grad_norm if value_max_grad_norm is None else value_max_grad_norm
         norms = {
             name: torch.nn.utils.clip_grad_norm_(trained.parameters(), max_norm if max_norm > 0 else math.inf)
-            for name, trained, max_norm in (("policy/grad_norm", self.policy, self.args.max_grad_norm),
-                                            ("val/grad_norm", self.value_model, value_max_grad_norm))
-        }  # fmt: skip
+            for name, trained, max_norm in (
+                ("policy/grad_norm", self.policy, self.args.max_grad_norm),
+                ("val/grad_norm", self.value_model, value_max_grad_norm),
+            )
+        }
         norms["grad_norm"] = torch.linalg.vector_norm(torch.stack(list(norms.values())))
         for name, norm in norms.items():
             self._metrics[name].append(norm.detach())
