@@ -18,8 +18,8 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from conftest import (
     CLI_ENV,
-    QUICK,
     REPO,
+    SMOKE_TRAINING,
     TEXT,
     TINY_MODEL,
     deepspeed_stage,
@@ -351,13 +351,12 @@ def test_stages_from_a_lora_sft_adapter_train_the_merged_sft_model(tmp_path, cha
     monkeypatch.setattr(dpo_stage, "DPOTrainer", RecordedDPOTrainer)
     root = chain["sft"].parent
     common = dict(
+        SMOKE_TRAINING,
         model_name_or_path=str(chain["lora"]),
         output_dir=str(tmp_path / stage),
         eval_examples=0,
         max_length=64,
-        max_steps=3,
         learning_rate=1e-2,
-        **QUICK,
     )
     config_class, run = STAGES[stage]
     data = root / ("instructions.jsonl" if stage == "sft" else "pairs.jsonl")
@@ -386,9 +385,8 @@ def test_a_lora_adapter_is_refused_under_deepspeed_zero3(tmp_path, chain, stage,
         train_files=[str(data)],
         eval_examples=0,
         output_dir=str(tmp_path / stage),
-        max_steps=1,
         **extra,
-        **QUICK,
+        **{**SMOKE_TRAINING, "max_steps": 1},
     )
     with pytest.raises(ValueError, match="is a LoRA adapter, which cannot be merged here under DeepSpeed ZeRO-3"):
         run(config)
@@ -403,9 +401,8 @@ def test_grpo_refuses_a_lora_adapter_it_cannot_reload_as_its_reference(tmp_path,
         train_files=[str(chain["sft"].parent / "instructions.jsonl")],
         output_dir=str(tmp_path / "grpo"),
         eval_examples=0,
-        max_steps=1,
         num_generations=4,
-        **QUICK,
+        **{**SMOKE_TRAINING, "max_steps": 1},
     )
     with pytest.raises(ValueError, match=r"is a LoRA adapter: GRPOTrainer reloads its KL reference \(beta=0\.04\)"):
         run_grpo(config)
