@@ -156,7 +156,7 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
     output_dir, output = smoke_run
     assert "pipeline: pretrain finished before, skipped" in output
     assert "pipeline: sft finished before, skipped" in output
-    assert "| reward | 10 | ~0.2 min |" in output and "| evaluation | | ~0.7 min |" in output  # the plan's estimates
+    assert "| reward | 10 | ~0.2 min |" in output and "| evaluation |  | ~0.7 min |" in output  # the plan's estimates
 
     comparison = json.loads((output_dir / "comparison.json").read_text())["results"]
     config = PipelineConfig.from_yaml(REPO / "recipes/smoke/pipeline.yaml")
