@@ -149,7 +149,7 @@ def run_command(argv: list[str]) -> int:
 
     if argv and argv[0] in STAGES:
         config_class, run = STAGES[argv[0]]
-        output_dir = run(parse_config(config_class, argv[1:]))
+        output_dir = run(parse_config(config_class, argv[1:], prog=f"hf-instruct {argv[0]}"))
         print(f"{argv[0]}: done, model in {output_dir}")
         return 0
     if argv and argv[0] == "serve":  # every argument is transformers serve's own

@@ -1,5 +1,6 @@
 """Recipes and stages: every YAML parses, the CLI, clear errors, the README chain, resume after SIGKILL, DDP."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -42,7 +43,7 @@ from trl import DPOTrainer
 
 import hf_instruct
 from hf_instruct import InstructGPTForCausalLM
-from hf_instruct.cli import main
+from hf_instruct.cli import build_parser, main
 from hf_instruct.stages import (
     STAGES,
     DPOStageConfig,
@@ -137,6 +138,20 @@ def test_cli_help(capsys, args, expected):
     assert exit_code.value.code == 0
     out = capsys.readouterr().out
     assert all(word in out for word in expected)
+
+
+def commands() -> list[str]:
+    (subcommands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(subcommands.choices)
+
+
+@pytest.mark.parametrize("command", commands())
+def test_every_command_prints_its_help(command, capsys):
+    """argparse formats help strings with %: one bare percent sign in a field's help broke `hf-instruct ppo --help`."""
+    with pytest.raises(SystemExit) as exit_code:
+        main([command, "--help"])
+    assert exit_code.value.code == 0
+    assert re.match(rf"usage: hf-instruct {command} ", capsys.readouterr().out, re.IGNORECASE)  # serve's is typer's
 
 
 @pytest.mark.parametrize("stage", STAGES)

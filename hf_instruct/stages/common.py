@@ -259,10 +259,11 @@ class StageParser(TrlParser):
         raise ValueError(f"{message} (see --help).")
 
 
-def parse_config(config_class: type[ConfigT], args: list[str] | None = None) -> ConfigT:
-    """`--config file.yaml` (every key a field of `config_class`) plus `--field value` overrides."""
+def parse_config(config_class: type[ConfigT], args: list[str] | None = None, prog: str | None = None) -> ConfigT:
+    """`--config file.yaml` (every key a field of `config_class`) plus `--field value` overrides; `prog` names the
+    command in `--help` ("hf-instruct sft")."""
     args = list(sys.argv[1:] if args is None else args)
-    parser = StageParser([config_class])
+    parser = StageParser([config_class], prog=prog)
     if "--config" in args:
         index = args.index("--config") + 1
         path = args[index] if index < len(args) else None

@@ -85,7 +85,9 @@ class PPOConfig(TrainingArguments):
     kl_target: float | None = field(
         default=None, metadata={"help": "Adapt β so that the response KL approaches this many nats (None: fixed β)."}
     )
-    kl_horizon: int = field(default=10000, metadata={"help": "Episodes over which the adaptive β moves by ≤ 20 %."})
+    kl_horizon: int = field(
+        default=10000, metadata={"help": "Episodes over which the adaptive β moves by at most 20 percent."}
+    )
     cliprange: float = field(default=0.2, metadata={"help": "ε of the clipped policy ratio."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value update."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
