@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import random
 import re
 from collections import defaultdict
 
@@ -23,9 +24,10 @@ from hf_instruct.data.suite.tasks import (
     FAMILY_TABLE,
     HELD_OUT_FRAMES,
     HELD_OUT_PARTS,
+    SOURCES,
     TRAINING_FRAMES,
 )
-from hf_instruct.data.suite.world import Fact, make_world
+from hf_instruct.data.suite.world import CATEGORIES, WORDS, Fact, make_world
 
 MESSAGE_SPLITS = ("sft", "held_out_entities", "held_out_paraphrases", "held_out_compositions")
 BREAKS = {"wrong_value", "format", "verbose", "refusal", "repeat"}
@@ -167,6 +169,17 @@ def test_each_held_out_compositions_parts_are_trained_with_other_partners(develo
         assert any(t.startswith(f"{source}+") for t in trained) and any(t.endswith(f"+{operation}") for t in trained)
     assert trained | held_out == set(COMPOSITIONS) and len(trained) == 6
     assert not held_out & set(HELD_OUT_COMPOSITIONS) if development else held_out == set(HELD_OUT_COMPOSITIONS)
+
+
+def test_every_word_a_composition_transforms_is_one_the_word_families_spell():
+    """A BPE model knows a word's letters only from text that spells them. one_word's answers (the category names)
+    were spelled nowhere, so `one_word+count_letters` asked for a letter count no training text stated: 0.00 on
+    every seed."""
+    rng, pool = random.Random(0), make_world(seed=0, num_entities=40, held_out_fraction=0.2).pool()
+    for source, (_, find) in SOURCES.items():
+        found = {find(rng, pool)[1] for _ in range(300)}
+        assert found <= set(WORDS), (source, found - set(WORDS))
+    assert set(CATEGORIES) <= set(WORDS)
 
 
 def test_every_fact_asked_about_is_stated_in_the_corpus_in_three_phrasings(suite, corpus):

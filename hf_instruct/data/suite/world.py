@@ -25,7 +25,12 @@ CATEGORIES = {  # the one_word and bullet_list families name these
     "tool": ("hammer", "saw", "spade", "drill", "chisel", "wrench", "rake", "axe", "pliers", "shovel"),
     "vehicle": ("cart", "boat", "bus", "train", "bicycle", "truck", "wagon", "sled", "tram", "canoe"),
 }
-WORDS = tuple(sorted({*JOBS, *FOODS, *PRODUCTS, *(item for items in CATEGORIES.values() for item in items)}))
+# Every word the suite spells, capitalises, counts and lists: the category names too, since the one_word compositions
+# transform them ("the number of letters in the kind of thing a peach is"), and a BPE model knows a word's letters
+# only where some text spells them.
+WORDS = tuple(
+    sorted({*JOBS, *FOODS, *PRODUCTS, *CATEGORIES, *(item for items in CATEGORIES.values() for item in items)})
+)
 OPERATIONS = {"+": ("+", "plus"), "-": ("-", "minus"), "*": ("*", "x", "times")}  # how each operation is written
 
 ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "tr")
