@@ -34,7 +34,7 @@ from .evaluation.evaluator import SUITE_SPLITS, few_shot
 from .hub import push_to_hub
 from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .stages import STAGES
-from .stages.common import did_you_mean, parse_fields
+from .stages.common import did_you_mean, parse_fields, read_config_file
 from .utils import markdown_table, table_cell
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
@@ -202,7 +202,7 @@ def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output
     where = f"{config.source}: {section}" + (f" (config: {recipe})" if recipe else "")
     if recipe and not Path(recipe).is_file():
         raise FileNotFoundError(f"{where}: no such file.")
-    recipe_fields = yaml.safe_load(Path(recipe).read_text()) if recipe else {}
+    recipe_fields = read_config_file(recipe, where) if recipe else {}
     place = dict(seed=config.seed, output_dir=str(output_dir / run), **run_inputs(run, config, data, output_dir))
     config_class, _ = STAGES[RUNS[template]]
     return parse_fields(config_class, {**STAGE_DEFAULTS, **recipe_fields, **place, **fields}, where)

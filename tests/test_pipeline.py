@@ -262,6 +262,12 @@ def test_a_stage_whose_model_is_gone_runs_again_and_a_changed_model_is_compared_
             "stages.sft (config: {folder}/recipe.yaml): unknown key 'max_stepz' (did you mean 'max_steps'?).",
         ),
         ("stages", "sft", {"config": "missing.yaml"}, "stages.sft (config: {folder}/missing.yaml): no such file."),
+        (
+            "stages",
+            "sft",
+            {"config": "list.yaml"},
+            "stages.sft (config: {folder}/list.yaml): must be a YAML mapping of field: value.",
+        ),
     ],
 )
 def test_a_bad_stage_field_is_one_line_naming_file_and_stage_before_anything_is_written(
@@ -272,6 +278,7 @@ def test_a_bad_stage_field_is_one_line_naming_file_and_stage_before_anything_is_
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(values))
     (tmp_path / "recipe.yaml").write_text("max_stepz: 5\n")
+    (tmp_path / "list.yaml").write_text("- max_steps: 5\n")
     with pytest.raises(SystemExit) as exit:
         main(["pipeline", "--config", str(path), "--output_dir", str(tmp_path / "run")])
     assert exit.value.code == 1

@@ -294,13 +294,18 @@ def did_you_mean(name: str, names: Iterable[str], otherwise: str = "") -> str:
     return f"did you mean {close[0]!r}?" if close else otherwise
 
 
-def check_config_file(parser: argparse.ArgumentParser, path: str) -> None:
-    """`check_config_values` for a YAML file, said with the file's name."""
+def read_config_file(path: str | os.PathLike, where: str | None = None) -> dict:
+    """The fields of a stage's YAML file (a mapping of field: value); an error starts with `where` (else the path)."""
     with open(path, encoding="utf-8") as f:
         values = yaml.safe_load(f)  # a yaml.YAMLError names the file, line and column
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: must be a YAML mapping of field: value.")
-    check_config_values(parser, values, path)
+        raise ValueError(f"{where or path}: must be a YAML mapping of field: value.")
+    return values
+
+
+def check_config_file(parser: argparse.ArgumentParser, path: str) -> None:
+    """`check_config_values` for a YAML file, said with the file's name."""
+    check_config_values(parser, read_config_file(path), path)
 
 
 def check_config_values(parser: argparse.ArgumentParser, values: dict, where: str) -> None:
