@@ -30,7 +30,7 @@ from hf_instruct.data.suite.tasks import (
 from hf_instruct.data.suite.world import CATEGORIES, WORDS, Fact, make_world
 
 MESSAGE_SPLITS = ("sft", "held_out_entities", "held_out_paraphrases", "held_out_compositions")
-BREAKS = {"wrong_value", "format", "verbose", "refusal", "repeat"}
+BREAKS = {"wrong_value", "off_task", "format", "verbose", "refusal", "repeat"}
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """Comparisons: the reference answer against one that breaks exactly one thing, the way real models fail.
 
-The rejected answer is wrong in value, ignores the requested format, rambles before answering, refuses, or repeats
-the question; which one is recorded, so a reward model's accuracy can be read per kind of failure.
+The rejected answer is wrong in value, answers another question (a letter where a count is asked: the short,
+well-formed answer a policy drifts to when nothing tells a reward model it is off the task), ignores the requested
+format, rambles before answering, refuses, or repeats the question; which one is recorded, so a reward model's
+accuracy can be read per kind of failure.
 """
 
 import random
@@ -23,14 +25,17 @@ REFUSALS = (
     "As an AI model, I cannot do this task.",
     "Sorry, I don't know.",
 )
-WEIGHTS = {"wrong_value": 3, "format": 2, "verbose": 1, "refusal": 1, "repeat": 1}  # how often each failure is drawn
+# how often each failure is drawn
+WEIGHTS = {"wrong_value": 3, "off_task": 2, "format": 2, "verbose": 1, "refusal": 1, "repeat": 1}
 
 
-def reject(rng: random.Random, task: Task, messages: list[dict[str, str]]) -> tuple[str, str]:
-    """(what is broken, the rejected answer) for a rendered task; only candidates that fail its check are drawn."""
+def reject(rng: random.Random, task: Task, messages: list[dict[str, str]], off_task: str) -> tuple[str, str]:
+    """(what is broken, the rejected answer) for a rendered task; only candidates that fail its check are drawn.
+    `off_task` is the reference answer of another family's task."""
     reference = task.answers[-1]
     candidates = {
         "wrong_value": task.wrong,
+        "off_task": off_task,
         "format": ignore_format(task.check, reference),
         "verbose": f"{rng.choice(OPENERS)}\n\n{reference}",
         "refusal": rng.choice(REFUSALS),
