@@ -110,19 +110,25 @@ class PipelineConfig:
 
 def read_pipeline_yaml(path: Path) -> dict:
     """A pipeline YAML's keys, its stages' `config:` paths made relative to the working directory. `extends:
-    <another pipeline YAML>` (relative to this one) starts from that file's keys: its mappings (suite, stages,
-    estimates...) are updated key by key, its other values replaced."""
+    <another pipeline YAML>` (relative to this one) starts from that file's keys: mappings are updated key by key at
+    every depth (so `stages: {sft: {learning_rate: 1.0e-4}}` changes that field and keeps the stage's others), other
+    values replaced."""
     values = yaml.safe_load(path.read_text()) or {}
     for section in ("stages", "baselines"):
         if values.get(section):
             values[section] = {name: with_config_path(fields, path) for name, fields in values[section].items()}
     if "extends" not in values:
         return values
-    parent = read_pipeline_yaml(path.parent / values.pop("extends"))
+    return updated(read_pipeline_yaml(path.parent / values.pop("extends")), values)
+
+
+def updated(parent: dict, values: dict) -> dict:
+    """`parent` with `values` laid over it: a mapping in both is updated key by key (recursively), the rest
+    replaced."""
     merged = {**parent, **values}
     for key, value in values.items():
         if isinstance(value, dict) and isinstance(parent.get(key), dict):
-            merged[key] = {**parent[key], **value}
+            merged[key] = updated(parent[key], value)
     return merged
 
 
@@ -245,16 +251,19 @@ def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_d
 
 def print_plan(config: PipelineConfig, configs: dict) -> None:
     """The stages, their steps and the time each took on a 2-core CPU (the YAML's `estimates`), before anything
-    runs."""
-    rows = []
+    runs; the total counts only the stages still to run (a resumed run skips the finished ones)."""
+    rows, left = [], config.estimates.get("evaluation", 0)
     for name, stage in configs.items():
         estimate = config.estimates.get(name)
-        status = "done" if unfinished(stage.output_dir) is None else f"~{estimate / 60:.1f} min" if estimate else "?"
+        if unfinished(stage.output_dir) is None:
+            status = "done"
+        else:
+            status = f"~{estimate / 60:.1f} min" if estimate else "?"
+            left += estimate or 0
         rows.append([name, str(stage.max_steps if stage.max_steps > 0 else "epochs"), status])
     rows.append(["evaluation", "", f"~{config.estimates.get('evaluation', 0) / 60:.1f} min"])
     lines = ["pipeline plan (times measured on 2 CPU cores):", *markdown_table(["stage", "steps", "estimated"], rows)]
-    total = sum(config.estimates.get(name, 0) for name in [*configs, "evaluation"])
-    print("\n".join(lines) + f"\ntotal ≈ {total / 60:.1f} min\n")
+    print("\n".join(lines) + f"\ntotal ≈ {left / 60:.1f} min\n")
 
 
 def unfinished(run_dir: str | os.PathLike) -> str | None:

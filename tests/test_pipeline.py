@@ -86,6 +86,22 @@ def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_t
     assert parameters(baseline) >= 4 * parameters(base)
 
 
+def test_extends_changes_only_the_fields_a_stage_names_and_keeps_its_others(tmp_path):
+    setup = tmp_path / "wider.yaml"
+    setup.write_text(
+        f"extends: {REPO / 'recipes/default/pipeline.yaml'}\n"
+        "stages:\n  sft: {learning_rate: 1.0e-4}\n  pretrain: {model_config: {hidden_size: 256}}\n"
+    )
+    config = PipelineConfig.from_yaml(setup, output_dir=str(tmp_path))
+    default = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
+    assert config.stages["sft"] == {**default.stages["sft"], "learning_rate": 1.0e-4}
+    pretrain = default.stages["pretrain"]
+    assert config.stages["pretrain"] == {**pretrain, "model_config": {**pretrain["model_config"], "hidden_size": 256}}
+    assert {name: config.stages[name] for name in ("midtrain", "reward", "ppo")} == {
+        name: default.stages[name] for name in ("midtrain", "reward", "ppo")
+    }
+
+
 def test_a_stage_starts_from_its_recipe_in_the_place_the_pipeline_gives_it(tmp_path):
     config = PipelineConfig.from_yaml(REPO / "recipes/gpu-125m/pipeline.yaml", output_dir=str(tmp_path), seed=7)
     config.stages["sft"]["max_steps"] = 500  # the entry's own fields replace the recipe's
@@ -223,6 +239,8 @@ def test_a_stage_whose_model_is_gone_runs_again_and_a_changed_model_is_compared_
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     output = rerun.stderr + rerun.stdout
     assert f"pipeline: dpo is incomplete ({problem}); running it again" in output
+    estimates = PipelineConfig.from_yaml(REPO / "recipes/smoke/pipeline.yaml").estimates
+    assert f"total ≈ {(estimates['dpo'] + estimates['evaluation']) / 60:.1f} min" in output  # what is left to run
     assert "pipeline: ppo_no_ptx finished before, skipped" in output
     assert saved_model_problem(output_dir / "dpo") is None
     after = json.loads((output_dir / "comparison.json").read_text())
