@@ -252,7 +252,8 @@ def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_d
 def print_plan(config: PipelineConfig, configs: dict) -> None:
     """The stages, their steps and the time each took on a 2-core CPU (the YAML's `estimates`), before anything
     runs; the total counts only the stages still to run (a resumed run skips the finished ones)."""
-    rows, left = [], config.estimates.get("evaluation", 0)
+    evaluation = config.estimates.get("evaluation", 0)
+    rows, left = [], evaluation
     for name, stage in configs.items():
         estimate = config.estimates.get(name)
         if unfinished(stage.output_dir) is None:
@@ -261,7 +262,7 @@ def print_plan(config: PipelineConfig, configs: dict) -> None:
             status = f"~{estimate / 60:.1f} min" if estimate else "?"
             left += estimate or 0
         rows.append([name, str(stage.max_steps if stage.max_steps > 0 else "epochs"), status])
-    rows.append(["evaluation", "", f"~{config.estimates.get('evaluation', 0) / 60:.1f} min"])
+    rows.append(["evaluation", "", f"~{evaluation / 60:.1f} min"])
     lines = ["pipeline plan (times measured on 2 CPU cores):", *markdown_table(["stage", "steps", "estimated"], rows)]
     print("\n".join(lines) + f"\ntotal ≈ {left / 60:.1f} min\n")
 
