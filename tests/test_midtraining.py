@@ -1,11 +1,16 @@
 """Midtraining and packing that keeps documents apart: what the batches contain, and what the model sees."""
 
+import os
+import subprocess
+import sys
+
 import datasets
 import pytest
 import torch
 from conftest import SMOKE_TRAINING, tiny_config
 
 from hf_instruct import DataCollatorForInstructionTuning, InstructGPTForCausalLM
+from hf_instruct.allocator import USER_SETTINGS, keep_freed_memory
 from hf_instruct.data import pack_texts
 from hf_instruct.data.mixing import pack_mixture
 from hf_instruct.data.text import IGNORE_INDEX, collate_blocks
@@ -130,7 +135,7 @@ def test_bf16_only_where_it_is_fast(kwargs, bf16, reason):
     assert choice.bf16 is bf16 and reason in choice.reason
 
 
-def test_the_bf16_choice_and_its_reason_are_recorded(tmp_path):
+def test_the_bf16_choice_its_reason_and_the_allocator_are_recorded(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(DOCS * 20))
     config = dict(SMOKE_TRAINING, bf16=None, max_steps=1)
@@ -150,3 +155,40 @@ def test_the_bf16_choice_and_its_reason_are_recorded(tmp_path):
 
     recorded = read_history(out)[-1]["hyperparameters"]
     assert recorded["bf16"] is default_bf16().bf16 and recorded["bf16_reason"] == default_bf16().reason
+    assert recorded["allocator"] == keep_freed_memory()  # on Linux with glibc: the thresholds it set
+
+
+STEP_OF_FREED_BUFFERS = """
+import resource, sys, torch
+from hf_instruct.allocator import keep_freed_memory
+if sys.argv[1] == "keep":
+    print(keep_freed_memory(), file=sys.stderr)
+step = lambda: [torch.ones(4_000_000) for _ in range(4)]  # a step's four 16 MiB buffers, freed when it ends
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_keep_freed_memory_stops_a_step_from_mapping_its_buffers_again():
+    """Each run in a fresh process: the setting is process-wide and cannot be undone."""
+    import resource  # Unix only
+
+    def page_faults(mode):
+        env = {name: value for name, value in os.environ.items() if name not in USER_SETTINGS}  # glibc's defaults
+        command = [sys.executable, "-c", STEP_OF_FREED_BUFFERS, mode]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    pages_per_step = 4 * 16 * 2**20 // resource.getpagesize()
+    assert page_faults("default") > 10 * pages_per_step  # glibc trims the freed heap and maps it again
+    assert page_faults("keep") < pages_per_step  # the memory stays: at most stray pages fault
+
+
+def test_keep_freed_memory_leaves_an_allocator_the_user_chose(monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    assert keep_freed_memory() == "left as the environment sets it (MALLOC_TRIM_THRESHOLD_)"
