@@ -163,7 +163,7 @@ import resource, sys, torch
 from hf_instruct.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     print(keep_freed_memory(), file=sys.stderr)
-step = lambda: [torch.ones(4_000_000) for _ in range(4)]  # a step's four 16 MiB buffers, freed when it ends
+step = lambda: [torch.ones(4_000_000) for _ in range(4)]  # a step's four 16 MB buffers, freed when it ends
 step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):

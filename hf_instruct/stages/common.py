@@ -99,7 +99,9 @@ class StageArguments:
             "it again every step (hf_instruct.allocator; faster on CPU; the process keeps its peak memory)."
         },
     )
-    allocator: str = field(default="left as it is", init=False, repr=False)  # what keep_freed_memory did
+    allocator: str = field(  # what keep_freed_memory did
+        default="left as it is (keep_freed_memory: false)", init=False, repr=False
+    )
     # A stage pushes the finished model once, with its card (`push_if_asked`); the Trainer's other hub strategies
     # would push at every save, with its generic card.
     push_to_hub: bool = field(
