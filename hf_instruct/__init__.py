@@ -12,6 +12,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
 )
+from transformers.models.auto import modeling_auto
 
 from .collator import DataCollatorForInstructionTuning
 from .hub import push_to_hub
@@ -35,6 +36,15 @@ AutoConfig.register(InstructGPTConfig.model_type, InstructGPTConfig, exist_ok=Tr
 AutoModel.register(InstructGPTConfig, InstructGPTModel, exist_ok=True)
 AutoModelForCausalLM.register(InstructGPTConfig, InstructGPTForCausalLM, exist_ok=True)
 AutoModelForSequenceClassification.register(InstructGPTConfig, InstructGPTForSequenceClassification, exist_ok=True)
+# Parts of transformers classify a model by its class name in these static tables rather than through the Auto
+# classes (`Trainer`'s label smoothing shifts labels only for names listed as causal LMs; its common model tests read
+# them too). Listing ours there changes no lookup: the Auto classes find a registered model first.
+for table, class_name in (
+    (modeling_auto.MODEL_MAPPING_NAMES, InstructGPTModel.__name__),
+    (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, InstructGPTForCausalLM.__name__),
+    (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, InstructGPTForSequenceClassification.__name__),
+):
+    table.setdefault(InstructGPTConfig.model_type, class_name)
 
 __all__ = [
     "__version__",

@@ -5,16 +5,20 @@ matmul runs several times faster than fp32 (measured 865 against 215 GFLOP/s on 
 AVX2 only, every bf16 matmul is emulated and runs 50-80x *slower* (1-2 against 85 GFLOP/s on 2 AMD EPYC cores; tiny
 pretraining took 314 s instead of 26 s). `torch` reports bf16 as "supported" on both. So a CPU gets bf16 when it has
 the instructions, else when a short matmul probe shows bf16 clearly faster, else fp32; the choice and its reason go
-into the run record.
+into the run record. `HF_INSTRUCT_BF16=1` (or `0`) overrides the decision for a whole process tree, e.g. to run the
+test suite as it runs on the other kind of CPU.
 """
 
 import functools
+import os
 import time
 from dataclasses import dataclass
 
 import torch
 
 PROBE_SPEEDUP = 1.2  # bf16 must beat fp32 by this factor in the probe to be worth its rounding
+FORCE_VARIABLE = "HF_INSTRUCT_BF16"
+FORCE_VALUES = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,22 @@ def matmul_gflops(dtype: torch.dtype, size: int = 256, seconds: float = 0.25) ->
     return 2 * size**3 * calls / elapsed / 1e9
 
 
+def forced_bf16() -> PrecisionChoice | None:
+    """The choice `HF_INSTRUCT_BF16` forces, if it is set."""
+    value = os.environ.get(FORCE_VARIABLE, "").strip().lower()
+    if not value:
+        return None
+    if value not in FORCE_VALUES:
+        raise ValueError(f"{FORCE_VARIABLE}={value!r} is not valid: expected 1 or 0 (true/false, on/off), or unset.")
+    return PrecisionChoice(FORCE_VALUES[value], f"forced {'on' if FORCE_VALUES[value] else 'off'} by {FORCE_VARIABLE}")
+
+
 @functools.cache
 def default_bf16() -> PrecisionChoice:
-    """The bf16 default for this machine (once per process): on a CPU without bf16 instructions, decided by a
-    half-second probe."""
+    """The bf16 default for this machine (once per process): `HF_INSTRUCT_BF16` if set; else on a CPU without bf16
+    instructions, decided by a half-second probe."""
+    if (forced := forced_bf16()) is not None:
+        return forced
     if torch.cuda.is_available():
         return decide_bf16(cuda=True, cuda_bf16=torch.cuda.is_bf16_supported())
     capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}

@@ -14,7 +14,7 @@ from hf_instruct.allocator import USER_SETTINGS, keep_freed_memory
 from hf_instruct.data import pack_texts
 from hf_instruct.data.mixing import pack_mixture
 from hf_instruct.data.text import IGNORE_INDEX, collate_blocks
-from hf_instruct.precision import PROBE_SPEEDUP, decide_bf16
+from hf_instruct.precision import PROBE_SPEEDUP, PrecisionChoice, decide_bf16
 from hf_instruct.stages import PretrainStageConfig, run_pretrain
 
 DOCS = ["alpha beta gamma delta", "the lazy dog sleeps", "a model learns what the labels say", "one two three"]
@@ -133,6 +133,24 @@ def test_midtraining_stage_continues_a_model_on_the_mixture(tmp_path):
 def test_bf16_only_where_it_is_fast(kwargs, bf16, reason):
     choice = decide_bf16(**kwargs)
     assert choice.bf16 is bf16 and reason in choice.reason
+
+
+@pytest.mark.parametrize(("value", "bf16"), [("1", True), ("on", True), ("0", False), ("False", False)])
+def test_hf_instruct_bf16_forces_the_choice_either_way(monkeypatch, value, bf16):
+    """The switch that runs the test suite as on the other kind of CPU: it wins over the instructions and the probe."""
+    from hf_instruct.precision import default_bf16
+
+    monkeypatch.setenv("HF_INSTRUCT_BF16", value)
+    default_bf16.cache_clear()
+    try:
+        assert default_bf16() == PrecisionChoice(bf16, f"forced {'on' if bf16 else 'off'} by HF_INSTRUCT_BF16")
+        monkeypatch.setenv("HF_INSTRUCT_BF16", "fast")
+        default_bf16.cache_clear()
+        with pytest.raises(ValueError, match="HF_INSTRUCT_BF16='fast' is not valid: expected 1 or 0"):
+            default_bf16()
+    finally:
+        monkeypatch.undo()
+        default_bf16.cache_clear()
 
 
 def test_the_bf16_choice_its_reason_and_the_allocator_are_recorded(tmp_path):
