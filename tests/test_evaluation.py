@@ -74,7 +74,15 @@ def test_evaluate_a_tiny_model_on_the_suite_prints_per_family_accuracy(chain, tm
         assert scores["examples"] == len(scores["correct"]) == 12 and 0.0 <= scores["accuracy"] <= 1.0
         assert scores["interval"][0] <= scores["accuracy"] == sum(scores["correct"]) / 12 <= scores["interval"][1]
         assert set(scores["per_family"]) <= {*FAMILIES, *COMPOSITIONS} and 0.0 <= scores["rouge_l"] <= 1.0
-    assert (tmp_path / "eval_results.md").read_text().startswith("# Evaluation of")
+        assert set(scores["floor_per_family"]) == set(scores["family_examples"]) == set(scores["per_family"])
+        assert sum(scores["family_examples"].values()) == 12 and 0.0 <= scores["floor"] <= 1.0
+    markdown = (tmp_path / "eval_results.md").read_text()
+    entities = results["splits"]["held_out_entities"]
+    low, high = entities["interval"]
+    assert markdown.startswith("# Evaluation of") and "| split | examples | accuracy | interval | floor |" in markdown
+    assert f"| held_out_entities | 12 | {entities['accuracy']:.3f} | [{low:.3f}, {high:.3f}] |" in markdown
+    family, rows = next(iter(entities["family_examples"].items()))
+    assert f"| {family} | {entities['per_family'][family]:.3f} ({rows}) |" in markdown
 
 
 def test_evaluate_a_data_file_and_the_data_export(tmp_path, chain):

@@ -28,7 +28,16 @@ from .statistics import wilson_interval
 
 SUITE_SPLITS = ("held_out_entities", "held_out_paraphrases", "held_out_compositions")
 # The columns of the results table, in this order, when any split has them.
-METRICS = ("accuracy", "exact_match", "rouge_l", "mean_reward", "win_rate_vs_reference", "win_rate_vs_baseline")
+METRICS = (
+    "accuracy",
+    "interval",
+    "floor",
+    "exact_match",
+    "rouge_l",
+    "mean_reward",
+    "win_rate_vs_reference",
+    "win_rate_vs_baseline",
+)
 
 
 def load_scored_examples(source: str | os.PathLike | list, on_bad_record: OnBadRecord = "error") -> datasets.Dataset:
@@ -147,7 +156,8 @@ def write_results(results: dict, output_dir: str | os.PathLike) -> tuple[Path, P
 
 
 def results_markdown(results: dict) -> str:
-    """`eval_results.md`: the scores of every split, the accuracy per task family, the sample answers."""
+    """`eval_results.md`: the scores of every split (accuracy with its 95 % interval and the trivial-rule floor),
+    the accuracy per task family with its rows in brackets, the sample answers."""
     splits = results["splits"]
     metrics = [metric for metric in METRICS if any(metric in scores for scores in splits.values())]
     rows = [
@@ -156,9 +166,7 @@ def results_markdown(results: dict) -> str:
     lines = [f"# Evaluation of {results['model']}", "", *markdown_table(["split", "examples", *metrics], rows)]
     families = sorted({family for scores in splits.values() for family in scores.get("per_family", {})})
     if families:
-        rows = [
-            [family, *(_cell(s.get("per_family", {}).get(family)) for s in splits.values())] for family in families
-        ]
+        rows = [[family, *(_family_cell(scores, family) for scores in splits.values())] for family in families]
         lines += ["", "## Instruction accuracy per task family", "", *markdown_table(["family", *splits], rows)]
     for name, scores in splits.items():
         columns = ["prompt", "answer", "reference"]
@@ -168,4 +176,13 @@ def results_markdown(results: dict) -> str:
 
 
 def _cell(value) -> str:
+    if isinstance(value, list):  # an interval
+        return f"[{value[0]:.3f}, {value[1]:.3f}]"
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _family_cell(scores: dict, family: str) -> str:
+    """A family's accuracy on a split and the rows it rests on: "0.850 (20)"."""
+    accuracy = scores.get("per_family", {}).get(family)
+    rows = scores.get("family_examples", {}).get(family)
+    return _cell(accuracy) + (f" ({rows})" if rows is not None else "")
