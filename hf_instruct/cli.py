@@ -191,13 +191,16 @@ def pipeline_command(args) -> int:
 
 
 def evaluate_command(args) -> int:
-    from .evaluation import evaluate_model, load_scored_examples, suite_examples, write_results
-    from .evaluation.evaluator import results_markdown
+    from .data.suite import build_suite
+    from .evaluation import evaluate_model, load_scored_examples, write_results
+    from .evaluation.evaluator import SUITE_SPLITS, results_markdown
 
+    demonstrations = None  # the suite's training demonstrations give the trivial-rule floors their constants
     if args.data:
         splits = {Path(path).stem: load_scored_examples(path, args.on_bad_record) for path in args.data}
     else:
-        splits = suite_examples(suite_config(args.suite_size, args.seed))
+        suite = build_suite(suite_config(args.suite_size, args.seed))
+        splits, demonstrations = {split: suite[split] for split in SUITE_SPLITS}, suite["sft"]
     results = evaluate_model(
         args.model,
         splits,
@@ -206,6 +209,7 @@ def evaluate_command(args) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         limit=args.limit,
+        demonstrations=demonstrations,
     )
     json_path, _ = write_results(results, args.output_dir or Path(args.model) / "eval")
     print(results_markdown(results))

@@ -6,10 +6,12 @@ fields come from the pipeline YAML, which may start it from a stage recipe (`con
 `hf-instruct <stage> --config` parses its file: a typo fails before anything runs, naming the file and the stage.
 A finished stage (its metrics, run record and a complete model written) is skipped on a re-run and an incomplete one
 resumes from its last complete checkpoint, so re-running the same command after a crash finishes the job, and
-re-running a finished pipeline changes no file. The models are then compared on the suite's held-out splits
-(per-family instruction accuracy, reward-model win rate against the SFT model) and on held-out pretraining text
-(perplexity: the "alignment tax"), and `report.md` with plots lands in the output folder; the comparison is computed
-again when a model changed.
+re-running a finished pipeline changes no file. The models are then compared on every row of the suite's held-out
+splits (instruction accuracy with its 95 % interval beside the floor trivial answer rules reach, per split and per
+task family; the paired difference from the SFT model on the same prompts; the win rate over SFT as the suite's
+verifier judges it, the reward model's beside it) and on held-out pretraining text (perplexity: the "alignment
+tax"), and `report.md` with plots lands in the output folder; the comparison is computed again when a model or the
+evaluation settings changed.
 """
 
 import hashlib
@@ -31,11 +33,12 @@ from .checkpoints import saved_model_problem
 from .data.suite import SuiteConfig, build_suite, export_suite
 from .evaluation import evaluate_model, load_metric
 from .evaluation.evaluator import SUITE_SPLITS, few_shot
+from .evaluation.statistics import paired_difference, pairwise_win_rates
 from .hub import push_to_hub
 from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .stages import STAGES
 from .stages.common import did_you_mean, parse_fields, read_config_file
-from .utils import markdown_table, table_cell
+from .utils import chat_rewards, markdown_table, table_cell
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
 # runs when the YAML configures it; the base model of the comparison is the plain pretrain run.
@@ -62,6 +65,7 @@ TOKEN_FIELDS = {
 }
 FEW_SHOT = " (3-shot)"  # a base model asked with 3 solved examples of the same family before each question
 HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for the alignment-tax perplexity
+COMPARISON_SCHEMA = 2  # comparison.json's layout (docs/evaluation.md); a cached comparison of another is recomputed
 # what every stage of the pipeline does unless its fields say otherwise: frequent small checkpoints, a log every 10
 # steps and the trainers' progress bars, no trackers
 STAGE_DEFAULTS = dict(
@@ -82,7 +86,7 @@ class PipelineConfig:
     # extra base models, e.g. 4x larger: run name -> pretrain fields that replace the pretrain stage's, so a baseline
     # sees the same corpus, tokenizer and tokens unless it says otherwise
     baselines: dict = field(default_factory=dict)
-    evaluation: dict = field(default_factory=dict)  # limit, max_new_tokens, batch_size
+    evaluation: dict = field(default_factory=dict)  # limit (default: every row), max_new_tokens, batch_size
     estimates: dict = field(default_factory=dict)  # run name or "evaluation" -> seconds it took on 2 CPU cores
     push_to_hub: bool = False  # push the final (PPO-ptx) model to the Hub when done
     hub_model_id: str | None = None  # "namespace/name" or "name" (the token's user); default: output_dir's name
@@ -292,22 +296,24 @@ def run_stage(name: str, stage: str, stage_config) -> None:
 
 
 def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:
-    """Held-out instruction accuracy, win rate against SFT (by the reward model) and pretraining perplexity. Kept in
-    `comparison.json` with the fingerprints of the models it read, so it is computed again only when one changed."""
+    """Held-out instruction accuracy (with intervals and trivial-rule floors), paired differences and win rates
+    against SFT, and pretraining perplexity. Kept in `comparison.json` with the fingerprints of the models it read
+    and the evaluation settings, so it is computed again only when one of them changed."""
     results_file = output_dir / "comparison.json"
     cached = json.loads(results_file.read_text()) if results_file.is_file() else {}
     # every model the comparison reads: the compared ones and the reward model that judges the win rates
     models = {
         name: fingerprint(output_dir / name) for name in dict.fromkeys([*map(model_of, compared(config)), "reward"])
     }
-    if cached.get("models") == models and list(cached.get("results", {})) == list(compared(config)):
-        return cached["results"]  # the same models compared before
-    evaluation = {"limit": 100, "max_new_tokens": 32, "batch_size": 32, **config.evaluation}
+    evaluation = {"max_new_tokens": 32, "batch_size": 32, **config.evaluation}  # every row unless `limit` says
+    key = {"schema": COMPARISON_SCHEMA, "models": models, "evaluation": evaluation}
+    if {k: cached.get(k) for k in key} == key and list(cached.get("results", {})) == list(compared(config)):
+        return cached["results"]  # the same models compared before, the same way
     splits = {
         split: datasets.load_dataset("json", data_files=str(data[split]), split="train") for split in SUITE_SPLITS
     }
     held_out_text = datasets.load_dataset("json", data_files=str(data["pretrain_held_out"]), split="train")["text"]
-    perplexity, win_rate = load_metric("perplexity"), load_metric("win_rate")
+    perplexity = load_metric("perplexity")
     reward_model = str(output_dir / "reward")
     solved = datasets.load_dataset("json", data_files=str(data["sft"]), split="train")
     few_shot_splits = {  # held-out compositions are never solved in training data: their shots come from the split
@@ -317,7 +323,8 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     results = {}
     for name in tqdm(compared(config), desc="evaluating", unit="model"):
         model_dir = output_dir / model_of(name)
-        scores = evaluate_model(model_dir, few_shot_splits if name.endswith(FEW_SHOT) else splits, **evaluation)
+        chosen = few_shot_splits if name.endswith(FEW_SHOT) else splits
+        scores = evaluate_model(model_dir, chosen, demonstrations=solved, **evaluation)
         if name.endswith(FEW_SHOT):  # the zero-shot row's model: the same perplexity
             text_perplexity = results[model_of(name)]["perplexity"]
         else:
@@ -329,14 +336,21 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
             "perplexity": text_perplexity,
         }
     for split in SUITE_SPLITS:  # every model's answers against the SFT model's, to the same prompts
-        sft_answers = results["sft"]["splits"][split]["answers"]
-        prompts = [messages[:-1] for messages in splits[split]["messages"]][: len(sft_answers)]
+        sft = results["sft"]["splits"][split]
+        prompts = [messages[:-1] for messages in splits[split]["messages"]][: len(sft["answers"])]
+        sft_rewards = chat_rewards(reward_model, prompts, sft["answers"])
         for name in compared(config):
             scores = results[name]["splits"][split]
-            scores["win_rate_vs_sft"] = win_rate.compute(
-                predictions=scores["answers"], references=sft_answers, prompts=prompts, reward_model=reward_model
-            )["win_rate"]
-    results_file.write_text(json.dumps({"models": models, "results": results}, indent=2) + "\n")
+            rewards = sft_rewards if name == "sft" else chat_rewards(reward_model, prompts, scores["answers"])
+            pairs = pairwise_win_rates(
+                scores["answers"], sft["answers"], scores["correct"], sft["correct"], rewards, sft_rewards
+            )
+            scores["vs_sft"] = paired_difference(scores["correct"], sft["correct"])
+            scores["win_rate_vs_sft"] = pairs["win_rate"]  # the verifier's
+            scores["reward_model_win_rate_vs_sft"] = pairs["reward_model_win_rate"]
+            scores["reward_model_agreement_vs_sft"] = pairs["reward_model_agreement"]
+            scores["pairs_vs_sft"] = pairs["pairs"]
+    results_file.write_text(json.dumps({**key, "results": results}, indent=2) + "\n")
     return results
 
 
@@ -359,37 +373,15 @@ def write_if_changed(path: Path, content: str | bytes) -> None:
 def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Path:
     """`report.md` and `accuracy.png`; the comparison also goes into the final (PPO-ptx) model's card."""
     write_if_changed(output_dir / "accuracy.png", plot_accuracy(results))
-    lines = ["# hf-instruct pipeline report", "", "## Results on held-out data", ""]
-    header = [
-        "model",
-        "parameters",
-        *[f"accuracy: {split.removeprefix('held_out_')}" for split in SUITE_SPLITS],
-        "win rate vs SFT",
-        "pretraining perplexity",
-    ]
-    rows = []
-    for name, model in results.items():
-        accuracies = [f"{model['splits'][split]['accuracy']:.3f}" for split in SUITE_SPLITS]
-        win = sum(model["splits"][split]["win_rate_vs_sft"] for split in SUITE_SPLITS) / len(SUITE_SPLITS)
-        rows.append(
-            [name, f"{model['parameters'] / 1e6:.2f} M", *accuracies, f"{win:.3f}", f"{model['perplexity']:.3f}"]
-        )
-    lines += markdown_table(header, rows)
+    lines = ["# hf-instruct pipeline report", "", *results_section(results)]
     for name in config.baselines:
         lines += ["", headline(name, results, config.baselines[name])]
         lines += [headline(f"{name}{FEW_SHOT}", results, config.baselines[name])]
-    lines += ["", "![accuracy by model and held-out split](accuracy.png)", ""]
+    lines += ["", "![accuracy by model and held-out split, floors as black lines](accuracy.png)", ""]
+    lines += against_sft_section(results)
+    lines += per_family_section(results)
     paraphrases = {name: model["splits"]["held_out_paraphrases"] for name, model in results.items()}
-    families = sorted({family for split in paraphrases.values() for family in split["per_family"]})
-    lines += ["## Accuracy per task family (held-out paraphrases)", ""]
-    lines += markdown_table(
-        ["family", *results],
-        [
-            [family, *(f"{split['per_family'].get(family, 0):.2f}" for split in paraphrases.values())]
-            for family in families
-        ],
-    )
-    lines += ["", "## Sample answers (held-out paraphrases)", ""]
+    lines += ["## Sample answers (held-out paraphrases)", ""]
     samples = next(iter(paraphrases.values()))["samples"]
     lines += markdown_table(
         ["prompt", *results],
@@ -428,6 +420,86 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
     return report
 
 
+def short(split: str) -> str:
+    return split.removeprefix("held_out_")
+
+
+def results_section(results: dict) -> list[str]:
+    """The main table: each model's accuracy on every split with its 95 % interval, under the trivial-rule floor."""
+    first = next(iter(results.values()))["splits"]
+    header = ["model", "parameters", *(f"{short(s)} ({first[s]['examples']} rows)" for s in SUITE_SPLITS)]
+    rows = [["floor (best trivial rule per family)", "", *(f"{first[s]['floor']:.3f}" for s in SUITE_SPLITS), ""]]
+    for name, model in results.items():
+        accuracies = [
+            f"{model['splits'][s]['accuracy']:.3f} [{model['splits'][s]['interval'][0]:.3f}, "
+            f"{model['splits'][s]['interval'][1]:.3f}]"
+            for s in SUITE_SPLITS
+        ]
+        rows.append([name, f"{model['parameters'] / 1e6:.2f} M", *accuracies, f"{model['perplexity']:.3f}"])
+    return [
+        "## Results on held-out data",
+        "",
+        "Instruction accuracy on the scored rows of each split, with its 95 % Wilson interval; the floor is what "
+        "answers that need no model score (each family's best trivial rule: a constant, the first or last option "
+        "given, ...; docs/evaluation.md).",
+        "",
+        *markdown_table([*header, "pretraining perplexity"], rows),
+    ]
+
+
+def against_sft_section(results: dict) -> list[str]:
+    """Per split, each model against the SFT model on the same prompts: the paired difference in accuracy and the
+    win rates, the verifier's first."""
+    lines = [
+        "## Against SFT, on the same prompts",
+        "",
+        "Difference: the model's accuracy minus SFT's on the same rows, with its 95 % paired bootstrap interval and "
+        "McNemar's exact p. Win rate: over SFT's answer, on the prompts where the two answers differ (ties half), "
+        "as the suite's exact verifier judges (the labeler); the reward model's on the same pairs, and how often it "
+        "prefers the verifier's choice where the verifier prefers one.",
+    ]
+    header = ["model", "difference [95 %]", "p", "win rate (verifier)", "pairs", "win rate (reward model)"]
+    for split in SUITE_SPLITS:
+        rows = []
+        for name, model in results.items():
+            scores = model["splits"][split]
+            difference, agreement = scores["vs_sft"], scores["reward_model_agreement_vs_sft"]
+            low, high = difference["interval"]
+            rows.append(
+                [
+                    name,
+                    f"{difference['difference']:+.3f} [{low:+.3f}, {high:+.3f}]",
+                    f"{difference['p']:.3g}",
+                    f"{scores['win_rate_vs_sft']:.3f}",
+                    str(scores["pairs_vs_sft"]),
+                    f"{scores['reward_model_win_rate_vs_sft']:.3f}",
+                    "–" if agreement is None else f"{agreement:.2f}",
+                ]
+            )
+        lines += ["", f"### {short(split)}", "", *markdown_table([*header, "reward model agrees"], rows)]
+    return [*lines, ""]
+
+
+def per_family_section(results: dict) -> list[str]:
+    """Per split, each family's rows, its floor and each model's accuracy: a family rests on few rows, so the row
+    count stands beside each figure."""
+    lines = []
+    for split in SUITE_SPLITS:
+        first = next(iter(results.values()))["splits"][split]
+        rows = [
+            [
+                f"{family} ({count})",
+                f"{first['floor_per_family'][family]['floor']:.2f} "
+                f"({table_cell(first['floor_per_family'][family]['rule'], 40)})",
+                *(f"{model['splits'][split]['per_family'][family]:.2f}" for model in results.values()),
+            ]
+            for family, count in first["family_examples"].items()
+        ]
+        lines += [f"## Accuracy per task family: {short(split)}", ""]
+        lines += [*markdown_table(["family (rows)", "floor (rule)", *results], rows), ""]
+    return lines
+
+
 def headline(name: str, results: dict, fields: dict) -> str:
     """The InstructGPT headline for baseline `name` (its YAML `fields`): the small tuned model against a big base."""
     final, base = results["ppo"], results[name]
@@ -456,7 +528,8 @@ def record_comparison(final_dir: Path, results: dict) -> None:
 
 
 def plot_accuracy(results: dict) -> bytes:
-    """The accuracy bar chart as PNG bytes (compared with the file before writing it)."""
+    """The accuracy bar chart as PNG bytes (compared with the file before writing it): each model's accuracy with its
+    95 % interval, each split's floor a dashed line across its bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -466,7 +539,18 @@ def plot_accuracy(results: dict) -> bytes:
     width = 0.8 / len(results)
     for offset, (name, model) in enumerate(results.items()):
         values = [model["splits"][split]["accuracy"] for split in SUITE_SPLITS]
-        axis.bar([i + offset * width for i in range(len(SUITE_SPLITS))], values, width, label=name)
+        errors = [
+            [value - model["splits"][split]["interval"][0] for split, value in zip(SUITE_SPLITS, values, strict=True)],
+            [model["splits"][split]["interval"][1] - value for split, value in zip(SUITE_SPLITS, values, strict=True)],
+        ]
+        positions = [i + offset * width for i in range(len(SUITE_SPLITS))]
+        axis.bar(positions, values, width, yerr=errors, capsize=2, error_kw={"linewidth": 0.8}, label=name)
+    floors = next(iter(results.values()))["splits"]
+    for i, split in enumerate(SUITE_SPLITS):  # a split's floor: a line across its bars
+        label = "floor (trivial rules)" if i == 0 else None
+        axis.hlines(
+            floors[split]["floor"], i - width / 2, i + 0.8 - width / 2, colors="black", linestyles="--", label=label
+        )
     axis.set_xticks(
         [i + 0.4 - width / 2 for i in range(len(SUITE_SPLITS))], [s.removeprefix("held_out_") for s in SUITE_SPLITS]
     )

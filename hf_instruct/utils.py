@@ -4,7 +4,7 @@ scoring texts with a reward model."""
 import os
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 
 def table_cell(text: str, width: int | None = 80) -> str:
@@ -52,3 +52,23 @@ def reward_scores(
         )
         scores.append(model(**batch.to(model.device)).logits[:, 0].float())
     return torch.cat(scores)
+
+
+def chat_rewards(
+    model_path: str | os.PathLike, prompts: list, answers: list[str], batch_size: int = 16
+) -> list[float]:
+    """The reward of each (prompt, answer) by the reward model saved in `model_path`, rendered as the chat it was
+    trained on: a prompt is a list of messages (the answer becomes the assistant turn) or a user turn's text."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSequenceClassification.from_pretrained(model_path).to(device).eval()
+    if model.config.pad_token_id is None:  # batched scoring finds the last real token of padded rows
+        model.config.pad_token_id = tokenizer.pad_token_id
+    texts = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        messages.append({"role": "assistant", "content": answer})
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    return reward_scores(model, tokenizer, texts, batch_size).tolist()

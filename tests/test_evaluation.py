@@ -71,9 +71,18 @@ def test_evaluate_a_tiny_model_on_the_suite_prints_per_family_accuracy(chain, tm
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert set(results["splits"]) == {"held_out_entities", "held_out_paraphrases", "held_out_compositions"}
     for scores in results["splits"].values():
-        assert scores["examples"] == 12 and 0.0 <= scores["accuracy"] <= 1.0
+        assert scores["examples"] == len(scores["correct"]) == 12 and 0.0 <= scores["accuracy"] <= 1.0
+        assert scores["interval"][0] <= scores["accuracy"] == sum(scores["correct"]) / 12 <= scores["interval"][1]
         assert set(scores["per_family"]) <= {*FAMILIES, *COMPOSITIONS} and 0.0 <= scores["rouge_l"] <= 1.0
-    assert (tmp_path / "eval_results.md").read_text().startswith("# Evaluation of")
+        assert set(scores["floor_per_family"]) == set(scores["family_examples"]) == set(scores["per_family"])
+        assert sum(scores["family_examples"].values()) == 12 and 0.0 <= scores["floor"] <= 1.0
+    markdown = (tmp_path / "eval_results.md").read_text()
+    entities = results["splits"]["held_out_entities"]
+    low, high = entities["interval"]
+    assert markdown.startswith("# Evaluation of") and "| split | examples | accuracy | interval | floor |" in markdown
+    assert f"| held_out_entities | 12 | {entities['accuracy']:.3f} | [{low:.3f}, {high:.3f}] |" in markdown
+    family, rows = next(iter(entities["family_examples"].items()))
+    assert f"| {family} | {entities['per_family'][family]:.3f} ({rows}) |" in markdown
 
 
 def test_evaluate_a_data_file_and_the_data_export(tmp_path, chain):
@@ -173,3 +182,106 @@ def test_the_results_markdown_keeps_each_sample_answer_in_its_cells():
     lines = results_markdown(results).splitlines()
     assert lines[2:5] == ["| split | examples | accuracy |", "|---|---|---|", "| held_out_entities | 1 | 0.500 |"]
     assert rf"| Say a \| b then stop | {'w' * 99}… | a \| b |" in lines
+
+
+def test_wilson_intervals_are_the_published_values():
+    """Newcombe (1998), table I: 81 of 263 gives 0.2553-0.3662; 0 of 10 stays inside [0, 1] (Wald's would not)."""
+    from hf_instruct.evaluation.statistics import wilson_interval
+
+    assert wilson_interval(81, 263) == pytest.approx((0.25529, 0.36621), abs=1e-5)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27753), abs=1e-5)
+    assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    assert wilson_interval(0, 3)[0] == 0.0 and wilson_interval(3, 3)[1] == 1.0  # exactly, for `low <= accuracy`
+    with pytest.raises(ValueError, match="0 <= successes <= n and n > 0, got 3 of 0"):
+        wilson_interval(3, 0)
+
+
+def test_a_paired_difference_has_the_hand_computed_value_p_and_interval():
+    from hf_instruct.evaluation.statistics import mcnemar_p, paired_difference
+
+    # 20 prompts: 1 only the model gets right, 5 only the baseline, 8 both, 6 neither
+    model = [True] * 1 + [False] * 5 + [True] * 8 + [False] * 6
+    baseline = [False] * 1 + [True] * 5 + [True] * 8 + [False] * 6
+    result = paired_difference(model, baseline)
+    assert result["difference"] == pytest.approx(-4 / 20)
+    assert result["p"] == pytest.approx(2 * (1 + 6) / 2**6)  # McNemar exact: 2 P(X <= 1), X ~ Bin(6, 1/2)
+    assert result["interval"][0] < -0.2 < result["interval"][1] <= 0.0
+    assert mcnemar_p(3, 3) == 1.0 and mcnemar_p(0, 0) == 1.0
+    # every prompt goes the model's way: no resample can differ
+    assert paired_difference([True] * 5, [False] * 5) == {"difference": 1.0, "interval": [1.0, 1.0], "p": 0.0625}
+    # 1000 prompts, 300 only the model's, 100 only the baseline's: the bootstrap interval is the normal one,
+    # 0.2 +- 1.96 * sqrt(400 - 200**2 / 1000) / 1000 = [0.1628, 0.2372]
+    pairs = [(True, False)] * 300 + [(False, True)] * 100 + [(True, True)] * 100 + [(False, False)] * 500
+    large = paired_difference([m for m, _ in pairs], [b for _, b in pairs])
+    assert large["difference"] == pytest.approx(0.2)
+    assert large["interval"] == pytest.approx([0.1628, 0.2372], abs=0.004)
+    assert paired_difference(model, baseline) == result  # seeded: a re-run writes the same numbers
+
+
+def test_the_verifier_judges_the_win_rate_on_differing_answers_with_ties_half():
+    from hf_instruct.evaluation.statistics import pairwise_win_rates
+
+    answers = ["a", "b", "c", "d", "e", "f"]
+    baseline = ["a", "x", "y", "z", "w", "v"]  # the first pair is the same answer: it tells nothing
+    correct = [True, True, False, True, False, True]
+    baseline_correct = [True, False, False, True, True, False]
+    # verifier: right beats wrong (pairs 1, 5), wrong loses (4), equal verdicts tie (2, 3): 3 of 5
+    rewards, baseline_rewards = [9, 2, 0, 1, 0, 1], [9, 1, 3, 1, 5, 2]
+    result = pairwise_win_rates(answers, baseline, correct, baseline_correct, rewards, baseline_rewards)
+    assert result == {
+        "pairs": 5,
+        "win_rate": 3 / 5,
+        "reward_model_win_rate": 1.5 / 5,  # wins pair 1, ties pair 3
+        "reward_model_agreement": 2 / 3,  # of the decided pairs 1, 4, 5 it sides with the verifier on 1 and 4
+    }
+    same = pairwise_win_rates(answers, answers, correct, correct, rewards, rewards)
+    assert same == {"pairs": 0, "win_rate": 0.5, "reward_model_win_rate": 0.5, "reward_model_agreement": None}
+    with pytest.raises(ValueError, match="both `rewards` and `baseline_rewards`"):
+        pairwise_win_rates(answers, baseline, correct, baseline_correct, rewards)
+
+
+def test_floors_are_the_best_trivial_rule_per_family_weighted_by_rows():
+    from hf_instruct.evaluation.floors import family_floors, split_floor
+
+    def demonstration(family, answer):
+        return {
+            "family": family,
+            "messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": answer}],
+        }
+
+    def example(family, answer, options=()):
+        kind = {"kind": "number", "answer": answer} if isinstance(answer, int) else {"kind": "exact", "answer": answer}
+        return {"family": family, "check": json.dumps(kind), "options": list(options)}
+
+    demonstrations = [
+        *(demonstration("choice", answer) for answer in ("Lima", "Oslo", "Lima")),
+        *(demonstration("count_letters", answer) for answer in ("5", "5", "6", "4")),
+    ]
+    examples = [
+        example("choice", "Oslo", ["Rome", "Oslo"]),
+        example("choice", "Oslo", ["Oslo", "Lima"]),
+        example("choice", "Lima", ["Lima", "Rome"]),
+        example("choice", "Bern", ["Bern", "Lima"]),
+        # never trained: its constants are the answers of the trained families ending in count_letters
+        *(example("one_word+count_letters", answer) for answer in (6, 6, 5)),
+        example("list_item+first_letter", "f", ["pear", "apple", "fig"]),
+        example("list_item+first_letter", "k", ["kiwi", "plum"]),
+    ]
+    floors = family_floors(examples, demonstrations)
+    assert floors == {
+        "choice": {"floor": 0.75, "rule": "first option", "examples": 4},  # constant "Lima" 0.25, "Oslo" 0.5
+        "list_item+first_letter": {"floor": 0.5, "rule": "first option, first letter", "examples": 2},
+        "one_word+count_letters": {"floor": 2 / 3, "rule": 'constant "6"', "examples": 3},
+    }
+    assert split_floor(floors) == pytest.approx((4 * 0.75 + 2 * 0.5 + 3 * 2 / 3) / 9)
+
+
+def test_the_suite_lists_the_options_a_question_gives(tiny_suite):
+    """The floors' rules read `options`, not the prompt: a rephrased prompt cannot break them."""
+    rows = [row for split in ("held_out_entities", "held_out_compositions") for row in tiny_suite[split]]
+    for row in rows:
+        options, question = row["options"], row["messages"][0]["content"]
+        if row["family"] in ("choice", "list_item+first_letter"):
+            assert len(options) >= 2 and all(option in question for option in options), row
+        else:
+            assert options == [], row

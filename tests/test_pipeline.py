@@ -182,12 +182,35 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
     ]
     assert list(comparison) == list(compared(config))
     assert comparison["base_4x"]["parameters"] >= 4 * comparison["ppo"]["parameters"]
+    floors = {split: comparison["sft"]["splits"][split]["floor"] for split in SUITE_SPLITS}
     for model in comparison.values():
         assert set(model["splits"]) == set(SUITE_SPLITS) and model["perplexity"] > 1.0
-        assert all(0.0 <= split["win_rate_vs_sft"] <= 1.0 for split in model["splits"].values())
-    assert all(comparison["sft"]["splits"][split]["win_rate_vs_sft"] == 0.5 for split in SUITE_SPLITS)
+        for split, scores in model["splits"].items():  # the keys docs/evaluation.md documents for scripts
+            assert scores["examples"] == len(scores["correct"]) == 8  # the smoke YAML's limit
+            assert scores["accuracy"] == sum(scores["correct"]) / 8
+            assert scores["interval"][0] <= scores["accuracy"] <= scores["interval"][1]
+            assert scores["floor"] == floors[split] and 0.0 <= scores["floor"] <= 1.0  # the same rows for every model
+            assert set(scores["vs_sft"]) == {"difference", "interval", "p"} and 0.0 <= scores["vs_sft"]["p"] <= 1.0
+            assert 0.0 <= scores["win_rate_vs_sft"] <= 1.0 and 0.0 <= scores["reward_model_win_rate_vs_sft"] <= 1.0
+            assert sum(scores["family_examples"].values()) == 8
+    for split in SUITE_SPLITS:  # SFT against itself: no difference, every answer the same
+        sft = comparison["sft"]["splits"][split]
+        assert sft["vs_sft"] == {"difference": 0.0, "interval": [0.0, 0.0], "p": 1.0} and sft["pairs_vs_sft"] == 0
+        assert sft["win_rate_vs_sft"] == sft["reward_model_win_rate_vs_sft"] == 0.5
     report = (output_dir / "report.md").read_text()
     assert all(f"| {name} |" in report for name in comparison) and (output_dir / "accuracy.png").is_file()
+    assert "| floor (best trivial rule per family) |  | " in report and "| entities (8 rows) |" in report
+    sft = comparison["sft"]["splits"]["held_out_entities"]
+    low, high = sft["interval"]
+    assert (
+        f"| sft | {comparison['sft']['parameters'] / 1e6:.2f} M | {sft['accuracy']:.3f} [{low:.3f}, {high:.3f}] |"
+        in (report)
+    )
+    assert "## Against SFT, on the same prompts" in report and "| sft | +0.000 [+0.000, +0.000] | 1 | 0.500 | 0 |" in (
+        report
+    )
+    for family, rows in sft["family_examples"].items():  # each per-family figure shows the rows it rests on
+        assert f"| {family} ({rows}) | {sft['floor_per_family'][family]['floor']:.2f} (" in report
     assert "The final model (PPO-ptx, " in report and "against base_4x (" in report
     assert "## Sample answers" in report and "| seed | 42 |" in report
     card = ModelCard.load(output_dir / "ppo" / "README.md")
@@ -303,6 +326,11 @@ def test_a_bad_stage_field_is_one_line_naming_file_and_stage_before_anything_is_
     message = message.format(folder=tmp_path)
     assert capsys.readouterr().err.splitlines()[0] == f"hf-instruct pipeline: {path}: {message}"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_default_pipeline_scores_every_held_out_row():
+    config = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml")
+    assert "limit" not in config.evaluation  # compare_models then scores all rows of each split (300 by default)
 
 
 def test_the_default_setup_is_what_the_readme_says():

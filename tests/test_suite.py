@@ -50,7 +50,7 @@ def test_splits_sizes_and_columns(suite):
     for split in MESSAGE_SPLITS[1:]:
         assert len(suite[split]) == config.held_out_examples
     for split in MESSAGE_SPLITS:
-        assert suite[split].column_names == ["messages", "family", "check", "template"]
+        assert suite[split].column_names == ["messages", "family", "check", "template", "options"]
         assert all(m[-1]["role"] == "assistant" and m[-2]["role"] == "user" for m in suite[split]["messages"])
     assert set(suite["comparisons"].column_names) >= {"prompt", "chosen", "rejected", "family", "broken", "check"}
 

@@ -1,7 +1,9 @@
 """`hf-instruct evaluate`: answer held-out instructions with a model and score the answers exactly.
 
 On the embedded suite (`hf_instruct.data.suite`), every example carries a verifier, so the score is instruction
-accuracy per task family on each held-out split (unseen entities, unseen paraphrases, unseen compositions). On a
+accuracy per task family on each held-out split (unseen entities, unseen paraphrases, unseen compositions), with its
+95 % Wilson interval, each row's verdict (for paired comparisons) and, given the training demonstrations, the floor
+that trivial answer rules reach (`floors.py`). On a
 data file of instructions with reference answers, the scores are exact match and ROUGE-L against the references
 (plus instruction accuracy when the records carry the suite's `check` field). With a reward model, also the mean
 reward of the answers and their win rate against the references (and against a baseline model's answers).
@@ -10,31 +12,45 @@ reward of the answers and their win rate against the references (and against a b
 import json
 import os
 import random
+from collections import Counter
 from pathlib import Path
 
 import datasets
 
 from ..data.instructions import to_messages
 from ..data.records import OnBadRecord, normalize_records
-from ..data.suite import SuiteConfig, build_suite
+from ..data.suite import SuiteConfig, build_suite, verify
 from ..utils import markdown_table, table_cell
+from .floors import family_floors, split_floor
 from .generation import generate_answers, load_chat_model
 from .metric_modules import load_metric
+from .statistics import wilson_interval
 
 SUITE_SPLITS = ("held_out_entities", "held_out_paraphrases", "held_out_compositions")
 # The columns of the results table, in this order, when any split has them.
-METRICS = ("accuracy", "exact_match", "rouge_l", "mean_reward", "win_rate_vs_reference", "win_rate_vs_baseline")
+METRICS = (
+    "accuracy",
+    "interval",
+    "floor",
+    "exact_match",
+    "rouge_l",
+    "mean_reward",
+    "win_rate_vs_reference",
+    "win_rate_vs_baseline",
+)
 
 
 def load_scored_examples(source: str | os.PathLike | list, on_bad_record: OnBadRecord = "error") -> datasets.Dataset:
     """Instruction records with a reference answer (any shape `hf_instruct.data` knows), keeping the suite's
-    `family` and `check` fields when present; bad records stop the run or, with "skip", are counted and skipped."""
+    `family`, `check` and `options` fields when present; bad records stop the run or, with "skip", are counted and
+    skipped."""
 
     def scored(record: dict) -> dict:
         return {
             "messages": to_messages(record),
             "family": record.get("family", "all"),
             "check": record.get("check", ""),
+            "options": [str(option) for option in record.get("options") or []],
         }
 
     return normalize_records(source, scored, on_bad_record, desc="Reading evaluation examples")
@@ -53,9 +69,12 @@ def evaluate_model(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     limit: int | None = None,
+    demonstrations: datasets.Dataset | None = None,
 ) -> dict:
-    """Scores of `model_path` on each split: {"model", "splits": {split: {metric: value, "per_family": {...},
-    "answers": [...], "samples": [...]}}}."""
+    """Scores of `model_path` on each split (every row, or the first `limit`): {"model", "splits": {split: {metric:
+    value, "per_family": {...}, "answers": [...], "samples": [...]}}}. Where the examples carry the suite's checks,
+    also "interval" (the accuracy's 95 % Wilson interval), "correct" (each row's verdict), "family_examples" (rows
+    per family) and, given the training `demonstrations`, "floor" and "floor_per_family" (`floors.py`)."""
     model, tokenizer = load_chat_model(model_path)
     baseline = load_chat_model(baseline_path) if baseline_path else None
     results = {"model": str(model_path), "splits": {}}
@@ -75,6 +94,14 @@ def evaluate_model(
                 predictions=answers, references=examples["check"], families=examples["family"]
             )
             scores.update(accuracy)
+            scores["correct"] = [
+                verify(check, answer) for check, answer in zip(examples["check"], answers, strict=True)
+            ]
+            scores["interval"] = list(wilson_interval(sum(scores["correct"]), len(answers)))
+            scores["family_examples"] = dict(sorted(Counter(examples["family"]).items()))
+            if demonstrations is not None:
+                scores["floor_per_family"] = family_floors(examples, demonstrations)
+                scores["floor"] = split_floor(scores["floor_per_family"])
         scores.update(metrics["exact_match"].compute(predictions=answers, references=references))
         scores.update(metrics["rouge_l"].compute(predictions=answers, references=references))
         if reward_model:
@@ -129,7 +156,8 @@ def write_results(results: dict, output_dir: str | os.PathLike) -> tuple[Path, P
 
 
 def results_markdown(results: dict) -> str:
-    """`eval_results.md`: the scores of every split, the accuracy per task family, the sample answers."""
+    """`eval_results.md`: the scores of every split (accuracy with its 95 % interval and the trivial-rule floor),
+    the accuracy per task family with its rows in brackets, the sample answers."""
     splits = results["splits"]
     metrics = [metric for metric in METRICS if any(metric in scores for scores in splits.values())]
     rows = [
@@ -138,9 +166,7 @@ def results_markdown(results: dict) -> str:
     lines = [f"# Evaluation of {results['model']}", "", *markdown_table(["split", "examples", *metrics], rows)]
     families = sorted({family for scores in splits.values() for family in scores.get("per_family", {})})
     if families:
-        rows = [
-            [family, *(_cell(s.get("per_family", {}).get(family)) for s in splits.values())] for family in families
-        ]
+        rows = [[family, *(_family_cell(scores, family) for scores in splits.values())] for family in families]
         lines += ["", "## Instruction accuracy per task family", "", *markdown_table(["family", *splits], rows)]
     for name, scores in splits.items():
         columns = ["prompt", "answer", "reference"]
@@ -150,4 +176,13 @@ def results_markdown(results: dict) -> str:
 
 
 def _cell(value) -> str:
+    if isinstance(value, list):  # an interval
+        return f"[{value[0]:.3f}, {value[1]:.3f}]"
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _family_cell(scores: dict, family: str) -> str:
+    """A family's accuracy on a split and the rows it rests on: "0.850 (20)"."""
+    accuracy = scores.get("per_family", {}).get(family)
+    rows = scores.get("family_examples", {}).get(family)
+    return _cell(accuracy) + (f" ({rows})" if rows is not None else "")

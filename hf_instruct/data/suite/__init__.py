@@ -60,11 +60,14 @@ class SuiteConfig:
 def build_suite(config: SuiteConfig | None = None) -> datasets.DatasetDict:
     """Splits:
     "pretrain": {"text"} (one document per row)
-    "sft": {"messages", "family", "check", "template"}
+    "sft": {"messages", "family", "check", "template", "options"}
     "comparisons": {"prompt", "chosen", "rejected", "family", "broken", "check", "template"} (TRL conversational form)
-    "held_out_entities" / "held_out_paraphrases" / "held_out_compositions": {"messages", "family", "check", "template"}
+    "held_out_entities" / "held_out_paraphrases" / "held_out_compositions":
+        {"messages", "family", "check", "template", "options"}
     where messages run up to and including the reference answer (the prompt is messages[:-1]), `check` is the JSON
-    spec `verify` scores an answer with, and `template` ("family/index") names the instruction template.
+    spec `verify` scores an answer with, `template` ("family/index") names the instruction template and `options`
+    lists the options or list items the question gives, in order ([] when it gives none), for the trivial-rule floors
+    of `hf_instruct.evaluation.floors`.
     """
     config = config or SuiteConfig()
     world = make_world(config.seed, config.num_entities, config.held_out_fraction)
@@ -141,7 +144,7 @@ def example_columns(
     rng: random.Random, families: list[Family], grammars: dict[str, Grammar], pool: Pool, count: int
 ) -> dict:
     """The columns of a split of `count` conversations (SFT or held-out), each up to its reference answer."""
-    columns = {"messages": [], "family": [], "check": [], "template": []}
+    columns = {"messages": [], "family": [], "check": [], "template": [], "options": []}
     for family, core in schedule(rng, families, grammars, count):
         template = family.draw(rng, grammars[family.name], core)
         task = family.make(rng, pool)
@@ -149,6 +152,7 @@ def example_columns(
         columns["family"].append(family.name)
         columns["check"].append(json.dumps(task.check))
         columns["template"].append(template.name)
+        columns["options"].append(list(task.options))
     return columns
 
 

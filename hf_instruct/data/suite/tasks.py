@@ -71,6 +71,7 @@ class Task:
     answers: tuple[str, ...]  # one per assistant turn; the check is for the last
     check: dict
     wrong: str  # a plausible wrong last answer, for comparisons
+    options: tuple[str, ...] = ()  # the options or list items the question lists, in order (for trivial-rule floors)
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,7 @@ def choice(rng: random.Random, pool: Pool) -> Task:
     fact = rng.choice(pool.facts)
     wrong = pool.other_value(fact, rng)
     a, b = rng.sample([fact.value, wrong], 2)
-    return fact_task({"about": fact.about, "a": a, "b": b}, fact, wrong, [fact])
+    return replace(fact_task({"about": fact.about, "a": a, "b": b}, fact, wrong, [fact]), options=(a, b))
 
 
 @family(
@@ -373,7 +374,7 @@ def compare_numbers(rng: random.Random, pool: Pool) -> Task:
     a, b = rng.sample(range(1, 100), 2)
     which = rng.choice(("larger", "smaller"))
     best = max(a, b) if which == "larger" else min(a, b)
-    return number_task({"a": a, "b": b, "which": which}, best, a + b - best)
+    return replace(number_task({"a": a, "b": b, "which": which}, best, a + b - best), options=(str(a), str(b)))
 
 
 @asking(
@@ -386,7 +387,7 @@ def min_max(rng: random.Random, pool: Pool) -> Task:
     items = rng.sample(range(1, 100), rng.randint(3, 5))
     which = rng.choice(("largest", "smallest"))
     best, worst = (max(items), min(items)) if which == "largest" else (min(items), max(items))
-    return number_task({"items": commas(items), "which": which}, best, worst)
+    return replace(number_task({"items": commas(items), "which": which}, best, worst), options=tuple(map(str, items)))
 
 
 # ---------------------------------------------------------------- words and letters
@@ -437,7 +438,7 @@ def first_letter(rng: random.Random, pool: Pool) -> Task:
 )
 def list_item(rng: random.Random, pool: Pool) -> Task:
     items, end = word_list(rng)
-    return exact_task({"items": commas(items), "end": end}, *list_end(items, end))
+    return replace(exact_task({"items": commas(items), "end": end}, *list_end(items, end)), options=tuple(items))
 
 
 @asking(
@@ -448,7 +449,8 @@ def list_item(rng: random.Random, pool: Pool) -> Task:
 )
 def count_items(rng: random.Random, pool: Pool) -> Task:
     count = rng.randint(2, 7)
-    return number_task({"items": commas(rng.sample(WORDS, count))}, count, count + rng.choice((-1, 1)))
+    items = rng.sample(WORDS, count)
+    return replace(number_task({"items": commas(items)}, count, count + rng.choice((-1, 1))), options=tuple(items))
 
 
 @asking(
@@ -507,9 +509,10 @@ def extract(rng: random.Random, pool: Pool) -> Task:
 def one_word(rng: random.Random, pool: Pool) -> Task:
     category, wrong = rng.sample(tuple(CATEGORIES), 2)
     check = {"kind": "one_word", "answers": SPELLINGS.get(category, [category])}
-    return one_turn_task(
+    task = one_turn_task(
         {"item": rng.choice(CATEGORIES[category]), "options": ONE_WORD_OPTIONS}, category, wrong, check
     )
+    return replace(task, options=tuple(CATEGORIES))  # the order ONE_WORD_OPTIONS lists them in
 
 
 # ---------------------------------------------------------------- compositions
@@ -521,25 +524,25 @@ def one_word(rng: random.Random, pool: Pool) -> Task:
 # reported ones.
 
 
-def fact_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact]]:
-    """A world fact whose value is a suite word: (slots, the word, the facts it rests on)."""
+def fact_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact], tuple[str, ...]]:
+    """A world fact whose value is a suite word: (slots, the word, the facts it rests on, the options listed)."""
     fact = rng.choice(word_facts(pool))
-    return {"about": fact.about}, fact.value, [fact]
+    return {"about": fact.about}, fact.value, [fact], ()
 
 
-def list_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact]]:
+def list_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact], tuple[str, ...]]:
     """The first or last item of a list of suite words."""
     items, end = word_list(rng)
-    return {"items": commas(items), "end": end}, list_end(items, end)[0], []
+    return {"items": commas(items), "end": end}, list_end(items, end)[0], [], tuple(items)
 
 
-def category_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact]]:
+def category_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact], tuple[str, ...]]:
     """The category of a thing ("peach" -> "fruit"), never named in the question."""
     category = rng.choice(tuple(CATEGORIES))
-    return {"item": rng.choice(CATEGORIES[category])}, category, []
+    return {"item": rng.choice(CATEGORIES[category])}, category, [], ()
 
 
-SOURCES = {  # name: (noun phrases that ask for the word, the maker of slots and word)
+SOURCES = {  # name: (noun phrases that ask for the word, the maker of slots, word, facts and listed options)
     "knowledge": (("{about}",), fact_word),
     "list_item": (("the {end} item of the list {items}", "the {end} word in the list {items}"), list_word),
     "one_word": (("the kind of thing {item} is", "the category of {item}"), category_word),
@@ -567,8 +570,8 @@ def composition(source: str, operation: str) -> Callable[[random.Random, Pool], 
     find, build = SOURCES[source][1], WORD_OPERATIONS[operation][1]
 
     def make(rng: random.Random, pool: Pool) -> Task:
-        slots, word, facts = find(rng, pool)
-        return build(slots, word, facts)
+        slots, word, facts, options = find(rng, pool)
+        return replace(build(slots, word, facts), options=options)
 
     return make
 

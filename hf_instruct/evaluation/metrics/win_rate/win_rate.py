@@ -6,10 +6,8 @@ template, right-padded, and read at the last real token.
 
 import datasets
 import evaluate
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_instruct.utils import reward_scores  # importing hf_instruct also registers `instructgpt` models
+from hf_instruct.utils import chat_rewards  # importing hf_instruct also registers `instructgpt` models
 
 _DESCRIPTION = "Share of prompts where answer A gets a higher reward than answer B (ties count half)."
 _KWARGS_DESCRIPTION = """
@@ -53,7 +51,7 @@ class WinRate(evaluate.Metric):
                 )
             if len(prompts) != len(predictions):
                 raise ValueError(f"Got {len(predictions)} answer pairs but {len(prompts)} prompts.")
-            scores = _rewards(reward_model, list(prompts) * 2, predictions + references, batch_size)
+            scores = chat_rewards(reward_model, list(prompts) * 2, predictions + references, batch_size)
             scores_a, scores_b = scores[: len(predictions)], scores[len(predictions) :]
         elif scores_a is None or scores_b is None or reward_model is not None:
             raise ValueError("Pass either a `reward_model` or both `scores_a` and `scores_b`.")
@@ -62,20 +60,3 @@ class WinRate(evaluate.Metric):
             raise ValueError(f"Got {n} answer pairs but {len(scores_a)} scores_a and {len(scores_b)} scores_b.")
         wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b, strict=True))
         return {"win_rate": wins / n, "mean_reward_a": sum(scores_a) / n, "mean_reward_b": sum(scores_b) / n}
-
-
-def _rewards(model_path, prompts, answers, batch_size):
-    """The reward of each (prompt, answer), rendered as the chat the reward model was trained on."""
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForSequenceClassification.from_pretrained(model_path).to(device).eval()
-    if model.config.pad_token_id is None:  # batched scoring finds the last real token of padded rows
-        model.config.pad_token_id = tokenizer.pad_token_id
-    texts = []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        messages.append({"role": "assistant", "content": answer})
-        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
-    return reward_scores(model, tokenizer, texts, batch_size).tolist()
