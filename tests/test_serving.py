@@ -192,7 +192,11 @@ def serving(model_dir: Path, log: Path, *options: str):
         yield port, server, log
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()  # no server left behind, generating for ever
+            raise
 
 
 def wait_until_up(port: int, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
