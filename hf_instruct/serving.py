@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jinja2 import TemplateError
@@ -30,6 +30,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 from .evaluation import load_chat_model
 from .evaluation.generation import stop_token_ids
+
+if TYPE_CHECKING:  # the [serving] extra: imported where the server starts
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
 
 DEFAULT_REQUEST_TIMEOUT = 120.0
 # Seconds uvicorn waits for open requests after SIGTERM before it cancels them: ours stop within one token.
@@ -107,7 +112,10 @@ class ChatServer:
     ):
         self.model_id, self.model, self.tokenizer = model_id, model, tokenizer
         self.request_timeout = request_timeout
-        self.context_length: int = model.config.max_position_embeddings
+        context_length = getattr(model.config, "max_position_embeddings", None)
+        if not context_length:
+            raise ValueError(f"{model_id}: its config has no max_position_embeddings, which bounds every request.")
+        self.context_length: int = context_length
         self.stops = stop_token_ids(model, tokenizer)
         self.created = int(time.time())
         self.stopping = threading.Event()  # set on SIGTERM/Ctrl-C: every generation ends at its next token
@@ -117,7 +125,7 @@ class ChatServer:
         """End the running generation at its next token and every queued one before it starts."""
         self.stopping.set()
 
-    def app(self):
+    def app(self) -> "Starlette":
         """The Starlette app: the three routes, and OpenAI-style JSON errors for everything refused."""
         from starlette.applications import Starlette
         from starlette.exceptions import HTTPException
@@ -145,18 +153,18 @@ class ChatServer:
             routes=routes, exception_handlers={RequestError: refusal, HTTPException: http_error, Exception: failure}
         )
 
-    async def health(self, request):
+    async def health(self, request: "Request") -> "JSONResponse":
         from starlette.responses import JSONResponse
 
         return JSONResponse({"status": "ok"})
 
-    async def models(self, request):
+    async def models(self, request: "Request") -> "JSONResponse":
         from starlette.responses import JSONResponse
 
         entry = {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "hf-instruct"}
         return JSONResponse({"object": "list", "data": [{**entry, "context_length": self.context_length}]})
 
-    async def chat_completions(self, request):
+    async def chat_completions(self, request: "Request") -> "JSONResponse | StreamingResponse":
         from starlette.responses import JSONResponse, StreamingResponse
 
         try:

@@ -114,8 +114,15 @@ def test_max_tokens_past_the_context_is_refused_and_the_next_request_answers_at_
         ),
         (dict(max_tokens=0), "max_tokens", "max_tokens must be a whole number of at least 1, got 0."),
         (dict(max_tokens=-1), "max_tokens", "max_tokens must be a whole number of at least 1, got -1."),
+        (
+            dict(messages=[{"role": "robot", "content": "Hi"}]),
+            "messages[0].role",
+            "messages[0].role must be one of system, developer, user, assistant, got 'robot'.",
+        ),
+        (dict(temperature=3), "temperature", "temperature must be a number from 0 to 2, got 3."),
+        (dict(stop=["."]), "stop", "stop is not supported by hf-instruct serve; leave it out."),
     ],
-    ids=["empty messages", "no messages", "max_tokens 0", "max_tokens -1"],
+    ids=["empty messages", "no messages", "max_tokens 0", "max_tokens -1", "role", "temperature", "stop"],
 )
 def test_a_bad_request_gets_a_400_that_names_the_field(chat, request_fields, param, message):
     with pytest.raises(openai.BadRequestError) as refused:  # before: a bare 500
@@ -123,6 +130,20 @@ def test_a_bad_request_gets_a_400_that_names_the_field(chat, request_fields, par
     assert refused.value.status_code == 400
     assert refused.value.body == {"message": message, "type": "invalid_request_error", "param": param, "code": None}
     assert chat(max_tokens=1).usage.completion_tokens == 1  # before: this request lost its connection
+
+
+def test_another_model_is_not_found_and_a_seed_makes_a_sampled_answer_repeatable(chat):
+    with pytest.raises(openai.NotFoundError) as not_served:
+        chat(model="gpt-4o")
+    assert (not_served.value.param, not_served.value.code) == ("model", "model_not_found")
+
+    def sampled(seed: int) -> str:
+        return chat(max_tokens=MAX_TOKENS, temperature=1.5, seed=seed).choices[0].message.content
+
+    assert sampled(seed=1) == sampled(seed=1) != sampled(seed=2)
+    text_parts = [{"role": "user", "content": [{"type": "text", "text": "Say"}, {"type": "text", "text": "hello."}]}]
+    greedy = chat(max_tokens=MAX_TOKENS, temperature=0).choices[0].message.content
+    assert chat(messages=text_parts, max_tokens=MAX_TOKENS, temperature=0).choices[0].message.content == greedy
 
 
 def test_a_prompt_longer_than_the_context_is_refused_at_once(chat):
