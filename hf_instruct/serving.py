@@ -244,15 +244,19 @@ class ChatServer:
 
     def sampling(self, body: dict) -> dict[str, Any]:
         """`generate`'s sampling arguments: greedy at temperature 0, and by default unless the model's generation
-        config samples; otherwise temperature and top_p as OpenAI defines them (no top-k)."""
+        config samples; otherwise temperature and top_p as OpenAI defines them (no top-k), the generation config's
+        where the request leaves them out."""
         temperature = number(body, "temperature", 0.0, 2.0)
         top_p = number(body, "top_p", 0.0, 1.0)
         if top_p == 0.0:
             raise RequestError("top_p must be above 0 (1 keeps every token).", "top_p")
-        do_sample = temperature > 0 if temperature is not None else bool(self.model.generation_config.do_sample)
+        configured = self.model.generation_config
+        do_sample = temperature > 0 if temperature is not None else bool(configured.do_sample)
         if not do_sample:
             return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {"do_sample": True, "temperature": temperature or 1.0, "top_p": top_p or 1.0, "top_k": None}
+        temperature = temperature if temperature is not None else configured.temperature or 1.0
+        top_p = top_p or configured.top_p or 1.0
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
 
     # ----- generating -----
 
