@@ -7,13 +7,13 @@ hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [
                      [--push_to_hub] [--hub_model_id namespace/name]
 hf-instruct evaluate <model> [--suite | --data file ...] [--reward_model rm] [--baseline model]
 hf-instruct generate <model> --prompt "..." [--num_return_sequences 5]
-hf-instruct serve <model> [--port 8000] [--continuous-batching] [...]   # `transformers serve`, for our models
+hf-instruct serve <model> [--port 8000] [--request_timeout 120]   # an OpenAI-compatible chat server
 hf-instruct data export <dir> [--seed 0] [--size tiny|default]
 hf-instruct push <model dir> <namespace/name> [--private] [--revision r] [--commit_message m]
                  [--card keep|regenerate] [--license id] [--base_model_repo_id id]
 hf-instruct <command> --help   # every flag of a command
 
-Flags are --snake_case, as in TRL and transformers (`serve` keeps transformers serve's own flags).
+Flags are --snake_case, as in TRL and transformers.
 """
 
 import argparse
@@ -100,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--seed", type=int, default=0, help="Seed of the sampling (default: %(default)s).")
 
-    commands.add_parser(
-        "serve", help="An OpenAI-compatible server (transformers serve): `hf-instruct serve --help`.", add_help=False
-    )
+    commands.add_parser("serve", help="An OpenAI-compatible chat server: `hf-instruct serve --help`.", add_help=False)
 
     data = commands.add_parser("data", help="The embedded instruction suite.")
     data_commands = data.add_subparsers(dest="data_command", metavar="<data command>", required=True)
@@ -152,7 +150,7 @@ def run_command(argv: list[str]) -> int:
         output_dir = run(parse_config(config_class, argv[1:], prog=f"hf-instruct {argv[0]}"))
         print(f"{argv[0]}: done, model in {output_dir}")
         return 0
-    if argv and argv[0] == "serve":  # every argument is transformers serve's own
+    if argv and argv[0] == "serve":  # its own parser, in serving.py
         from .serving import serve
 
         serve(argv[1:])
