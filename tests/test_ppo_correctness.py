@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import torch
-from conftest import CLI_ENV, REPO, TEXT, flags, free_port, tiny_config
+from conftest import CLI_ENV, REPO, TEXT, flags, free_port, tiny_config, tiny_llama_config
 from safetensors.torch import load_file
 from test_ppo import lora_config, ppo_args, ppo_trainer, rollout_batch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -143,8 +143,8 @@ def test_the_pad_token_is_not_the_eos_so_the_reward_model_reads_the_eos(tmp_path
     loaded = load_tokenizer(SimpleNamespace(tokenizer_name_or_path=None, model_name_or_path=tmp_path / "tokenizer"))
     assert loaded.pad_token == "<unk>" and loaded.pad_token_id != loaded.eos_token_id
 
-    config = dict(tiny_config(num_labels=1).to_dict(), pad_token_id=loaded.pad_token_id)
-    classifier = LlamaForSequenceClassification(type(tiny_config())(**config)).eval()
+    classifier = LlamaForSequenceClassification(tiny_llama_config(num_labels=1, pad_token_id=loaded.pad_token_id))
+    classifier.eval()
     text = "The quick" + loaded.eos_token
     ids = loaded(text, return_tensors="pt")["input_ids"]
     assert ids[0, -1] == loaded.eos_token_id
