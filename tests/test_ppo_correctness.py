@@ -162,7 +162,7 @@ def test_the_pad_token_is_not_the_eos_so_the_reward_model_reads_the_eos(tmp_path
     [
         ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
         ({"kl_target": -1.0}, r"kl_target must be > 0 \(or None: a fixed β\), got -1.0"),
-        ({"num_ppo_epochs": 0}, r"num_ppo_epochs must be ≥ 1 \(passes over each rollout batch\), got 0"),
+        ({"num_ppo_epochs": 0}, r"num_ppo_epochs must be ≥ 1 \(passes over a rollout batch\), got 0\."),
     ],
 )
 def test_settings_that_cannot_train_are_refused(tmp_path, settings, message):

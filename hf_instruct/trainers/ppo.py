@@ -140,7 +140,7 @@ class PPOConfig(TrainingArguments):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be {smallest}, got {value}.")
         if self.num_ppo_epochs < 1:
-            raise ValueError(f"num_ppo_epochs must be ≥ 1 (passes over each rollout batch), got {self.num_ppo_epochs}")
+            raise ValueError(f"num_ppo_epochs must be ≥ 1 (passes over a rollout batch), got {self.num_ppo_epochs}.")
         for name in (
             "kl_coef",
             "ptx_coef",
@@ -564,9 +564,9 @@ class PPOTrainer(Trainer):
             eos_token_id=self.stop_token_ids.tolist(),
             pad_token_id=processing_class.pad_token_id,
         )
-        if self.policy.generation_config is not None:  # the saved policy samples as PPO did, at the temperature
-            sampling = dict(do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0)  # its KL was held at
-            self.policy.generation_config.update(**sampling)
+        # The saved policy samples as the rollouts did: at the temperature its KL to the reference was held at
+        if self.policy.generation_config is not None:
+            self.policy.generation_config.update(do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._ptx_rows: Iterator[dict] | None = None
 
@@ -701,11 +701,11 @@ class PPOTrainer(Trainer):
 
             def tokenize(row):
                 prompt = row["prompt"]
-                if isinstance(prompt, str):  # with the BOS where the tokenizer adds one, as TRL's SFT and GRPO
+                if isinstance(prompt, str):
+                    # With the BOS where the tokenizer adds one, as TRL's SFT and GRPO tokenise text; without an EOS
+                    # that it appends (the answer follows the prompt)
                     ids = tokenizer(prompt)["input_ids"]
-                    if len(ids) > 1 and ids[-1] == tokenizer.eos_token_id:  # appended by the tokenizer: no answer
-                        ids = ids[:-1]  # would follow it
-                    return {"input_ids": ids}
+                    return {"input_ids": ids[:-1] if len(ids) > 1 and ids[-1] == tokenizer.eos_token_id else ids}
                 ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"]
                 return {"input_ids": ids}
 
