@@ -456,7 +456,10 @@ def test_text_prompts_are_scored_as_reward_training_reads_them(tmp_path, tokeniz
     width = max(len(row) for row in rows)
     responses = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-    scores = trainer._scores(text_prompts, None, None, responses, mask, torch.tensor(ended))
+    batch = trainer._left_pad([{"input_ids": tokenizer(prompt)["input_ids"]} for prompt in text_prompts])
+    scores = trainer._scores(
+        text_prompts, batch["input_ids"], batch["attention_mask"], responses, mask, torch.tensor(ended)
+    )
     torch.testing.assert_close(scores, expected.detach())
 
     seen = []

@@ -198,10 +198,23 @@ def leave_the_process_group() -> None:
 
 
 def load_tokenizer(config: StageArguments) -> PreTrainedTokenizerBase:
-    """The tokenizer of the run (default: the model's), with a pad token (the EOS token if it had none)."""
+    """The tokenizer of the run (default: the model's), with a pad token other than EOS where it has one to spare:
+    with pad = EOS a reward model, which scores the last token that is not padding, never reads an answer's EOS
+    (Huang et al. 2024, "The N+ implementation details of RLHF with PPO"). A tokenizer without a pad token, or whose
+    pad token is its EOS, pads with its unknown token (Llama, Mistral); one without another spare token (GPT-2) keeps
+    EOS, with a warning. No token is added, so no model's embeddings change size."""
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path or config.model_name_or_path)
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer
+    spare = tokenizer.unk_token_id not in (None, tokenizer.eos_token_id, tokenizer.bos_token_id)
+    if spare:
+        tokenizer.pad_token = tokenizer.unk_token
+    else:
         tokenizer.pad_token = tokenizer.eos_token
+        logger.warning(
+            f"The tokenizer has no pad token other than its EOS {tokenizer.eos_token!r}: padding with it, a reward "
+            "model reads answers without their EOS. Pass one with a pad token of its own (--tokenizer_name_or_path)."
+        )
     return tokenizer
 
 

@@ -66,7 +66,7 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
     reward_tokenizer = AutoTokenizer.from_pretrained(config.reward_model_path)
     train_prompts, eval_prompts = load_held_out(config, load_prompt_dataset)
 
-    # ---- pretraining blocks for PPO-ptx, shuffled once (seeded)
+    # ---- pretraining blocks for PPO-ptx (the trainer draws them in a new seeded order every pass)
     ptx_blocks = None
     if config.ptx_coef > 0:
         texts = load_text_dataset(config.ptx_files, streaming=config.ptx_streaming)
@@ -78,7 +78,6 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
                     f"--ptx_files {' '.join(config.ptx_files)}: {error} (ptx_block_size): add text or lower "
                     "--ptx_block_size."
                 ) from None
-        ptx_blocks = ptx_blocks.shuffle(seed=config.seed, **({"buffer_size": 1000} if config.ptx_streaming else {}))
 
     # ---- policy and reference from the SFT model (+ LoRA), reward and value models from the reward model
     policy, ref_model = load_policy(config)

@@ -107,6 +107,13 @@ class PPOConfig(TrainingArguments):
     num_sample_completions: int = field(
         default=4, metadata={"help": "Completions logged (and appended to samples.jsonl) every logging step."}
     )
+    ds3_gather_for_generation: bool = field(
+        default=True,
+        metadata={
+            "help": "Under DeepSpeed ZeRO-3, gather the policy's whole weights for generation (fast; false: fetch "
+            "them layer by layer for every sampled token, slow but for a policy too large for one device)."
+        },
+    )
 
     def __post_init__(self):
         if self.load_best_model_at_end and self.metric_for_best_model is None:
@@ -128,6 +135,12 @@ class PPOConfig(TrainingArguments):
                 )
         if self.rollout_forward_batch_size < 1:
             raise ValueError(f"rollout_forward_batch_size must be ≥ 1, got {self.rollout_forward_batch_size}.")
+        for name, smallest in (("temperature", "> 0"), ("kl_target", "> 0 (or None: a fixed β)")):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be {smallest}, got {value}.")
+        if self.num_ppo_epochs < 1:
+            raise ValueError(f"num_ppo_epochs must be ≥ 1 (passes over a rollout batch), got {self.num_ppo_epochs}.")
         for name in (
             "kl_coef",
             "ptx_coef",
@@ -153,10 +166,16 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance over the unmasked entries (masked entries become 0)."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Zero mean, unit variance over the unmasked entries (masked entries become 0). With `sum_over_processes` (an
+    all-reduce sum) the statistics are those of every process's entries: each process's rollout is one share of one
+    batch, and whitening each share on its own would rescale its advantages by its own spread."""
+    total = sum_over_processes or (lambda tensor: tensor)
+    count = total(mask.sum().float()).clamp(min=1)
+    mean = total((values * mask).sum()) / count
+    variance = total((((values - mean) ** 2) * mask).sum()) / count
     return (values - mean) * torch.rsqrt(variance + 1e-8) * mask
 
 
@@ -251,6 +270,22 @@ def reward_texts(
     return texts
 
 
+def written_texts(
+    tokenizer: PreTrainedTokenizerBase, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: list
+) -> list[str]:
+    """The answers as the policy wrote them after their prompts: prompt and answer decoded together, less the prompt's
+    text. Decoded alone, a SentencePiece (Metaspace) answer loses its first token's leading space: the reward model
+    would read "Answer:The quick" where the policy wrote "Answer: The quick"."""
+    texts = []
+    for ids, keep, completion in zip(prompt_ids, prompt_mask, completion_ids, strict=True):
+        prompt = ids[keep.bool()].tolist()
+        before = tokenizer.decode(prompt, skip_special_tokens=True)
+        whole = tokenizer.decode(prompt + completion, skip_special_tokens=True)
+        alone = whole[len(before) :] if whole.startswith(before) else None
+        texts.append(alone if alone is not None else tokenizer.decode(completion, skip_special_tokens=True))
+    return texts
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -300,17 +335,48 @@ def neutral_generation_defaults(model: PreTrainedModel | PeftModel) -> Iterator[
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """No dropout anywhere, so that π/π_old is exactly 1 before the first update of a rollout."""
-    for module in model.modules():
+    """No dropout anywhere, so that π/π_old is exactly 1 before the first update of a rollout: every `nn.Dropout`
+    (LoRA's `lora_dropout` too, said in the log) and every float attribute whose name holds "drop", the rates that
+    transformers' modelling code passes to `F.dropout` or uses to skip layers (`dropout` in OPT, XGLM, BioGPT and the
+    BART family, `activation_dropout`, `attention_dropout`, `attn_dropout_p`, `dropout_p`, `resid_pdrop`,
+    `embd_pdrop`, `layerdrop`...). `check_no_dropout` catches a rate read from elsewhere."""
+    lora_rates = set()
+    for name, module in model.named_modules():
         if isinstance(module, nn.Dropout):
+            if "lora_dropout" in name and module.p > 0:
+                lora_rates.add(module.p)
             module.p = 0.0
-        for name in ("attention_dropout", "hidden_dropout"):
-            if isinstance(getattr(module, name, None), float):
-                setattr(module, name, 0.0)
+        for attribute, value in list(vars(module).items()):
+            if "drop" in attribute and isinstance(value, float):
+                setattr(module, attribute, 0.0)
+    if lora_rates:
+        logger.warning(
+            f"ppo: lora_dropout {', '.join(map(str, sorted(lora_rates)))} of the LoRA adapter is set to 0 for PPO "
+            "(dropout would make π/π_old ≠ 1 before any update)."
+        )
+
+
+def check_no_dropout(model: nn.Module, name: str, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Two train-mode forwards of the same tokens must agree: else some dropout that `disable_dropout` does not know
+    (a rate read from the config at run time, a custom layer) would make every ratio π/π_old noisy."""
+    device = next(model.parameters()).device
+    input_ids = torch.arange(1, 9, device=device)[None, :]
+    training = model.training
+    model.train()
+    with torch.no_grad():
+        first, second = forward(input_ids), forward(input_ids)
+    model.train(training)
+    if not torch.equal(first, second):
+        raise ValueError(
+            f"{name} ({type(model).__name__}) still drops out in train mode after PPO zeroed every nn.Dropout and "
+            "every float `*drop*` attribute: set its remaining dropout rate to 0 (e.g. in its config) before PPO."
+        )
 
 
 class PolicyAndValueModel(nn.Module):
     """The policy and the value model as one module: one optimiser, one DDP wrapper and one forward per update."""
+
+    _keys_to_ignore_on_save = None  # read by the Trainer after loading a checkpoint (`_issue_warnings_after_load`)
 
     def __init__(self, policy: PreTrainedModel | PeftModel, value_model: PreTrainedModel):
         super().__init__()
@@ -419,6 +485,11 @@ class PPOTrainer(Trainer):
         for module in (model, value_model, ref_model, reward_model):
             if isinstance(module, nn.Module):
                 disable_dropout(module)
+        if not is_deepspeed_zero3_enabled():  # ZeRO-3 weights are shards until the engine runs
+            check_no_dropout(model, "The policy", lambda ids: model(input_ids=ids).logits)
+            check_no_dropout(
+                value_model, "The value_model", lambda ids: token_scores(value_model, ids, torch.ones_like(ids))
+            )
         for frozen in (ref_model, reward_model):
             if isinstance(frozen, nn.Module):
                 frozen.eval().requires_grad_(False)
@@ -468,6 +539,17 @@ class PPOTrainer(Trainer):
                 f"value_max_grad_norm={args.value_max_grad_norm}: under DeepSpeed its engine clips the gradients of "
                 "policy and value model together, at max_grad_norm. Leave value_max_grad_norm unset."
             )
+        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
+        deepspeed_config = plugin.deepspeed_config if plugin is not None else {}
+        for section, why in (
+            ("scheduler", "it would step once per PPO update, num_ppo_epochs × num_mini_batches times per step"),
+            ("optimizer", "it would train the value model at the policy's learning rate, not value_learning_rate"),
+        ):
+            if section in deepspeed_config:
+                raise ValueError(
+                    f"The DeepSpeed config has its own `{section}`: {why}. Remove it and set the Trainer's "
+                    "(lr_scheduler_type, warmup_steps / optim, learning_rate) instead."
+                )
         self.ref_model, self.reward_model = self._placed(ref_model), self._placed(reward_model)
 
         stop_ids = model.generation_config.eos_token_id if model.generation_config is not None else None
@@ -482,6 +564,9 @@ class PPOTrainer(Trainer):
             eos_token_id=self.stop_token_ids.tolist(),
             pad_token_id=processing_class.pad_token_id,
         )
+        # The saved policy samples as the rollouts did: at the temperature its KL to the reference was held at
+        if self.policy.generation_config is not None:
+            self.policy.generation_config.update(do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._ptx_rows: Iterator[dict] | None = None
 
@@ -513,6 +598,14 @@ class PPOTrainer(Trainer):
                     f"{name} has num_labels={labels}; PPO needs one scalar per sequence: a sequence classifier with "
                     "num_labels=1 (what hf-instruct reward trains)."
                 )
+        critic_name, critic = ("reward_model", reward_model) if value_model is None else ("value_model", value_model)
+        if isinstance(critic, nn.Module) and not isinstance(getattr(critic, "score", None), nn.Module):
+            raise ValueError(
+                f"The {critic_name} ({type(critic).__name__}) has no `score` head to read a value at every position, "
+                "as PPO's value model must (a BERT-style `classifier` reads one pooled position, and its encoder sees "
+                "later tokens): pass a value_model that is a causal LM's sequence classifier, e.g. "
+                "AutoModelForSequenceClassification.from_pretrained(<SFT model>, num_labels=1)."
+            )
         if ptx_dataset is None and args.ptx_coef > 0:
             raise ValueError(f"ptx_coef={args.ptx_coef} needs a ptx_dataset of pretraining blocks (or ptx_coef=0).")
         if args.ptx_coef > 0 and "input_ids" not in (ptx_dataset.column_names or []):
@@ -576,10 +669,15 @@ class PPOTrainer(Trainer):
                 return
             import deepspeed
 
+            if not self.args.ds3_gather_for_generation:
+                yield self.policy
+                return
             with deepspeed.zero.GatheredParameters(list(self.policy.parameters())):
                 remove_hooks(self.model_wrapped)
-                yield self.policy
-                add_hooks(self.model_wrapped)
+                try:
+                    yield self.policy
+                finally:  # the engine needs its hooks back even when generate failed (e.g. out of memory)
+                    add_hooks(self.model_wrapped)
 
     def _gathered_without_engine(self) -> contextlib.AbstractContextManager:
         """Under DeepSpeed ZeRO-3 before `train()` (an `evaluate()` first), policy and value model are shards that no
@@ -604,7 +702,10 @@ class PPOTrainer(Trainer):
             def tokenize(row):
                 prompt = row["prompt"]
                 if isinstance(prompt, str):
-                    return {"input_ids": tokenizer(prompt, add_special_tokens=False)["input_ids"]}
+                    # With the BOS where the tokenizer adds one, as TRL's SFT and GRPO tokenise text; without an EOS
+                    # that it appends (the answer follows the prompt)
+                    ids = tokenizer(prompt)["input_ids"]
+                    return {"input_ids": ids[:-1] if len(ids) > 1 and ids[-1] == tokenizer.eos_token_id else ids}
                 ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"]
                 return {"input_ids": ids}
 
@@ -640,9 +741,21 @@ class PPOTrainer(Trainer):
             updates = self.args.num_ppo_epochs * self.args.num_mini_batches
             start = self.state.global_step * updates * size
             shard = split_dataset_by_node(self.ptx_dataset, self.args.process_index, self.args.world_size)
-            self._ptx_rows = itertools.islice(_endless(shard), start, None)
+            self._ptx_rows = itertools.islice(self._ptx_passes(shard), start, None)
         rows = [next(self._ptx_rows)["input_ids"] for _ in range(size)]
         return torch.tensor(rows, device=self.args.device)
+
+    def _ptx_passes(self, shard: datasets.Dataset | datasets.IterableDataset) -> Iterator[dict]:
+        """This process's pretraining blocks, pass after pass, each pass in another order (seeded by args.seed and
+        the pass number, so a resumed run draws the same blocks): a fixed cycle would repeat the same neighbours."""
+        if isinstance(shard, datasets.IterableDataset):
+            shard = shard.shuffle(seed=self.args.seed, buffer_size=1000)
+        for number in itertools.count():
+            if isinstance(shard, datasets.IterableDataset):
+                shard.set_epoch(number)
+                yield from shard
+            else:
+                yield from shard.shuffle(seed=self.args.seed + number, keep_in_memory=True)
 
     # ---- rollout
 
@@ -698,7 +811,7 @@ class PPOTrainer(Trainer):
 
         rewards, kl = kl_penalised_rewards(scores, logprobs, ref_logprobs, mask, self.kl_controller.value)
         advantages, returns = compute_gae(rewards, values, mask, self.args.gamma, self.args.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, lambda tensor: self.accelerator.reduce(tensor, "sum"))
         return Rollout(
             query_responses=query_responses,
             attention_mask=attention_mask,
@@ -735,7 +848,7 @@ class PPOTrainer(Trainer):
         the policy read it, special tokens (chat markup) included."""
         lengths = mask.sum(dim=1).tolist()
         completion_ids = [row[:length] for row, length in zip(responses.tolist(), lengths, strict=True)]
-        completions = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        completions = written_texts(self.processing_class, prompt_ids, prompt_mask, completion_ids)
         given_as_ids = prompts is None
         if given_as_ids:
             prompts = [
@@ -792,14 +905,15 @@ class PPOTrainer(Trainer):
         tokens = rollout.mask[index].sum()
         total = torch.zeros((), device=rollout.mask.device)
         for number, (rows, (ptx_rows, ptx_share)) in enumerate(zip(micro_batches, ptx_parts, strict=True)):
-            with self.compute_loss_context_manager():
-                ppo_loss, ptx_loss = self._ppo_loss(model, rollout, rows, ptx_rows)
-                loss = ppo_loss * rollout.mask[rows].sum() / tokens
-                if ptx_loss is not None:
-                    loss = loss + self.args.ptx_coef * ptx_loss * ptx_share
             last = number == len(micro_batches) - 1
             self.accelerator.gradient_state._set_sync_gradients(last)  # DeepSpeed reduces and steps on the last only
-            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):  # DDP: all-reduce on the last
+            # DDP: all-reduce on the last only. Its forward decides that, so it runs inside no_sync as well
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                with self.compute_loss_context_manager():
+                    ppo_loss, ptx_loss = self._ppo_loss(model, rollout, rows, ptx_rows)
+                    loss = ppo_loss * rollout.mask[rows].sum() / tokens
+                    if ptx_loss is not None:
+                        loss = loss + self.args.ptx_coef * ptx_loss * ptx_share
                 self.accelerator.backward(loss)
             total += loss.detach()
         self._clip_gradients()
@@ -984,6 +1098,27 @@ class PPOTrainer(Trainer):
         if checkpoint is not None:
             self._load_kl_coef(checkpoint)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """Keys missing from a policy or value model checkpoint because they are tied (an LM head tied to the
+        embeddings, which every recipe's model has) are no loss: the loaded tensor is theirs too."""
+        models = (self.policy, self.value_model)
+        tied = {key for model in models for key in getattr(model, "all_tied_weights_keys", ())}
+        missing = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        """The Trainer resumes without a word when the checkpoint has no RNG state; PPO's rollouts would then sample
+        other answers than the uninterrupted run, so say so."""
+        if checkpoint is not None:
+            name = f"rng_state_{self.args.process_index}.pth" if self.args.world_size > 1 else "rng_state.pth"
+            if not os.path.isfile(os.path.join(checkpoint, name)):
+                warnings.warn(
+                    f"ppo: {checkpoint} has no {name}: the resumed run samples other answers than the interrupted "
+                    "run would have, so it will not end as an uninterrupted run (resume is not exact).",
+                    stacklevel=2,
+                )
+        super()._load_rng_state(checkpoint)
+
     def _load_kl_coef(self, checkpoint: str) -> None:
         with open(os.path.join(checkpoint, PPO_STATE_FILE)) as f:
             self.kl_controller.value = json.load(f)["kl_coef"]
@@ -1005,8 +1140,3 @@ def submodule_state_dict(state_dict: dict | None, name: str) -> dict | None:
     if state_dict is None:
         return None
     return {key.removeprefix(f"{name}."): value for key, value in state_dict.items() if key.startswith(f"{name}.")}
-
-
-def _endless(dataset: datasets.Dataset | datasets.IterableDataset) -> Iterator[dict]:
-    while True:
-        yield from dataset
