@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--reward_model", help="Also report mean reward and win rate against the references.")
     evaluate.add_argument("--baseline", help="With --reward_model: also the win rate against this model's answers.")
-    evaluate.add_argument("--output_dir", help="Where eval_results.json/.md go (default: <model>/eval).")
+    evaluate.add_argument(
+        "--output_dir", help="Where eval_results.json/.md go (default: <model>-eval beside the model folder)."
+    )
     evaluate.add_argument("--limit", type=int, help="At most this many examples per split.")
     evaluate.add_argument(
         "--max_new_tokens", type=int, default=64, help="Longest answer, in tokens (default: %(default)s)."
@@ -252,10 +254,18 @@ def evaluate_command(args) -> int:
         batch_size=args.batch_size,
         limit=args.limit,
     )
-    json_path, _ = write_results(results, args.output_dir or Path(args.model) / "eval")
+    json_path, _ = write_results(results, args.output_dir or default_eval_dir(args.model))
     print(results_markdown(results))
     print(f"evaluate: done, results in {json_path}")
     return 0
+
+
+def default_eval_dir(model: str) -> Path:
+    """Where `evaluate` writes without --output_dir: beside the model (`<model>-eval`), never inside it, where the
+    results would go stale when the model is trained on and be pushed with it; `eval/<name>` for a Hub id."""
+    from .utils import is_hub_id
+
+    return Path("eval", model.replace("/", "--")) if is_hub_id(model) else Path(f"{os.path.normpath(model)}-eval")
 
 
 def generate_command(args) -> int:

@@ -58,6 +58,8 @@ logger = logging.get_logger(__name__)
 LANGUAGE_MODELLING_STAGES = ("pretrain", "sft")
 TRACKERS = ("tensorboard", "trackio")  # report_to names that are also their module names
 ConfigT = TypeVar("ConfigT", bound=TrainingArguments)
+# how alike a mistyped name and a field must be to suggest it (difflib's 0.6 offered 'ddp_backend' for 'backend')
+HINT_CUTOFF = 0.8
 # settings that make no sense at 0 or below: a run with them would train nothing, or crash inside torch
 POSITIVE_FIELDS = (
     "learning_rate",
@@ -251,6 +253,19 @@ def load_held_out(config: TuningArguments, load: Callable[..., Dataset]) -> tupl
     return split["train"], split["test"]
 
 
+def count_kept(trainer: Trainer, records: Dataset, stage: str, noun: str, why: str) -> None:
+    """Say how many training records (`noun`: "comparisons") the trainer left out, and `why` (TRL drops some for
+    their length without a word); refuse a run that would keep none."""
+    total, kept = len(records), len(trainer.train_dataset)
+    if kept == 0:
+        raise ValueError(f"All {total} training {noun} {why}: raise --max_length.")
+    if kept < total:
+        logger.warning(
+            f"{stage}: {total - kept} of {total} training {noun} {why}, so they are left out ({total} → {kept} "
+            f"{noun}): raise --max_length to keep them."
+        )
+
+
 def check_numbers(config: TrainingArguments) -> None:
     """Refuse settings that would train nothing or crash mid-run, before anything is written."""
     for name in POSITIVE_FIELDS:
@@ -304,7 +319,7 @@ def parse_fields(config_class: type[ConfigT], fields: dict, where: str) -> Confi
 def did_you_mean(name: str, names: Iterable[str], otherwise: str = "") -> str:
     """ "did you mean '<closest>'?" for a mistyped name (config keys, model_config keys, pipeline stages), else
     `otherwise`."""
-    close = difflib.get_close_matches(name, names, n=1)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=HINT_CUTOFF)
     return f"did you mean {close[0]!r}?" if close else otherwise
 
 
