@@ -178,7 +178,7 @@ def environment_failure(error: BaseException) -> str | None:
             return f"the disk is full (no space left on device); free some space, then {RESUMES}."
         if "PytorchStreamWriter failed writing" in text or "inline_container.cc" in text:
             written = " ".join(text.split())
-            return f"writing a file failed ({written}): is the disk full? Free some space, then {RESUMES}."
+            return f"writing a file failed ({written}): the disk may be full; free some space, then {RESUMES}."
     from_hub = any(type(link).__module__.split(".")[0] in HTTP_MODULES for link in chain)
     if from_hub and any(
         isinstance(link, ConnectionError | TimeoutError) or "Connect" in type(link).__name__ for link in chain
