@@ -134,7 +134,7 @@ def path_fingerprint(path: str) -> str:
             files = [file for file in folder.rglob("*") if file.is_file()]
         return digest_of([f"{file.relative_to(folder)}:{file_fingerprint(file)}" for file in sorted(files)])
     if matches := sorted(glob.glob(path)):
-        return digest_of([f"{match}:{path_fingerprint(match)}" for match in matches])
+        return digest_of([f"{os.path.basename(match)}:{path_fingerprint(match)}" for match in matches])
     return f"name:{path}"
 
 

@@ -440,8 +440,8 @@ def test_records_sft_drops_for_their_length_are_counted_and_said(tiny_model_dir,
     run_sft(config)
     total = len(records) + 1
     assert (
-        f"sft: 1 of {total} training records have a prompt that fills max_length=256 tokens, and SFTTrainer drops such "
-        f"records, so they are left out ({total} → {total - 1} records): raise --max_length to keep them."
+        f"sft: 1 of {total} training records have a prompt that fills max_length=256 tokens, and SFTTrainer drops "
+        f"such records, so they are left out ({total} → {total - 1} records): raise --max_length to keep them."
     ) in caplog.text
 
 
