@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CLI_ENV, REPO, SMOKE_TRAINING, TEXT, TINY_MODEL, flags, free_port, tiny_config
+from conftest import SMOKE_TRAINING, TEXT, TINY_MODEL, flags, free_port, tiny_config
 from huggingface_hub import constants
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, TrainerCallback
@@ -339,13 +339,14 @@ def test_generate_refuses_impossible_counts_and_empty_prompts(tmp_path, capsys, 
 
 # ---------------------------------------------------------------- one run per folder, and a folder that is a file
 
-LOCKER = "import sys, time; from hf_instruct.staleness import lock_folder; lock_folder(sys.argv[1]); print(1, flush=True); time.sleep(120)"  # noqa: E501
+# another run holding a folder: the lock `hf_instruct.staleness.lock_folder` takes (without importing the package)
+LOCKER = "import fcntl, os, sys, time; fcntl.flock(os.open(sys.argv[1], 0), fcntl.LOCK_EX); print(1); time.sleep(99)"
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, corpus, finished, caplog):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
-    other = subprocess.Popen([sys.executable, "-c", LOCKER, str(run)], cwd=REPO, env=CLI_ENV, stdout=subprocess.PIPE)
+    other = subprocess.Popen([sys.executable, "-u", "-c", LOCKER, str(run)], stdout=subprocess.PIPE)
     try:
         assert other.stdout.readline() == b"1\n"  # another run holds the folder
         message = f"{run} is in use by another hf-instruct run (it holds the folder's lock): wait for it to end"
