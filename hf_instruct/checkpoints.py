@@ -6,6 +6,8 @@ which folder was skipped and why.
 """
 
 import json
+import os
+import re
 import struct
 from pathlib import Path
 
@@ -17,6 +19,16 @@ logger = logging.get_logger(__name__)
 WEIGHTS = ("model.safetensors", "adapter_model.safetensors")
 SHARDED_INDEX = "model.safetensors.index.json"
 INCOMPLETE_PREFIX = "incomplete-"  # a skipped checkpoint is renamed so the Trainer never resumes from or rotates it
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # 'name' or 'org/name'
+NO_SUCH_FOLDER = "no such folder (nor a Hub id such as 'org/name')"
+
+
+def missing_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` names a local folder that is not there (a file, a path the Hub could not hold, or one starting
+    with "."), rather than a Hub id, which is left to the Hub (whose own error for a path is "Repo id must be in the
+    form...")."""
+    path = str(path)
+    return not os.path.isdir(path) and (os.path.exists(path) or path.startswith(".") or not HUB_ID.fullmatch(path))
 
 
 def safetensors_header(path: Path) -> tuple[int, dict] | None:
@@ -25,11 +37,14 @@ def safetensors_header(path: Path) -> tuple[int, dict] | None:
     try:
         with path.open("rb") as f:
             (header_size,) = struct.unpack("<Q", f.read(8))
+            if header_size > path.stat().st_size - 8:  # a corrupted size: reading it would ask for exabytes
+                return None
             header = json.loads(f.read(header_size))
-    except (struct.error, ValueError, OSError):
-        return None
-    tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
-    return 8 + header_size + max((entry["data_offsets"][1] for entry in tensors.values()), default=0), tensors
+        tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
+        end = max((entry["data_offsets"][1] for entry in tensors.values()), default=0)
+    except (struct.error, ValueError, OSError, AttributeError, KeyError, IndexError, TypeError):
+        return None  # cut off, or not the JSON mapping of tensor entries a safetensors header is
+    return 8 + header_size + end, tensors
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -65,6 +80,35 @@ def saved_model_problem(folder: str | Path, with_tokenizer: bool = True) -> str 
     if with_tokenizer and (problem := tokenizer_problem(folder)):
         return problem
     return weights_problem(folder)
+
+
+def reward_model_problem(folder: str | Path) -> str | None:
+    """Why the saved model in `folder` cannot serve as a reward (or value) model, from its config.json (None: it is
+    a sequence classifier with one output; or no config.json to read, e.g. an adapter, whose loader says what is
+    wrong). A plain language model would load as a classifier with a new random score head: every reward it gave
+    would be noise, and training against it would go on without a word."""
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    architecture = ", ".join(config.get("architectures") or []) or config.get("model_type", "an unknown model")
+    fix = "pass a model trained by `hf-instruct reward` (a sequence classifier with one output, num_labels=1)"
+    if "ForSequenceClassification" not in architecture:
+        what = "a language model" if "ForCausalLM" in architecture else "not a sequence classifier"
+        return f"is {what} ({architecture}), not a reward model (it has no score head): {fix}"
+    labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    if labels != 1:
+        return f"is a sequence classifier with {labels} outputs, not a reward model (one score per text): {fix}"
+    return None
+
+
+def check_reward_model(path: str | Path, field: str) -> None:
+    """Refuse, in one line naming `field` and `path`, a reward model that is missing or is not one
+    (`reward_model_problem`)."""
+    if missing_folder(path):
+        raise FileNotFoundError(f"{field} {path}: {NO_SUCH_FOLDER}.")
+    if problem := reward_model_problem(path):
+        raise ValueError(f"{field} {path} {problem}.")
 
 
 def tokenizer_problem(folder: Path) -> str | None:

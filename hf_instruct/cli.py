@@ -17,6 +17,7 @@ Flags are --snake_case, as in TRL and transformers.
 """
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--reward_model", help="Also report mean reward and win rate against the references.")
     evaluate.add_argument("--baseline", help="With --reward_model: also the win rate against this model's answers.")
-    evaluate.add_argument("--output_dir", help="Where eval_results.json/.md go (default: <model>/eval).")
+    evaluate.add_argument(
+        "--output_dir", help="Where eval_results.json/.md go (default: <model>-eval beside the model folder)."
+    )
     evaluate.add_argument("--limit", type=int, help="At most this many examples per split.")
     evaluate.add_argument(
         "--max_new_tokens", type=int, default=64, help="Longest answer, in tokens (default: %(default)s)."
@@ -127,19 +130,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RESUMES = "run the same command again: finished work is kept and the run resumes from its last complete checkpoint"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; our clear errors (bad input, missing files, failed pushes) end it with one line and exit code 1,
-    without a traceback unless HF_INSTRUCT_DEBUG=1."""
+    """Run a command; our clear errors (bad input, missing files, failed pushes) and what the machine did to it (a
+    full disk, an unreachable Hub, Ctrl-C) end it with one line and exit code 1 (130 for Ctrl-C), without a traceback
+    unless HF_INSTRUCT_DEBUG=1."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else "error"
     try:
         return run_command(argv)
-    except (ValueError, OSError, PushError, yaml.YAMLError) as error:
-        if os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0"):
+    except KeyboardInterrupt as interrupt:
+        fail(command, f"interrupted (Ctrl-C); {RESUMES}.", interrupt, code=130)
+    except Exception as error:
+        if (message := environment_failure(error)) is None and not isinstance(error, CLEAR_ERRORS):
             raise
-        command = argv[0] if argv and not argv[0].startswith("-") else "error"
-        message = " ".join(str(error).split())  # one line, whatever the library wrapped
-        print(f"hf-instruct {command}: {message}\n(set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
-        raise SystemExit(1) from None
+        fail(command, message or " ".join(str(error).split()), error)  # one line, whatever the library wrapped
+
+
+CLEAR_ERRORS = (ValueError, OSError, PushError, yaml.YAMLError)  # errors whose message is the whole story
+HTTP_MODULES = ("huggingface_hub", "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")  # the Hub's
+
+
+def fail(command: str, message: str, error: BaseException, code: int = 1) -> None:
+    """Print `message` as the command's one-line error and exit with `code` (re-raise under HF_INSTRUCT_DEBUG=1)."""
+    if os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0"):
+        raise error
+    print(f"hf-instruct {command}: {message}\n(set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
+    raise SystemExit(code) from None
+
+
+def environment_failure(error: BaseException) -> str | None:
+    """What the machine did, when `error` or an error it comes from is a full disk or an unreachable Hub (None:
+    neither). Libraries wrap these deep (torch, safetensors, httpx, huggingface_hub), so the chain is searched."""
+    from huggingface_hub import constants
+
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for link in chain:
+        text = str(link)
+        if getattr(link, "errno", None) == errno.ENOSPC or "No space left on device" in text or "os error 28" in text:
+            return f"the disk is full (no space left on device); free some space, then {RESUMES}."
+        if "PytorchStreamWriter failed writing" in text or "inline_container.cc" in text:
+            written = " ".join(text.split())
+            return f"writing a file failed ({written}): the disk may be full; free some space, then {RESUMES}."
+    from_hub = any(type(link).__module__.split(".")[0] in HTTP_MODULES for link in chain)
+    if from_hub and any(
+        isinstance(link, ConnectionError | TimeoutError) or "Connect" in type(link).__name__ for link in chain
+    ):
+        cause = " ".join(str(chain[-1]).split())
+        return f"cannot reach the Hub at {constants.ENDPOINT} ({cause}); once it is reachable, {RESUMES}."
+    return None
 
 
 def run_command(argv: list[str]) -> int:
@@ -189,10 +233,13 @@ def pipeline_command(args) -> int:
 
 
 def evaluate_command(args) -> int:
+    from .checkpoints import check_reward_model
     from .data.suite import build_suite
     from .evaluation import evaluate_model, load_scored_examples, write_results
     from .evaluation.evaluator import SUITE_SPLITS, results_markdown
 
+    if args.reward_model:  # before a model answers anything
+        check_reward_model(args.reward_model, "--reward_model")
     demonstrations = None  # the suite's training demonstrations give the trivial-rule floors their constants
     if args.data:
         splits = {Path(path).stem: load_scored_examples(path, args.on_bad_record) for path in args.data}
@@ -209,10 +256,18 @@ def evaluate_command(args) -> int:
         limit=args.limit,
         demonstrations=demonstrations,
     )
-    json_path, _ = write_results(results, args.output_dir or Path(args.model) / "eval")
+    json_path, _ = write_results(results, args.output_dir or default_eval_dir(args.model))
     print(results_markdown(results))
     print(f"evaluate: done, results in {json_path}")
     return 0
+
+
+def default_eval_dir(model: str) -> Path:
+    """Where `evaluate` writes without --output_dir: beside the model (`<model>-eval`), never inside it, where the
+    results would go stale when the model is trained on and be pushed with it; `eval/<name>` for a Hub id."""
+    from .utils import is_hub_id
+
+    return Path("eval", model.replace("/", "--")) if is_hub_id(model) else Path(f"{os.path.normpath(model)}-eval")
 
 
 def generate_command(args) -> int:

@@ -15,11 +15,12 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .checkpoints import INCOMPLETE_PREFIX
 from .model_card import is_generated_card, model_card_files
 from .utils import is_hub_id
 
-# What of a run folder is not the model: checkpoints, tensorboard runs, trainer internals.
-LOCAL_ONLY_DIRS = ("checkpoint-", "runs", "_")
+# What of a run folder is not the model: checkpoints (and those a resume skipped), tensorboard runs, trainer internals.
+LOCAL_ONLY_DIRS = ("checkpoint-", INCOMPLETE_PREFIX, "runs", "_")
 LOCAL_ONLY_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth")
 MODEL_FILES = ("config.json", "adapter_config.json")
 CARD_CHOICES = ("keep", "regenerate")

@@ -6,18 +6,21 @@ fields come from the pipeline YAML, which may start it from a stage recipe (`con
 `hf-instruct <stage> --config` parses its file: a typo fails before anything runs, naming the file and the stage.
 A finished stage (its metrics, run record and a complete model written) is skipped on a re-run and an incomplete one
 resumes from its last complete checkpoint, so re-running the same command after a crash finishes the job, and
-re-running a finished pipeline changes no file. The models are then compared on every row of the suite's held-out
-splits (instruction accuracy with its 95 % interval beside the floor trivial answer rules reach, per split and per
-task family; the paired difference from the SFT model on the same prompts; the win rate over SFT as the suite's
-verifier judges it, the reward model's beside it) and on held-out pretraining text (perplexity: the "alignment
-tax"), and `report.md` with plots lands in the output folder; the comparison is computed again when a model or the
-evaluation settings changed.
+re-running a finished pipeline changes no file. A stage counts as finished only while its settings and inputs (the
+models and data it read, by fingerprint) are those its run record holds: an edited setting, another seed or a
+retrained model upstream re-runs it and every stage downstream, and the plan says why. The models are then compared
+on every row of the suite's held-out splits (instruction accuracy with its 95 % interval beside the floor trivial
+answer rules reach, per split and per task family; the paired difference from the SFT model on the same prompts; the
+win rate over SFT as the suite's verifier judges it, the reward model's beside it) and on held-out pretraining text
+(perplexity: the "alignment tax"), and `report.md` with plots lands in the output folder; the comparison is computed
+again when a model or the evaluation settings changed.
 """
 
 import hashlib
 import io
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from .hub import push_to_hub
 from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .stages import STAGES
 from .stages.common import did_you_mean, parse_fields, read_config_file
+from .staleness import INPUT_FIELDS, jsonable, lock_folder, recorded_run, why_stale
 from .utils import chat_rewards, markdown_table, table_cell
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
@@ -71,6 +75,8 @@ COMPARISON_SCHEMA = 2  # comparison.json's layout (docs/evaluation.md); a cached
 STAGE_DEFAULTS = dict(
     save_strategy="steps", save_steps=50, save_total_limit=1, report_to="none", disable_tqdm=False, logging_steps=10
 )
+SUITE_RECORD = "suite.json"  # in the data folder: the suite settings its files were built with
+PREVIOUS = "previous"  # where a stale run's folder is moved before it runs again (one generation kept)
 
 
 @dataclass
@@ -147,10 +153,15 @@ def with_config_path(fields: dict | None, pipeline_file: Path) -> dict | None:
 def run_pipeline(config: PipelineConfig) -> Path:
     """Run every stage (skipping finished ones), evaluate every model, write the report; returns its path."""
     output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir {output_dir} is a file, not a folder: choose another --output_dir.")
     data = data_files(output_dir / "data")
     configs = {name: stage_config(name, config, data, output_dir) for name in runs(config)}  # before any write
-    prepare_data(config, data)
-    print_plan(config, configs)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock_folder(output_dir)  # one pipeline at a time in a folder
+    data_changed = prepare_data(config, data)
+    plans = plan_runs(configs)
+    print_plan(config, configs, plans, data_changed)
     for name, stage in tqdm(runs(config).items(), desc="pipeline", unit="stage"):
         tqdm.write(f"pipeline: {name} ({stage})")
         run_stage(name, stage, configs[name])
@@ -187,16 +198,30 @@ def data_files(data_dir: Path) -> dict[str, Path]:
     return files
 
 
-def prepare_data(config: PipelineConfig, files: dict[str, Path]) -> None:
-    """The suite as the JSONL `files` (once), with the last pretraining documents held out for the perplexity."""
-    if all(path.is_file() for path in files.values()):
-        return
-    suite = build_suite(SuiteConfig(**{"seed": config.seed, **config.suite}))
+def prepare_data(config: PipelineConfig, files: dict[str, Path]) -> str | None:
+    """The suite as the JSONL `files`, with the last pretraining documents held out for the perplexity: built once,
+    and again when the suite's settings (its seed, its sizes) differ from those it was built with. Returns why it was
+    built again (None: it was not, or built for the first time)."""
+    settings = jsonable({"seed": config.seed, **config.suite})
+    record = files["pretrain"].parent / SUITE_RECORD
+    recorded = json.loads(record.read_text()) if record.is_file() else None
+    complete = all(path.is_file() for path in files.values())
+    if complete and recorded == settings:
+        return None
+    reason = None
+    if complete and recorded is None:
+        reason = "the settings it was built with were not recorded"
+    elif complete:
+        keys = [key for key in sorted({*recorded, *settings}) if recorded.get(key) != settings.get(key)]
+        reason = f"suite settings changed ({', '.join(f'{k} {recorded.get(k)} → {settings.get(k)}' for k in keys)})"
+    suite = build_suite(SuiteConfig(**settings))
     documents = suite["pretrain"]
     kept = len(documents) - HELD_OUT_DOCUMENTS
     suite["pretrain"], held_out = documents.select(range(kept)), documents.select(range(kept, len(documents)))
     export_suite(suite, files["pretrain"].parent)
     held_out.to_json(files["pretrain_held_out"])
+    record.write_text(json.dumps(settings, indent=2) + "\n")
+    return reason
 
 
 def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output_dir: Path):
@@ -253,14 +278,66 @@ def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_d
     return inputs
 
 
-def print_plan(config: PipelineConfig, configs: dict) -> None:
+@dataclass
+class RunPlan:
+    """What the pipeline does with a run: "skip" (finished and up to date), "run" (never run), "resume" (an
+    incomplete run, from its last complete checkpoint) or "re-run" (stale: from the start); `reason` says why."""
+
+    action: str
+    reason: str = ""
+
+
+def plan_runs(configs: dict) -> dict[str, RunPlan]:
+    """Run name -> what the pipeline will do with it (`plan_run`), for the plan printed before anything runs. A run
+    that reads an earlier run's output (among its inputs) which runs again will see a new model, so it is counted as
+    re-run too, as is everything downstream; each stage decides again when its turn comes (`run_stage`)."""
+    plans, causes = {}, {}  # causes: a run that will run again -> the runs at the root of it
+    for name, config in configs.items():
+        upstream = [other for other in reads_from(config, configs) if other in plans]
+        changed = sorted(
+            {cause for other in upstream if other in causes for cause in causes[other]}, key=list(configs).index
+        )
+        if changed and Path(config.output_dir).is_dir():
+            plans[name] = RunPlan(
+                "re-run", f"input changed ({', '.join(changed)} run{'s' if len(changed) == 1 else ''} again)"
+            )
+        else:  # the inputs of a run downstream of an incomplete one are compared once that one has finished
+            plans[name] = plan_run(config, check_inputs=all(plans[other].action == "skip" for other in upstream))
+        if changed or plans[name].action in ("run", "re-run"):
+            causes[name] = changed or [name]
+    return plans
+
+
+def reads_from(config, configs: dict) -> list[str]:
+    """The runs whose output folder `config` reads (its model, tokenizer, reward model)."""
+    values = [getattr(config, field, None) for field in INPUT_FIELDS]
+    read = {
+        os.path.normpath(path) for value in values if value for path in ([value] if isinstance(value, str) else value)
+    }
+    return [name for name, other in configs.items() if os.path.normpath(other.output_dir) in read]
+
+
+def plan_run(config, check_inputs: bool = True) -> RunPlan:
+    """What to do with one run now: never run, stale (its settings, or with `check_inputs` its inputs, differ from
+    those its run record holds), incomplete, or finished and up to date."""
+    if not Path(config.output_dir).is_dir():
+        return RunPlan("run", "not run yet")
+    if reason := why_stale(recorded_run(config.output_dir), config, check_inputs):
+        return RunPlan("re-run", reason)
+    if problem := unfinished(config.output_dir):
+        return RunPlan("resume", f"incomplete ({problem})")
+    return RunPlan("skip")
+
+
+def print_plan(config: PipelineConfig, configs: dict, plans: dict[str, RunPlan], data_changed: str | None) -> None:
     """The stages, their steps and the time each took on a 2-core CPU (the YAML's `estimates`), before anything
-    runs; the total counts only the stages still to run (a resumed run skips the finished ones)."""
+    runs, then why each stage that ran before runs again; the total counts only the stages still to run (a resumed
+    run skips the finished ones)."""
     evaluation = config.estimates.get("evaluation", 0)
     rows, left = [], evaluation
     for name, stage in configs.items():
         estimate = config.estimates.get(name)
-        if unfinished(stage.output_dir) is None:
+        if plans[name].action == "skip":
             status = "done"
         else:
             status = f"~{estimate / 60:.1f} min" if estimate else "?"
@@ -268,6 +345,13 @@ def print_plan(config: PipelineConfig, configs: dict) -> None:
         rows.append([name, str(stage.max_steps if stage.max_steps > 0 else "epochs"), status])
     rows.append(["evaluation", "", f"~{evaluation / 60:.1f} min"])
     lines = ["pipeline plan (times measured on 2 CPU cores):", *markdown_table(["stage", "steps", "estimated"], rows)]
+    if data_changed:
+        lines.append(f"data: {data_changed}: built again")
+    reasons = {}  # one line for the runs with the same reason ("reward, ppo: input changed (sft runs again): re-run")
+    for name, plan in plans.items():
+        if plan.action in ("re-run", "resume") or (plan.action == "run" and plan.reason != "not run yet"):
+            reasons.setdefault(f"{plan.reason}: {'resume' if plan.action == 'resume' else 're-run'}", []).append(name)
+    lines += [f"{', '.join(names)}: {reason}" for reason, names in reasons.items()]
     print("\n".join(lines) + f"\ntotal ≈ {left / 60:.1f} min\n")
 
 
@@ -284,13 +368,21 @@ def unfinished(run_dir: str | os.PathLike) -> str | None:
 
 
 def run_stage(name: str, stage: str, stage_config) -> None:
-    """Run one stage unless it finished before (an incomplete one resumes from its last complete checkpoint)."""
-    problem = unfinished(stage_config.output_dir)
-    if problem is None:
+    """Run one stage as `plan_run` finds it now: skip it (finished and up to date), resume it from its last complete
+    checkpoint (incomplete), or run it from the start, a stale run's folder moved to `previous/<name>` first."""
+    plan = plan_run(stage_config)
+    if plan.action == "skip":
         tqdm.write(f"pipeline: {name} finished before, skipped")
         return
-    if Path(stage_config.output_dir).is_dir():
-        tqdm.write(f"pipeline: {name} is incomplete ({problem}); running it again")
+    if plan.action == "resume":
+        tqdm.write(f"pipeline: {name} is {plan.reason}; running it again")
+    if plan.action == "re-run":
+        run_dir = Path(stage_config.output_dir)
+        previous = run_dir.parent / PREVIOUS / name
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.parent.mkdir(exist_ok=True)
+        run_dir.rename(previous)
+        tqdm.write(f"pipeline: {name}: {plan.reason}; running it again from the start (the old run is in {previous})")
     _, run = STAGES[stage]
     run(stage_config)
 

@@ -3,9 +3,11 @@ trained on the spot (no downloads), a pretrain → SFT → reward chain, and DDP
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -233,3 +235,27 @@ def chain(tmp_path_factory) -> dict[str, Path]:
     reward = dict(model_name_or_path=str(runs["sft"]), train_files=[str(pairs)], **tuning)
     run_reward(RewardStageConfig(output_dir=str(runs["reward"]), **reward))
     return runs
+
+
+def smoke_pipeline(output_dir):
+    """`hf-instruct pipeline` on the smoke setup, as a user runs it."""
+    config = ["--config", "recipes/smoke/pipeline.yaml", "--output_dir", str(output_dir)]
+    return [sys.executable, "-m", "hf_instruct.cli", "pipeline", *config]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke pipeline killed after SFT finished, then finished by the same command: its folder and the re-run."""
+    output_dir = tmp_path_factory.mktemp("pipeline") / "smoke"
+    command = smoke_pipeline(output_dir)
+    first = subprocess.Popen(command, cwd=REPO, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (output_dir / "reward").exists():  # the pipeline moved on: SFT finished
+        assert first.poll() is None and time.time() < deadline, "the first run ended before SFT finished"
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (output_dir / "report.md").exists()
+    second = subprocess.run(command, cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    return output_dir, second.stderr + second.stdout

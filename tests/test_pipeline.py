@@ -4,14 +4,11 @@ from their recipes, errors in a pipeline YAML, and the default setup's sizes as 
 
 import hashlib
 import json
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import yaml
-from conftest import CLI_ENV, REPO
+from conftest import CLI_ENV, REPO, smoke_pipeline
 from hub_server import hub_env
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
@@ -141,30 +138,6 @@ def test_the_headline_claims_the_same_tokens_only_when_the_baseline_changes_none
         "compositions 0.50 against 0.25."
     )
     assert "same corpus), held-out" in headline("base_4x", results, {"max_steps": 10})
-
-
-def smoke_pipeline(output_dir):
-    """`hf-instruct pipeline` on the smoke setup, as a user runs it."""
-    config = ["--config", "recipes/smoke/pipeline.yaml", "--output_dir", str(output_dir)]
-    return [sys.executable, "-m", "hf_instruct.cli", "pipeline", *config]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """The smoke pipeline killed after SFT finished, then finished by the same command: its folder and the re-run."""
-    output_dir = tmp_path_factory.mktemp("pipeline") / "smoke"
-    command = smoke_pipeline(output_dir)
-    first = subprocess.Popen(command, cwd=REPO, env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (output_dir / "reward").exists():  # the pipeline moved on: SFT finished
-        assert first.poll() is None and time.time() < deadline, "the first run ended before SFT finished"
-        time.sleep(0.1)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert not (output_dir / "report.md").exists()
-    second = subprocess.run(command, cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-4000:]
-    return output_dir, second.stderr + second.stdout
 
 
 @pytest.mark.slow

@@ -3,17 +3,32 @@
 import hashlib
 import json
 import shutil
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import TEXT, TINY_MODEL, flags
+from conftest import SMOKE_TRAINING, TEXT, TINY_MODEL, flags, free_port, tiny_config
+from huggingface_hub import constants
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, TrainerCallback
 
+from hf_instruct import InstructGPTForSequenceClassification
 from hf_instruct.cli import main
-from hf_instruct.stages import PretrainStageConfig, SFTStageConfig, run_pretrain, run_sft
+from hf_instruct.hub import _operations
+from hf_instruct.pipeline import PipelineConfig, run_pipeline
+from hf_instruct.stages import (
+    STAGES,
+    PretrainStageConfig,
+    RewardStageConfig,
+    SFTStageConfig,
+    run_pretrain,
+    run_reward,
+    run_sft,
+)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "hf_instruct_run.json")
 
@@ -86,6 +101,13 @@ def test_rerunning_a_finished_run_changes_no_file_and_more_steps_continue_it(tmp
     assert digests(run) == before
     assert "holds a finished pretrain run; nothing to do" in caplog.text
 
+    run_pretrain(pretrain_config(corpus, run, learning_rate=1e-3, warmup_steps=2))  # other settings: said, not done
+    assert digests(run) == before
+    assert (
+        "holds a finished pretrain run; its settings differ from this command's (learning_rate 0.003 → 0.001, "
+        "warmup_steps 0 → 2); nothing to do"
+    ) in caplog.text
+
     run_pretrain(pretrain_config(corpus, run, max_steps=8))  # asked for more: resumes from the last checkpoint
     assert global_step(run) == 8
     assert json.loads((run / "hf_instruct_run.json").read_text())["history"][-1]["steps"] == 8
@@ -151,7 +173,15 @@ BREAKAGES = {  # how a kill (or a careless copy) leaves checkpoint-4 -> why it i
     "no trainer state": (lambda c: (c / "trainer_state.json").unlink(), "no trainer_state.json"),
     "truncated weights": (lambda c: truncate(c / "model.safetensors"), "model.safetensors is truncated"),
     "no optimizer": (lambda c: (c / "optimizer.pt").unlink(), "no optimizer.pt: resuming from it would restart"),
+    "corrupted header": (  # a header size of 1 TiB: reading it raised MemoryError, and every re-run with it
+        lambda c: corrupt_header(c / "model.safetensors"),
+        "model.safetensors is not a safetensors file (its header is cut off or unreadable)",
+    ),
 }
+
+
+def corrupt_header(path: Path) -> None:
+    path.write_bytes(struct.pack("<Q", 1 << 40) + path.read_bytes()[8:])
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES)
@@ -209,7 +239,7 @@ def broken_model_dir(tmp_path: Path, finished: Path, how: str) -> Path:
         folder.mkdir()
     else:
         shutil.copytree(finished, folder)
-        truncate(folder / "model.safetensors")
+        (truncate if how == "truncated" else corrupt_header)(folder / "model.safetensors")
     return folder
 
 
@@ -254,6 +284,7 @@ CONFIG_FILE_ERRORS = [  # (a line appended to the recipe, what the one line says
     ("eval_strategy: no", "eval_strategy: False is not valid: expected one of no, steps, epoch (YAML reads an"),
     ("lr_scheduler_type: cosin", "lr_scheduler_type: 'cosin' is not valid: expected one of linear, cosine,"),
     ("max_steps: [1", "expected ',' or ']', but got '<stream end>'"),
+    ("backend: trl", "unknown key 'backend' (see --help for the fields)."),  # not "did you mean 'ddp_backend'?"
 ]
 
 
@@ -277,6 +308,7 @@ def test_a_bad_command_line_value_is_one_line(tmp_path, recipe, capsys):
     [
         ("empty", "no config.json (or adapter_config.json): not a saved model"),
         ("truncated", "model.safetensors is truncated"),
+        ("corrupted", "model.safetensors is not a safetensors file (its header is cut off or unreadable)"),
     ],
 )
 def test_a_broken_model_folder_is_named(tmp_path, finished, instructions, capsys, how, message):
@@ -303,3 +335,212 @@ def test_generate_names_truncated_weights(tmp_path, finished, capsys):
 )
 def test_generate_refuses_impossible_counts_and_empty_prompts(tmp_path, capsys, args, message):
     assert run_cli(["generate", str(tmp_path), *args], capsys) == f"hf-instruct generate: {message}"
+
+
+# ---------------------------------------------------------------- one run per folder, and a folder that is a file
+
+# another run holding a folder: the lock `hf_instruct.staleness.lock_folder` takes (without importing the package)
+LOCKER = "import fcntl, os, sys, time; fcntl.flock(os.open(sys.argv[1], 0), fcntl.LOCK_EX); print(1); time.sleep(99)"
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, corpus, finished, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    other = subprocess.Popen([sys.executable, "-u", "-c", LOCKER, str(run)], stdout=subprocess.PIPE)
+    try:
+        assert other.stdout.readline() == b"1\n"  # another run holds the folder
+        message = f"{run} is in use by another hf-instruct run (it holds the folder's lock): wait for it to end"
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            run_pretrain(pretrain_config(corpus, run))
+        with pytest.raises(ValueError, match="is in use by another hf-instruct run"):
+            run_pipeline(PipelineConfig(output_dir=str(run)))
+    finally:
+        other.kill()
+        other.wait()
+    run_pretrain(pretrain_config(corpus, run))  # the lock goes with the process that held it
+    assert "holds a finished pretrain run; nothing to do" in caplog.text
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, recipe, capsys):
+    path = tmp_path / "a_file"
+    path.write_text("not a folder\n")
+    line = run_cli(["pretrain", "--config", str(recipe), "--output_dir", str(path)], capsys)
+    assert line == f"hf-instruct pretrain: --output_dir {path} is a file, not a folder: choose another --output_dir."
+    line = run_cli(["pipeline", "--config", "recipes/smoke/pipeline.yaml", "--output_dir", str(path)], capsys)
+    assert line == f"hf-instruct pipeline: output_dir {path} is a file, not a folder: choose another --output_dir."
+    assert path.read_text() == "not a folder\n"
+
+
+# ---------------------------------------------------------------- a reward model must be one
+
+
+@pytest.fixture
+def two_label_classifier(tmp_path, tokenizer) -> Path:
+    path = tmp_path / "classifier"
+    InstructGPTForSequenceClassification(tiny_config(num_labels=2)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+FIX = "pass a model trained by `hf-instruct reward` (a sequence classifier with one output, num_labels=1)."
+
+
+@pytest.mark.parametrize("command", ["grpo", "ppo", "evaluate"])
+def test_a_plain_language_model_is_refused_as_a_reward_model_everywhere(
+    command, tiny_model_dir, two_label_classifier, instructions, tmp_path, capsys
+):
+    output_dir = tmp_path / "out"
+    for model, problem in (
+        (tiny_model_dir, "is a language model (InstructGPTForCausalLM), not a reward model (it has no score head)"),
+        (two_label_classifier, "is a sequence classifier with 2 outputs, not a reward model (one score per text)"),
+    ):
+        if command == "evaluate":
+            field = "--reward_model"
+            args = ["evaluate", str(tiny_model_dir), "--data", str(instructions), "--reward_model", str(model)]
+            args += flags(limit=1, max_new_tokens=1, output_dir=output_dir)
+        else:  # PPO without the pretraining mix, so that no corpus is needed
+            field, extra = "--reward_model_path", {"ptx_coef": 0} if command == "ppo" else {}
+            args = [command, *flags(model_name_or_path=tiny_model_dir, reward_model_path=model, **extra)]
+            args += flags(train_files=instructions, output_dir=output_dir, max_steps=1, report_to="none")
+        assert run_cli(args, capsys) == f"hf-instruct {command}: {field} {model} {problem}: {FIX}"
+        assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "generate"])
+def test_a_missing_model_folder_is_named_as_missing(command, tmp_path, capsys):
+    model = tmp_path / "runs" / "smoke" / "ppo"  # not "Repo id must be in the form 'repo_name' or ..."
+    args = [command, str(model), *(["--prompt", "Hi"] if command == "generate" else ["--limit", "1"])]
+    line = run_cli(args, capsys)
+    assert line == f"hf-instruct {command}: {model}: no such folder (nor a Hub id such as 'org/name')."
+
+
+def test_evaluate_writes_beside_the_model_not_into_it(tiny_model_dir, instructions, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(tiny_model_dir), "--data", str(instructions), *flags(limit=2, max_new_tokens=2)]) == 0
+    assert not (tiny_model_dir / "eval").exists()
+    results = json.loads((tmp_path / "base-eval" / "eval_results.json").read_text())
+    assert results["splits"]["instructions"]["examples"] == 2
+
+
+# ---------------------------------------------------------------- what TRL drops is counted; inputs checked first
+
+
+def test_records_sft_drops_for_their_length_are_counted_and_said(tiny_model_dir, instructions, tmp_path, caplog):
+    data = tmp_path / "with_a_long_record.jsonl"
+    records = instructions.read_text().splitlines()
+    long_record = {"instruction": "Repeat: " + "the lazy dog " * 400, "output": "No."}  # the prompt fills max_length
+    data.write_text("\n".join([*records, json.dumps(long_record)]) + "\n")
+    config = SFTStageConfig(
+        model_name_or_path=str(tiny_model_dir),
+        train_files=[str(data)],
+        output_dir=str(tmp_path / "sft"),
+        eval_examples=0,
+        max_length=256,
+        **{**SMOKE_TRAINING, "max_steps": 1},
+    )
+    run_sft(config)
+    total = len(records) + 1
+    assert (
+        f"sft: 1 of {total} training records have a prompt that fills max_length=256 tokens, and SFTTrainer drops "
+        f"such records, so they are left out ({total} → {total - 1} records): raise --max_length to keep them."
+    ) in caplog.text
+
+
+def test_the_reward_stage_reads_its_demonstrations_before_training(tiny_model_dir, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"prompt": f"Say {n}", "chosen": f"{n}", "rejected": "No."}) + "\n" for n in range(16))
+    )
+    demonstrations = tmp_path / "demonstrations.jsonl"
+    demonstrations.write_text(json.dumps({"instruction": "Hi", "output": "Hello."}) + "\n" + '{"answer": 1}\n')
+    config = RewardStageConfig(
+        model_name_or_path=str(tiny_model_dir),
+        train_files=[str(pairs)],
+        demonstration_files=[str(demonstrations)],
+        output_dir=str(tmp_path / "reward"),
+        eval_examples=0,
+        max_length=64,
+        **{**SMOKE_TRAINING, "max_steps": 1, "save_strategy": "steps", "save_steps": 1},
+    )
+    with pytest.raises(ValueError, match=f"{demonstrations}.*line 2"):
+        run_reward(config)
+    assert not list((tmp_path / "reward").glob("checkpoint-*"))  # nothing was trained
+
+
+def test_a_push_leaves_the_checkpoints_a_resume_skipped(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "checkpoint-6").rename(run / "incomplete-checkpoint-6")
+    names = {operation.path_in_repo for operation in _operations(run, "user/run", None, None, None)}
+    assert "model.safetensors" in names and not any("checkpoint" in name for name in names)
+
+
+# ---------------------------------------------------------------- Ctrl-C, a full disk, an unreachable Hub: one line
+
+
+class FailAtStep(TrainerCallback):
+    """Calls `fail` when training reaches `step` (after the checkpoint of step 2 is written)."""
+
+    def __init__(self, step: int, fail):
+        self.step, self.fail = step, fail
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.fail()
+
+
+def interrupt():
+    raise KeyboardInterrupt
+
+
+def write_to_a_full_disk():
+    with open("/dev/full", "wb") as f:  # a device that is always full: every write fails with ENOSPC
+        f.write(b"weights" * 1024)
+
+
+def save_to_a_full_disk():
+    torch.save(torch.zeros(1024), "/dev/full")  # torch wraps the failed write in its own RuntimeError
+
+
+RESUMES = "run the same command again: finished work is kept and the run resumes from its last complete checkpoint."
+FAILURES = {  # what happens at step 3 -> exit code, the one line
+    "Ctrl-C": (interrupt, 130, f"interrupted (Ctrl-C); {RESUMES}"),
+    "disk full": (
+        write_to_a_full_disk,
+        1,
+        f"the disk is full (no space left on device); free some space, then {RESUMES}",
+    ),
+    "disk full in torch.save": (save_to_a_full_disk, 1, "writing a file failed ("),
+}
+
+
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="no /dev/full")
+@pytest.mark.parametrize("failure", FAILURES)
+def test_ctrl_c_and_a_full_disk_are_one_line_and_the_run_resumes(
+    failure, tmp_path, recipe, capsys, caplog, monkeypatch
+):
+    fail, code, message = FAILURES[failure]
+    failing = lambda config: run_pretrain(config, callbacks=[FailAtStep(3, fail)])  # noqa: E731
+    monkeypatch.setitem(STAGES, "pretrain", (PretrainStageConfig, failing))
+    output_dir = tmp_path / "out"
+    args = ["pretrain", "--config", str(recipe), *flags(output_dir=output_dir, max_steps=4, save_steps=2)]
+    with pytest.raises(SystemExit) as exit_code:
+        main(args)
+    assert exit_code.value.code == code
+    err = capsys.readouterr().err.strip().splitlines()[-2:]  # after the progress bars: one line, and the hint
+    assert err[0].startswith(f"hf-instruct pretrain: {message}") and err[1].startswith("(set HF_INSTRUCT_DEBUG"), err
+    assert err[0].endswith(f"; free some space, then {RESUMES}") or failure == "Ctrl-C"
+
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert f"resuming from {output_dir / 'checkpoint-2'}" in caplog.text and global_step(output_dir) == 4
+
+
+def test_an_unreachable_hub_is_one_line_and_the_push_can_be_run_again(tiny_model_dir, monkeypatch, capsys):
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    line = run_cli(["push", str(tiny_model_dir), "user/tiny"], capsys)
+    assert line.startswith(f"hf-instruct push: cannot reach the Hub at {endpoint} (")
+    assert line.endswith(f"); once it is reachable, {RESUMES}")

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..checkpoints import saved_model_problem
+from ..checkpoints import NO_SUCH_FOLDER, missing_folder, saved_model_problem
 from ..tokenization import end_of_turn_token_id
 
 Conversation = list[dict[str, str]]
@@ -17,6 +17,8 @@ Conversation = list[dict[str, str]]
 def load_chat_model(path: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A saved causal LM or LoRA adapter and its tokenizer, in eval mode; a clear error for an incomplete folder or
     one without a chat template."""
+    if missing_folder(path):
+        raise FileNotFoundError(f"{path}: {NO_SUCH_FOLDER}.")
     if Path(path).is_dir() and (problem := saved_model_problem(path)):
         raise ValueError(f"{path}: {problem}.")
     if (Path(path) / "adapter_config.json").is_file():

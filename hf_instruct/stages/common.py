@@ -12,7 +12,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -41,8 +40,11 @@ from trl import TrlParser
 
 from ..allocator import keep_freed_memory
 from ..checkpoints import (
+    NO_SUCH_FOLDER,
+    check_reward_model,
     checkpoint_problem,
     last_complete_checkpoint,
+    missing_folder,
     saved_model_problem,
     shape_mismatch,
     tokenizer_problem,
@@ -50,11 +52,14 @@ from ..checkpoints import (
 from ..hub import push_to_hub
 from ..model_card import RUN_FILE, plot_training_curves, read_history, stage_record, write_model_card, write_run_record
 from ..precision import default_bf16
+from ..staleness import input_fingerprints, lock_folder, recorded_run, run_settings, setting_changes
 
 logger = logging.get_logger(__name__)
 LANGUAGE_MODELLING_STAGES = ("pretrain", "sft")
 TRACKERS = ("tensorboard", "trackio")  # report_to names that are also their module names
 ConfigT = TypeVar("ConfigT", bound=TrainingArguments)
+# how alike a mistyped name and a field must be to suggest it (difflib's 0.6 offered 'ddp_backend' for 'backend')
+HINT_CUTOFF = 0.8
 # settings that make no sense at 0 or below: a run with them would train nothing, or crash inside torch
 POSITIVE_FIELDS = (
     "learning_rate",
@@ -261,6 +266,19 @@ def load_held_out(config: TuningArguments, load: Callable[..., Dataset]) -> tupl
     return split["train"], split["test"]
 
 
+def count_kept(trainer: Trainer, records: Dataset, stage: str, noun: str, why: str) -> None:
+    """Say how many training records (`noun`: "comparisons") the trainer left out, and `why` (TRL drops some for
+    their length without a word); refuse a run that would keep none."""
+    total, kept = len(records), len(trainer.train_dataset)
+    if kept == 0:
+        raise ValueError(f"All {total} training {noun} {why}: raise --max_length.")
+    if kept < total:
+        logger.warning(
+            f"{stage}: {total - kept} of {total} training {noun} {why}, so they are left out ({total} → {kept} "
+            f"{noun}): raise --max_length to keep them."
+        )
+
+
 def check_numbers(config: TrainingArguments) -> None:
     """Refuse settings that would train nothing or crash mid-run, before anything is written."""
     for name in POSITIVE_FIELDS:
@@ -314,7 +332,7 @@ def parse_fields(config_class: type[ConfigT], fields: dict, where: str) -> Confi
 def did_you_mean(name: str, names: Iterable[str], otherwise: str = "") -> str:
     """ "did you mean '<closest>'?" for a mistyped name (config keys, model_config keys, pipeline stages), else
     `otherwise`."""
-    close = difflib.get_close_matches(name, names, n=1)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=HINT_CUTOFF)
     return f"did you mean {close[0]!r}?" if close else otherwise
 
 
@@ -394,6 +412,10 @@ def start_run(config: TrainingArguments, stage: str) -> RunStart:
     output_dir = Path(config.output_dir)
     marker = output_dir / RUN_FILE
     with config.main_process_first(desc="checking the output dir"):
+        if output_dir.exists() and not output_dir.is_dir():
+            raise ValueError(f"--output_dir {output_dir} is a file, not a folder: choose another --output_dir.")
+        if output_dir.is_dir() and config.process_index == 0:
+            lock_folder(output_dir)
         if output_dir.is_dir() and any(output_dir.iterdir()):
             previous = json.loads(marker.read_text()).get("stage") if marker.is_file() else None
             if previous != stage:
@@ -402,16 +424,23 @@ def start_run(config: TrainingArguments, stage: str) -> RunStart:
                     f"--output_dir {output_dir} holds {what}; a {stage} run would mix with it. "
                     "Choose a new --output_dir or delete the old one."
                 )
+            recorded = recorded_run(output_dir).get("settings")
+            changes = setting_changes(recorded, run_settings(config), type(config)) if recorded is not None else []
             if is_finished(config, output_dir):
+                differ = f"; its settings differ from this command's ({', '.join(changes)})" if changes else ""
                 logger.warning(
-                    f"{stage}: {output_dir} holds a finished {stage} run; nothing to do (raise --max_steps or "
-                    "--num_train_epochs to train on, or choose a new --output_dir)."
+                    f"{stage}: {output_dir} holds a finished {stage} run{differ}; nothing to do (raise --max_steps or "
+                    "--num_train_epochs to train on, or choose a new --output_dir to train with other settings)."
                 )
                 return RunStart(finished=True)
+            if changes := [change for change in changes if not change.startswith(("max_steps ", "num_train_epochs "))]:
+                logger.warning(f"{stage}: resuming a run started with other settings ({', '.join(changes)}).")
         check_model_sources(config)
         if not marker.is_file() and config.process_index == 0:
             output_dir.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"stage": stage}) + "\n")
+            started = {"stage": stage, "settings": run_settings(config), "inputs": input_fingerprints(config)}
+            marker.write_text(json.dumps(started, indent=2) + "\n")
+            lock_folder(output_dir)
         resume_from = config.resume_from_checkpoint
         if resume_from and (problem := checkpoint_problem(Path(resume_from))):
             raise ValueError(f"--resume_from_checkpoint {resume_from}: {problem}.")
@@ -427,10 +456,10 @@ def check_model_sources(config: TrainingArguments) -> None:
     neither the field nor the file). Names that are not local folders are left to the Hub."""
     for name in ("model_name_or_path", "tokenizer_name_or_path", "reward_model_path", "value_model_path"):
         path = getattr(config, name, None)
-        if not path or (not os.path.exists(path) and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) and path[0] != "."):
+        if path and missing_folder(path):
+            raise FileNotFoundError(f"--{name} {path}: {NO_SUCH_FOLDER}.")
+        if not path or not os.path.isdir(path):
             continue  # unset, or a Hub id
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"--{name} {path}: no such folder (nor a Hub id such as 'org/name').")
         if name == "tokenizer_name_or_path":
             problem = tokenizer_problem(Path(path))
         else:  # the model's own tokenizer is read unless another is given (PPO reads the reward model's)
@@ -439,6 +468,8 @@ def check_model_sources(config: TrainingArguments) -> None:
             )
         if problem:
             raise ValueError(f"--{name} {path}: {problem}.")
+        if name in ("reward_model_path", "value_model_path"):
+            check_reward_model(path, f"--{name}")
 
 
 def asks_for_more(config: TrainingArguments, state: dict) -> bool:
@@ -510,6 +541,8 @@ def train_and_save(
             },
             metrics={k: metrics[k] for k in CARD_METRICS if k in metrics},
         )
+        # what `hf-instruct pipeline` compares to tell whether the run is still what its config asks for
+        record.update(settings=run_settings(config), inputs=input_fingerprints(config))
         write_run_record(config.output_dir, read_history(config.model_name_or_path) + [record])
         plot_training_curves(trainer.state.log_history, stage, config.output_dir)
         write_model_card(config.output_dir)

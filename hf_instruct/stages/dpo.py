@@ -15,6 +15,7 @@ from trl import DPOConfig, DPOTrainer
 from ..data import load_preference_dataset
 from .common import (
     TuningArguments,
+    count_kept,
     is_adapter,
     leave_finished_run,
     load_held_out,
@@ -55,6 +56,9 @@ def run_dpo(config: DPOStageConfig, callbacks: list[TrainerCallback] | None = No
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+    why = f"have a prompt that fills max_length={config.max_length} tokens, and DPOTrainer drops such pairs"
+    count_kept(trainer, train_pairs, "dpo", "comparisons", why)
 
     # ---- train, evaluate, save, card
     return train_and_save(trainer, config, "dpo", tokenizer, start.resume_from)

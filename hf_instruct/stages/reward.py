@@ -9,13 +9,13 @@ stored in the saved config as `reward_shift`, for the RL stage to subtract.
 from dataclasses import dataclass, field
 
 from transformers import AutoModelForSequenceClassification, TrainerCallback
-from transformers.utils import logging
 from trl import RewardConfig, RewardTrainer
 
 from ..data import load_instruction_dataset, load_preference_dataset
 from ..utils import reward_scores
 from .common import (
     TuningArguments,
+    count_kept,
     leave_finished_run,
     load_held_out,
     load_tokenizer,
@@ -23,8 +23,6 @@ from .common import (
     start_run,
     train_and_save,
 )
-
-logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -47,6 +45,10 @@ def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | Non
     # ---- tokenizer and comparisons, with held-out pairs
     tokenizer = load_tokenizer(config)
     train_pairs, eval_pairs = load_held_out(config, load_preference_dataset)
+    # the demonstrations that centre the rewards, read now: a bad file fails before training, not after it
+    demonstrations = None
+    if config.demonstration_files:
+        demonstrations = load_instruction_dataset(config.demonstration_files)["messages"][: config.max_demonstrations]
 
     # ---- model: the SFT backbone with a new one-output `score` head; a pad token always set
     model = load_trainable(AutoModelForSequenceClassification, config.model_name_or_path, num_labels=1)
@@ -61,32 +63,22 @@ def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | Non
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    kept = len(trainer.train_dataset)
-    if kept == 0:
-        raise ValueError(
-            f"All {len(train_pairs)} training comparisons are longer than max_length={config.max_length} tokens, "
-            "and RewardTrainer drops such pairs: raise --max_length."
-        )
-    if kept < len(train_pairs):
-        logger.warning(
-            f"reward: {len(train_pairs) - kept} of {len(train_pairs)} training comparisons are longer than "
-            f"max_length={config.max_length} tokens and are left out (RewardTrainer filters, it does not truncate)."
-        )
-    trainer.add_callback(RewardShiftCallback(config, tokenizer))
+    why = f"are longer than max_length={config.max_length} tokens, and RewardTrainer drops such pairs"
+    count_kept(trainer, train_pairs, "reward", "comparisons", why)
+    trainer.add_callback(RewardShiftCallback(demonstrations, tokenizer))
     return train_and_save(trainer, config, "reward", tokenizer, start.resume_from)
 
 
 class RewardShiftCallback(TrainerCallback):
-    """At the end of training, score the demonstrations and store minus their mean in `config.reward_shift`."""
+    """At the end of training, score the demonstrations (conversations; None: none) and store minus their mean in
+    `config.reward_shift`."""
 
-    def __init__(self, config: RewardStageConfig, tokenizer):
-        self.files, self.limit, self.tokenizer = config.demonstration_files, config.max_demonstrations, tokenizer
+    def __init__(self, demonstrations: list[list[dict]] | None, tokenizer):
+        self.demonstrations, self.tokenizer = demonstrations, tokenizer
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if not self.files:
-            return
-        demonstrations = load_instruction_dataset(self.files)["messages"][: self.limit]
-        model.config.reward_shift = -mean_reward(model, self.tokenizer, demonstrations)
+        if self.demonstrations:
+            model.config.reward_shift = -mean_reward(model, self.tokenizer, self.demonstrations)
 
 
 def mean_reward(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16) -> float:

@@ -18,6 +18,7 @@ from ..tokenization import end_of_turn_token_id
 from .common import (
     LoraArguments,
     TuningArguments,
+    count_kept,
     leave_finished_run,
     load_held_out,
     load_tokenizer,
@@ -99,6 +100,10 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
             processing_class=tokenizer,
             callbacks=callbacks,
         )
+
+    if config.sft_backend == "trl" and not config.packing:  # packing changes the count: nothing to compare
+        why = f"have a prompt that fills max_length={config.max_length} tokens, and SFTTrainer drops such records"
+        count_kept(trainer, train_examples, "sft", "records", why)
 
     # ---- train, evaluate, save, card
     before = {"eval_loss_before_training": trainer.evaluate()["eval_loss"]} if eval_examples is not None else {}
