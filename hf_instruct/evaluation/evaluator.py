@@ -53,9 +53,11 @@ def evaluate_model(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     limit: int | None = None,
+    prompt_format: str = "chat",
 ) -> dict:
     """Scores of `model_path` on each split: {"model", "splits": {split: {metric: value, "per_family": {...},
-    "answers": [...], "samples": [...]}}}."""
+    "answers": [...], "samples": [...]}}}. `prompt_format="plain"` asks a base model in the question-and-answer text
+    its corpus holds ("Question: ...\nAnswer:") instead of the chat template; the baseline is asked the same way."""
     model, tokenizer = load_chat_model(model_path)
     baseline = load_chat_model(baseline_path) if baseline_path else None
     results = {"model": str(model_path), "splits": {}}
@@ -68,7 +70,12 @@ def evaluate_model(
             raise ValueError(f"The evaluation split {name!r} has no examples.")
         prompts = [messages[:-1] for messages in examples["messages"]]
         references = [messages[-1]["content"] for messages in examples["messages"]]
-        answers = [a[0] for a in generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size)]
+        answers = [
+            a[0]
+            for a in generate_answers(
+                model, tokenizer, prompts, max_new_tokens, batch_size, prompt_format=prompt_format
+            )
+        ]
         scores = {"examples": len(answers)}
         if any(examples["check"]):
             accuracy = metrics["instruction_accuracy"].compute(
@@ -85,7 +92,12 @@ def evaluate_model(
             scores["mean_reward"] = against_references["mean_reward_a"]
             scores["win_rate_vs_reference"] = against_references["win_rate"]
             if baseline:
-                baseline_answers = [a[0] for a in generate_answers(*baseline, prompts, max_new_tokens, batch_size)]
+                baseline_answers = [
+                    a[0]
+                    for a in generate_answers(
+                        *baseline, prompts, max_new_tokens, batch_size, prompt_format=prompt_format
+                    )
+                ]
                 scores["win_rate_vs_baseline"] = win_rate.compute(
                     predictions=answers, references=baseline_answers, prompts=prompts, reward_model=reward_model
                 )["win_rate"]

@@ -17,6 +17,7 @@ wrappers around training asks, and held_out_compositions asks for compositions (
 training conversation combines; SFT trains the other pairs of the same grid.
 """
 
+import dataclasses
 import json
 import os
 import random
@@ -37,15 +38,19 @@ COMPOSITIONS: tuple[str, ...] = tuple(COMPOSITION_TABLE)  # all of them: the tra
 HELD_OUT_COMPOSITIONS: tuple[str, ...] = tuple(name for name, role in COMPOSITION_ROLES.items() if role == "held_out")
 
 
+SUITE_FILE = "suite.json"  # beside an exported suite: the config that builds it
+
+
 @dataclass
 class SuiteConfig:
-    """The suite's sizes; the same config always builds the same suite."""
+    """The suite's sizes; the same config always builds the same suite. The defaults are the default pipeline's
+    (recipes/default/pipeline.yaml, tested), so a command that names no suite uses the one its models read."""
 
-    seed: int = 0
+    seed: int = 42
     num_entities: int = 120  # world size, some of each kind held out
     corpus_mb: float = 2.5  # approximate pretraining corpus size
-    sft_examples: int = 4000
-    comparisons: int = 2000
+    sft_examples: int = 10000
+    comparisons: int = 6000
     held_out_examples: int = 300  # per held-out split
     held_out_fraction: float = 0.2  # of each kind of entity (at least one), only in the pretraining corpus
     # For tuning a recipe: held_out_paraphrases uses the seed's development phrasings instead of its held-out ones
@@ -127,16 +132,34 @@ def training_texts(suite: datasets.DatasetDict) -> list[str]:
     return texts
 
 
-def export_suite(suite: datasets.DatasetDict, directory: str | os.PathLike) -> dict[str, Path]:
-    """One JSONL file per split (`<split>.jsonl`), readable by the package's loaders; returns the paths."""
+def export_suite(
+    suite: datasets.DatasetDict, directory: str | os.PathLike, config: SuiteConfig | None = None
+) -> dict[str, Path]:
+    """One JSONL file per split (`<split>.jsonl`), readable by the package's loaders, and with `config` the
+    `suite.json` that names the suite (so a model trained on these files can be evaluated on the same suite);
+    returns the paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
+    if config is not None:
+        (directory / SUITE_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     for split, rows in suite.items():
         paths[split] = directory / f"{split}.jsonl"
         with paths[split].open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows.to_list())
     return paths
+
+
+def recorded_suite(model_path: str | os.PathLike) -> tuple[SuiteConfig, Path] | None:
+    """The suite a model was trained on, as its run record names it: the `suite.json` beside any data file a stage
+    of its history read (or in the pipeline's data folder beside the model); None when none is found."""
+    from ...model_card import read_history  # here: it imports the training stack
+
+    data = [Path(path) for record in read_history(str(model_path)) for path in record.get("data", [])]
+    for candidate in [path.parent / SUITE_FILE for path in data] + [Path(model_path).parent / "data" / SUITE_FILE]:
+        if candidate.is_file():
+            return SuiteConfig(**json.loads(candidate.read_text())), candidate
+    return None
 
 
 def schedule(rng: random.Random, families: list[Family], count: int) -> list[tuple[Family, int]]:
@@ -194,6 +217,7 @@ __all__ = [
     "build_suite",
     "export_suite",
     "leaked_phrasings",
+    "recorded_suite",
     "plain_dialogue",
     "split_phrasings",
     "training_texts",
