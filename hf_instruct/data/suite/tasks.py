@@ -154,11 +154,15 @@ def commas(items: list) -> str:
 
 
 POSITIONS = ("first", "second", "third", "fourth", "last")  # of a list item: five, so "the first item" scores 0.2
+INITIALS = {letter: [word for word in WORDS if word[0] == letter] for letter in sorted({word[0] for word in WORDS})}
+LENGTHS = {n: [c for c in CATEGORIES if len(c) == n] for n in sorted({len(c) for c in CATEGORIES})}
 
 
 def word_list(rng: random.Random) -> tuple[list[str], str]:
-    """4 to 6 distinct suite words, and which position of the list a question asks for."""
-    return rng.sample(WORDS, rng.randint(4, 6)), rng.choice(POSITIONS)
+    """5 or 6 suite words with different first letters (so no other item's first letter answers for the asked
+    one's; at least five, so the fourth is never the last), and which position of the list a question asks for."""
+    letters = rng.sample(tuple(INITIALS), rng.randint(5, 6))
+    return [rng.choice(INITIALS[letter]) for letter in letters], rng.choice(POSITIONS)
 
 
 def list_at(items: list[str], position: str) -> tuple[str, str]:
@@ -402,7 +406,7 @@ def one_word(rng: random.Random, pool: Pool) -> Task:
 # that no training conversation combines, the way compositional splits such as SCAN's and COGS's do. Development
 # swaps the roles of the "held_out" and "dev" pairs: it trains as many pairs as the real run and never scores the
 # reported ones. Their answer spaces are wide, so that no trivial rule scores much: a list item at one of five
-# positions, eleven categories of 3 to 10 letters (no letter count holds more than two of them).
+# positions (the items' first letters all differ), eleven categories whose names have 8 lengths, drawn length first.
 
 
 def fact_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact], dict]:
@@ -418,8 +422,9 @@ def list_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact], di
 
 
 def category_word(rng: random.Random, pool: Pool) -> tuple[dict, str, list[Fact], dict]:
-    """The category of a thing ("peach" -> "fruit"), never named in the question."""
-    category = rng.choice(tuple(CATEGORIES))
+    """The category of a thing ("peach" -> "fruit"), never named in the question; each length of category name
+    equally likely, so that no constant letter count answers more than one in eight."""
+    category = rng.choice(LENGTHS[rng.choice(tuple(LENGTHS))])
     item = rng.choice(CATEGORIES[category])
     return {"item": item}, category, [], {"word": item}
 
