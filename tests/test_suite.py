@@ -57,6 +57,11 @@ def test_same_seed_same_suite_other_seed_other_suite(suite):
     for split in suite:
         assert again[split].to_list() == suite[split].to_list()
         assert other[split].to_list() != suite[split].to_list()
+    alone = build_suite(SuiteConfig.tiny(), ["held_out_paraphrases"])  # what `hf-instruct evaluate` builds
+    assert list(alone) == ["held_out_paraphrases"]
+    assert alone["held_out_paraphrases"].to_list() == suite["held_out_paraphrases"].to_list()
+    with pytest.raises(ValueError, match=r"unknown splits \['held_out'\]"):
+        build_suite(SuiteConfig.tiny(), ["held_out"])
 
 
 def test_every_family_in_sft_with_at_least_six_templates(suite):

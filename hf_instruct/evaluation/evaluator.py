@@ -41,7 +41,7 @@ def load_scored_examples(source: str | os.PathLike | list, on_bad_record: OnBadR
 
 
 def suite_examples(config: SuiteConfig | None = None) -> dict[str, datasets.Dataset]:
-    suite = build_suite(config)
+    suite = build_suite(config, SUITE_SPLITS)
     return {split: suite[split] for split in SUITE_SPLITS}
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,14 +73,16 @@ class SuiteConfig:
         )
 
 
-def build_suite(config: SuiteConfig | None = None) -> datasets.DatasetDict:
-    """Splits:
+def build_suite(config: SuiteConfig | None = None, splits: Sequence[str] | None = None) -> datasets.DatasetDict:
+    """The suite's splits (with `splits`, only those: each comes from its own seeded generator, so a held-out split
+    alone is the same as in the whole suite, and takes a second where the whole default suite takes ~20):
     "pretrain": {"text"} (one document per row)
     "sft": {"messages", "family", "check", "template"}
     "comparisons": {"prompt", "chosen", "rejected", "family", "broken", "check", "template"} (TRL conversational form)
     "held_out_entities" / "held_out_paraphrases" / "held_out_compositions": {"messages", "family", "check", "template"}
     where messages run up to and including the reference answer (the prompt is messages[:-1]), `check` is the JSON
-    spec `verify` scores an answer with, and `template` ("family/index") names the instruction template.
+    spec `verify` scores an answer with, and `template` ("family/core:frames.wrappers", indices into the family's
+    asks and the phrasing pool) names the instruction template.
     """
     config = config or SuiteConfig()
     world = make_world(config.seed, config.num_entities, config.held_out_fraction)
@@ -101,25 +104,28 @@ def build_suite(config: SuiteConfig | None = None) -> datasets.DatasetDict:
     def rng(split: str) -> random.Random:
         return random.Random(f"{config.seed}/{split}")
 
-    splits = {
-        "pretrain": {"text": write_corpus(world, rng("pretrain"), config.corpus_mb, phrasings)},
-        "sft": example_columns(rng("sft"), families, trained, train, config.sft_examples),
-        "comparisons": comparison_columns(rng("comparisons"), families, trained, train, config.comparisons),
-        "held_out_entities": example_columns(
+    makers = {
+        "pretrain": lambda: {"text": write_corpus(world, rng("pretrain"), config.corpus_mb, phrasings)},
+        "sft": lambda: example_columns(rng("sft"), families, trained, train, config.sft_examples),
+        "comparisons": lambda: comparison_columns(rng("comparisons"), families, trained, train, config.comparisons),
+        "held_out_entities": lambda: example_columns(
             rng("held_out_entities"),
             [FAMILY_TABLE[name] for name in ENTITY_FAMILIES],
             trained,
             world.pool(held_out=True),
             config.held_out_examples,
         ),
-        "held_out_paraphrases": example_columns(
+        "held_out_paraphrases": lambda: example_columns(
             rng("held_out_paraphrases"), plain, paraphrased, train, config.held_out_examples
         ),
-        "held_out_compositions": example_columns(
+        "held_out_compositions": lambda: example_columns(
             rng("held_out_compositions"), held_out_compositions, trained, train, config.held_out_examples
         ),
     }
-    return datasets.DatasetDict({name: datasets.Dataset.from_dict(columns) for name, columns in splits.items()})
+    unknown = set(splits or ()) - set(makers)
+    if unknown:
+        raise ValueError(f"build_suite: unknown splits {sorted(unknown)}; expected some of {list(makers)}.")
+    return datasets.DatasetDict({name: datasets.Dataset.from_dict(makers[name]()) for name in splits or makers})
 
 
 def training_texts(suite: datasets.DatasetDict) -> list[str]:
