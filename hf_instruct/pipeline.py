@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoints import saved_model_problem
-from .data.suite import SuiteConfig, build_suite, export_suite
+from .data.suite import SUITE_FILE, SuiteConfig, build_suite, export_suite
 from .evaluation import evaluate_model, load_metric
 from .evaluation.evaluator import SUITE_SPLITS, few_shot
 from .evaluation.statistics import paired_difference, pairwise_win_rates
@@ -64,8 +64,13 @@ TOKEN_FIELDS = {
     "vocab_size",
 }
 FEW_SHOT = " (3-shot)"  # a base model asked with 3 solved examples of the same family before each question
+# A base model (pretrain, a baseline) is asked in the plain question-and-answer text its corpus holds, not the chat
+# format it never saw, so that "the base cannot follow instructions" is measured, not a format artefact.
+BASE_PROMPT_FORMAT = "plain"
 HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for the alignment-tax perplexity
-COMPARISON_SCHEMA = 2  # comparison.json's layout (docs/evaluation.md); a cached comparison of another is recomputed
+# comparison.json's layout and what it measures (docs/evaluation.md); a cached comparison of another is recomputed.
+# 3: the base rows asked in plain question-and-answer text, the floors' rules reading the checks' fields
+COMPARISON_SCHEMA = 3
 # what every stage of the pipeline does unless its fields say otherwise: frequent small checkpoints, a log every 10
 # steps and the trainers' progress bars, no trackers
 STAGE_DEFAULTS = dict(
@@ -91,6 +96,10 @@ class PipelineConfig:
     push_to_hub: bool = False  # push the final (PPO-ptx) model to the Hub when done
     hub_model_id: str | None = None  # "namespace/name" or "name" (the token's user); default: output_dir's name
     source: str = "the pipeline config"  # the YAML file it came from, for error messages (not a YAML key)
+
+    def suite_config(self) -> SuiteConfig:
+        """The suite every run reads, seeded by the pipeline's seed."""
+        return SuiteConfig(**{"seed": self.seed, **self.suite})
 
     def __post_init__(self):
         """A misspelt run name would be left out without a word; the runs' fields are parsed by `stage_config`."""
@@ -184,6 +193,7 @@ def data_files(data_dir: Path) -> dict[str, Path]:
     """Where `prepare_data` puts the suite: split -> JSONL file."""
     files = {split: data_dir / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons", *SUITE_SPLITS)}
     files["pretrain_held_out"] = data_dir / "pretrain_held_out.jsonl"
+    files["suite"] = data_dir / SUITE_FILE  # names the suite, for `hf-instruct evaluate` and `data export`
     return files
 
 
@@ -191,11 +201,11 @@ def prepare_data(config: PipelineConfig, files: dict[str, Path]) -> None:
     """The suite as the JSONL `files` (once), with the last pretraining documents held out for the perplexity."""
     if all(path.is_file() for path in files.values()):
         return
-    suite = build_suite(SuiteConfig(**{"seed": config.seed, **config.suite}))
+    suite = build_suite(config.suite_config())
     documents = suite["pretrain"]
     kept = len(documents) - HELD_OUT_DOCUMENTS
     suite["pretrain"], held_out = documents.select(range(kept)), documents.select(range(kept, len(documents)))
-    export_suite(suite, files["pretrain"].parent)
+    export_suite(suite, files["pretrain"].parent, config.suite_config())
     held_out.to_json(files["pretrain_held_out"])
 
 
@@ -323,8 +333,9 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     results = {}
     for name in tqdm(compared(config), desc="evaluating", unit="model"):
         model_dir = output_dir / model_of(name)
+        prompt_format = BASE_PROMPT_FORMAT if model_of(name) in (COMPARED[0], *config.baselines) else "chat"
         chosen = few_shot_splits if name.endswith(FEW_SHOT) else splits
-        scores = evaluate_model(model_dir, chosen, demonstrations=solved, **evaluation)
+        scores = evaluate_model(model_dir, chosen, demonstrations=solved, prompt_format=prompt_format, **evaluation)
         if name.endswith(FEW_SHOT):  # the zero-shot row's model: the same perplexity
             text_perplexity = results[model_of(name)]["perplexity"]
         else:
