@@ -451,8 +451,8 @@ def results_section(results: dict) -> list[str]:
         "## Results on held-out data",
         "",
         "Instruction accuracy on the scored rows of each split, with its 95 % Wilson interval; the floor is what "
-        "answers that need no model score (each family's best trivial rule: a constant, the first or last option "
-        "given, ...; docs/evaluation.md).",
+        "answers that need no model score (each family's best trivial rule: a constant, the first or last option or "
+        "list item shown, the word named, ...; docs/evaluation.md).",
         "",
         *markdown_table([*header, "pretraining perplexity"], rows),
     ]
