@@ -5,10 +5,10 @@ hf-instruct sft --config recipes/tiny/sft/config.yaml --model_name_or_path <pret
 hf-instruct <stage> --help     # every field of the stage's config
 hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [--seed n]
                      [--push_to_hub] [--hub_model_id namespace/name]
-hf-instruct evaluate <model> [--suite | --data file ...] [--reward_model rm] [--baseline model]
+hf-instruct evaluate <model> [--suite | --data file ...] [--reward_model rm] [--baseline model] [--prompt_format plain]
 hf-instruct generate <model> --prompt "..." [--num_return_sequences 5]
 hf-instruct serve <model> [--port 8000] [--request_timeout 120]   # an OpenAI-compatible chat server
-hf-instruct data export <dir> [--seed 0] [--size tiny|default]
+hf-instruct data export <dir> [--model <dir>] [--seed n] [--size tiny|default]
 hf-instruct push <model dir> <namespace/name> [--private] [--revision r] [--commit_message m]
                  [--card keep|regenerate] [--license id] [--base_model_repo_id id]
 hf-instruct <command> --help   # every flag of a command
@@ -80,11 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--suite_size",
         choices=("tiny", "default"),
-        default="default",
-        help="With --suite: the suite's size (default: %(default)s).",
+        help="With --suite: the tiny suite, or the default pipeline's sizes (default: the suite the model's run "
+        "record names, else the default pipeline's).",
     )
     evaluate.add_argument(
-        "--seed", type=int, default=0, help="Seed of the suite: use the one the model saw (default: %(default)s)."
+        "--seed", type=int, help="Seed of the suite (default: the one the model's run record names, else 42)."
+    )
+    evaluate.add_argument(
+        "--prompt_format",
+        choices=("chat", "plain"),
+        default="chat",
+        help="chat: the chat template (a tuned model); plain: 'Question: ... Answer:' text, the format a base model's "
+        "corpus holds (default: %(default)s).",
     )
 
     generate = commands.add_parser("generate", help="Answer a prompt with a chat model.")
@@ -109,9 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", metavar="<data command>", required=True)
     export = data_commands.add_parser("export", help="Write every split of the suite as JSONL files.")
     export.add_argument("directory", help="Where the <split>.jsonl files go.")
-    export.add_argument("--seed", type=int, default=0, help="Seed of the suite (default: %(default)s).")
+    export.add_argument("--model", help="Export the suite this model's run record names.")
+    export.add_argument("--seed", type=int, help="Seed of the suite (default: the model's, else 42).")
     export.add_argument(
-        "--size", choices=("tiny", "default"), default="default", help="The suite's size (default: %(default)s)."
+        "--size",
+        choices=("tiny", "default"),
+        help="The tiny suite, or the default pipeline's sizes (default: the model's, else the default pipeline's).",
     )
 
     push = commands.add_parser("push", help="Upload a saved model (weights, code, tokenizer, card) to the Hub.")
@@ -235,8 +245,8 @@ def pipeline_command(args) -> int:
 def evaluate_command(args) -> int:
     from .checkpoints import check_reward_model
     from .data.suite import build_suite
-    from .evaluation import evaluate_model, load_scored_examples, write_results
-    from .evaluation.evaluator import SUITE_SPLITS, results_markdown
+    from .evaluation import evaluate_model, load_scored_examples, suite_examples, write_results
+    from .evaluation.evaluator import results_markdown
 
     if args.reward_model:  # before a model answers anything
         check_reward_model(args.reward_model, "--reward_model")
@@ -244,8 +254,9 @@ def evaluate_command(args) -> int:
     if args.data:
         splits = {Path(path).stem: load_scored_examples(path, args.on_bad_record) for path in args.data}
     else:
-        suite = build_suite(suite_config(args.suite_size, args.seed))
-        splits, demonstrations = {split: suite[split] for split in SUITE_SPLITS}, suite["sft"]
+        # the held-out splits and the demonstrations alone: 2 s for the default suite, where the whole takes ~20
+        config = suite_config(args.suite_size, args.seed, args.model, "evaluate")
+        splits, demonstrations = suite_examples(config), build_suite(config, ["sft"])["sft"]
     results = evaluate_model(
         args.model,
         splits,
@@ -255,6 +266,7 @@ def evaluate_command(args) -> int:
         batch_size=args.batch_size,
         limit=args.limit,
         demonstrations=demonstrations,
+        prompt_format=args.prompt_format,
     )
     json_path, _ = write_results(results, args.output_dir or default_eval_dir(args.model))
     print(results_markdown(results))
@@ -303,16 +315,29 @@ def generate_command(args) -> int:
 def data_command(args) -> int:
     from .data.suite import build_suite, export_suite
 
-    for split, path in export_suite(build_suite(suite_config(args.size, args.seed)), args.directory).items():
+    config = suite_config(args.size, args.seed, args.model, "data export")
+    for split, path in export_suite(build_suite(config), args.directory, config).items():
         print(f"{split}: {path}")
     return 0
 
 
-def suite_config(size: str, seed: int):
-    """The embedded suite's config for `--size tiny|default`."""
-    from .data.suite import SuiteConfig
+def suite_config(size: str | None, seed: int | None, model: str | None, command: str):
+    """The suite a command uses, said on stdout: the one `model`'s run record names (else the default pipeline's,
+    `SuiteConfig()`), resized by `--size tiny|default` and reseeded by `--seed` when given."""
+    import dataclasses
 
-    return SuiteConfig.tiny(seed) if size == "tiny" else SuiteConfig(seed=seed)
+    from .data.suite import SuiteConfig, recorded_suite
+
+    recorded = recorded_suite(model) if model else None
+    config, source = recorded or (SuiteConfig(), "the default pipeline's")
+    if size is not None:
+        config = SuiteConfig.tiny(config.seed) if size == "tiny" else SuiteConfig(seed=config.seed)
+    if seed is not None:
+        config = dataclasses.replace(config, seed=seed)
+    changes = [f"{name} {value}" for name, value in (("size", size), ("seed", seed)) if value is not None]
+    named = f"{source}, named by the run record of {model}" if recorded else source
+    print(f"hf-instruct {command}: {config.describe()} ({named}{', with ' + ', '.join(changes) if changes else ''})")
+    return config
 
 
 def push_command(args) -> int:

@@ -16,6 +16,7 @@ win rate over SFT as the suite's verifier judges it, the reward model's beside i
 again when a model or the evaluation settings changed.
 """
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoints import saved_model_problem
-from .data.suite import SuiteConfig, build_suite, export_suite
+from .data.suite import SUITE_FILE, SuiteConfig, build_suite, export_suite
 from .evaluation import evaluate_model, load_metric
 from .evaluation.evaluator import SUITE_SPLITS, few_shot
 from .evaluation.statistics import paired_difference, pairwise_win_rates
@@ -41,7 +42,7 @@ from .hub import push_to_hub
 from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .stages import STAGES
 from .stages.common import did_you_mean, parse_fields, read_config_file
-from .staleness import INPUT_FIELDS, jsonable, lock_folder, recorded_run, why_stale
+from .staleness import INPUT_FIELDS, lock_folder, recorded_run, why_stale
 from .utils import chat_rewards, markdown_table, table_cell
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
@@ -68,14 +69,18 @@ TOKEN_FIELDS = {
     "vocab_size",
 }
 FEW_SHOT = " (3-shot)"  # a base model asked with 3 solved examples of the same family before each question
+# A base model (pretrain, a baseline) is asked in the plain question-and-answer text its corpus holds, not the chat
+# format it never saw, so that "the base cannot follow instructions" is measured, not a format artefact.
+BASE_PROMPT_FORMAT = "plain"
 HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for the alignment-tax perplexity
-COMPARISON_SCHEMA = 2  # comparison.json's layout (docs/evaluation.md); a cached comparison of another is recomputed
+# comparison.json's layout and what it measures (docs/evaluation.md); a cached comparison of another is recomputed.
+# 3: the base rows asked in plain question-and-answer text, the floors' rules reading the checks' fields
+COMPARISON_SCHEMA = 3
 # what every stage of the pipeline does unless its fields say otherwise: frequent small checkpoints, a log every 10
 # steps and the trainers' progress bars, no trackers
 STAGE_DEFAULTS = dict(
     save_strategy="steps", save_steps=50, save_total_limit=1, report_to="none", disable_tqdm=False, logging_steps=10
 )
-SUITE_RECORD = "suite.json"  # in the data folder: the suite settings its files were built with
 PREVIOUS = "previous"  # where a stale run's folder is moved before it runs again (one generation kept)
 
 
@@ -97,6 +102,10 @@ class PipelineConfig:
     push_to_hub: bool = False  # push the final (PPO-ptx) model to the Hub when done
     hub_model_id: str | None = None  # "namespace/name" or "name" (the token's user); default: output_dir's name
     source: str = "the pipeline config"  # the YAML file it came from, for error messages (not a YAML key)
+
+    def suite_config(self) -> SuiteConfig:
+        """The suite every run reads, seeded by the pipeline's seed."""
+        return SuiteConfig(**{"seed": self.seed, **self.suite})
 
     def __post_init__(self):
         """A misspelt run name would be left out without a word; the runs' fields are parsed by `stage_config`."""
@@ -195,15 +204,17 @@ def data_files(data_dir: Path) -> dict[str, Path]:
     """Where `prepare_data` puts the suite: split -> JSONL file."""
     files = {split: data_dir / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons", *SUITE_SPLITS)}
     files["pretrain_held_out"] = data_dir / "pretrain_held_out.jsonl"
+    files["suite"] = data_dir / SUITE_FILE  # names the suite, for `hf-instruct evaluate` and `data export`
     return files
 
 
 def prepare_data(config: PipelineConfig, files: dict[str, Path]) -> str | None:
-    """The suite as the JSONL `files`, with the last pretraining documents held out for the perplexity: built once,
-    and again when the suite's settings (its seed, its sizes) differ from those it was built with. Returns why it was
-    built again (None: it was not, or built for the first time)."""
-    settings = jsonable({"seed": config.seed, **config.suite})
-    record = files["pretrain"].parent / SUITE_RECORD
+    """The suite as the JSONL `files`, with the last pretraining documents held out for the perplexity, and the
+    `suite.json` that names it: built once, and again when the suite's settings (its seed, its sizes) differ from
+    those it was built with. Returns why it was built again (None: it was not, or built for the first time)."""
+    suite_config = config.suite_config()
+    settings = dataclasses.asdict(suite_config)
+    record = files["pretrain"].parent / SUITE_FILE
     recorded = json.loads(record.read_text()) if record.is_file() else None
     complete = all(path.is_file() for path in files.values())
     if complete and recorded == settings:
@@ -214,13 +225,12 @@ def prepare_data(config: PipelineConfig, files: dict[str, Path]) -> str | None:
     elif complete:
         keys = [key for key in sorted({*recorded, *settings}) if recorded.get(key) != settings.get(key)]
         reason = f"suite settings changed ({', '.join(f'{k} {recorded.get(k)} → {settings.get(k)}' for k in keys)})"
-    suite = build_suite(SuiteConfig(**settings))
+    suite = build_suite(suite_config)
     documents = suite["pretrain"]
     kept = len(documents) - HELD_OUT_DOCUMENTS
     suite["pretrain"], held_out = documents.select(range(kept)), documents.select(range(kept, len(documents)))
-    export_suite(suite, files["pretrain"].parent)
+    export_suite(suite, files["pretrain"].parent, suite_config)
     held_out.to_json(files["pretrain_held_out"])
-    record.write_text(json.dumps(settings, indent=2) + "\n")
     return reason
 
 
@@ -415,8 +425,9 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     results = {}
     for name in tqdm(compared(config), desc="evaluating", unit="model"):
         model_dir = output_dir / model_of(name)
+        prompt_format = BASE_PROMPT_FORMAT if model_of(name) in (COMPARED[0], *config.baselines) else "chat"
         chosen = few_shot_splits if name.endswith(FEW_SHOT) else splits
-        scores = evaluate_model(model_dir, chosen, demonstrations=solved, **evaluation)
+        scores = evaluate_model(model_dir, chosen, demonstrations=solved, prompt_format=prompt_format, **evaluation)
         if name.endswith(FEW_SHOT):  # the zero-shot row's model: the same perplexity
             text_perplexity = results[model_of(name)]["perplexity"]
         else:
@@ -532,8 +543,8 @@ def results_section(results: dict) -> list[str]:
         "## Results on held-out data",
         "",
         "Instruction accuracy on the scored rows of each split, with its 95 % Wilson interval; the floor is what "
-        "answers that need no model score (each family's best trivial rule: a constant, the first or last option "
-        "given, ...; docs/evaluation.md).",
+        "answers that need no model score (each family's best trivial rule: a constant, the first or last option or "
+        "list item shown, the word named, ...; docs/evaluation.md).",
         "",
         *markdown_table([*header, "pretraining perplexity"], rows),
     ]

@@ -249,39 +249,70 @@ def test_floors_are_the_best_trivial_rule_per_family_weighted_by_rows():
             "messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": answer}],
         }
 
-    def example(family, answer, options=()):
+    def example(family, answer, **shown):  # shown: the check's options, items or word
         kind = {"kind": "number", "answer": answer} if isinstance(answer, int) else {"kind": "exact", "answer": answer}
-        return {"family": family, "check": json.dumps(kind), "options": list(options)}
+        return {"family": family, "check": json.dumps({**kind, **shown})}
 
     demonstrations = [
         *(demonstration("choice", answer) for answer in ("Lima", "Oslo", "Lima")),
         *(demonstration("count_letters", answer) for answer in ("5", "5", "6", "4")),
     ]
     examples = [
-        example("choice", "Oslo", ["Rome", "Oslo"]),
-        example("choice", "Oslo", ["Oslo", "Lima"]),
-        example("choice", "Lima", ["Lima", "Rome"]),
-        example("choice", "Bern", ["Bern", "Lima"]),
-        # never trained: its constants are the answers of the trained families ending in count_letters
-        *(example("one_word+count_letters", answer) for answer in (6, 6, 5)),
-        example("list_item+first_letter", "f", ["pear", "apple", "fig"]),
-        example("list_item+first_letter", "k", ["kiwi", "plum"]),
+        example("choice", "Oslo", options=["Rome", "Oslo"]),
+        example("choice", "Oslo", options=["Oslo", "Lima"]),
+        example("choice", "Lima", options=["Lima", "Rome"]),
+        example("choice", "Bern", options=["Bern", "Lima"]),
+        # never trained: its constants are the answers of the trained families ending in count_letters; the word's
+        # letter count is right once (apple), the constant "6" twice
+        *(example("one_word+count_letters", n, word=w) for n, w in ((6, "peach"), (6, "plum"), (5, "apple"))),
+        example("list_item+first_letter", "f", items=["pear", "apple", "fig"]),
+        example("list_item+first_letter", "k", items=["kiwi", "plum"]),
+        # the word's letter count is the task itself: constant "4" scores 1/2
+        *(example("count_letters", len(word), word=word) for word in ("fig", "pear")),
+        # numbers are read as text: the last of the items
+        example("min_max", 9, items=[3, 9]),
     ]
     floors = family_floors(examples, demonstrations)
     assert floors == {
         "choice": {"floor": 0.75, "rule": "first option", "examples": 4},  # constant "Lima" 0.25, "Oslo" 0.5
-        "list_item+first_letter": {"floor": 0.5, "rule": "first option, first letter", "examples": 2},
+        "count_letters": {"floor": 1.0, "rule": "word, letter count", "examples": 2},
+        "list_item+first_letter": {"floor": 0.5, "rule": "first item, first letter", "examples": 2},
+        "min_max": {"floor": 1.0, "rule": "last item", "examples": 1},
         "one_word+count_letters": {"floor": 2 / 3, "rule": 'constant "6"', "examples": 3},
     }
-    assert split_floor(floors) == pytest.approx((4 * 0.75 + 2 * 0.5 + 3 * 2 / 3) / 9)
+    assert split_floor(floors) == pytest.approx((4 * 0.75 + 2 * 1.0 + 2 * 0.5 + 1.0 + 3 * 2 / 3) / 12)
 
 
-def test_the_suite_lists_the_options_a_question_gives(tiny_suite):
-    """The floors' rules read `options`, not the prompt: a rephrased prompt cannot break them."""
-    rows = [row for split in ("held_out_entities", "held_out_compositions") for row in tiny_suite[split]]
-    for row in rows:
-        options, question = row["options"], row["messages"][0]["content"]
-        if row["family"] in ("choice", "list_item+first_letter"):
-            assert len(options) >= 2 and all(option in question for option in options), row
-        else:
-            assert options == [], row
+SHOWN = {  # family -> the fields its check records of what the prompt shows, for the floors' rules
+    "choice": {"options"},
+    "yes_no": {"options"},
+    "compare_numbers": {"options"},
+    "extract": {"options"},
+    "one_word": {"options", "word"},
+    "list_item": {"items"},
+    "count_items": {"items"},
+    "min_max": {"items"},
+    "arithmetic": {"items"},
+    "count_letters": {"word"},
+    "uppercase": {"word"},
+    "first_letter": {"word"},
+    "list_item+": {"items"},  # compositions, by their source
+    "one_word+": {"word"},
+}
+
+
+def test_the_suite_records_in_each_check_what_its_question_shows(tiny_suite):
+    """The floors' rules read the check's `options`, `items` and `word`, not the prompt: a rephrased prompt cannot
+    break them. Each value is in the question (yes_no's options excepted: "yes"/"no" are the answers' words)."""
+    for split in ("sft", "held_out_entities", "held_out_paraphrases", "held_out_compositions"):
+        for row in tiny_suite[split]:
+            check, question = json.loads(row["check"]), row["messages"][0]["content"]
+            family = row["family"].split("+")[0] + "+" if "+" in row["family"] else row["family"]
+            assert {field for field in ("options", "items", "word") if field in check} == SHOWN.get(family, set()), row
+            values = [
+                *check.get("options", []),
+                *check.get("items", []),
+                *([check["word"]] if "word" in check else []),
+            ]
+            if row["family"] != "yes_no":
+                assert all(str(value) in question for value in values), row

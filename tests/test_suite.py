@@ -16,17 +16,14 @@ from hf_instruct.data.suite import (
     SuiteConfig,
     build_suite,
     export_suite,
+    leaked_phrasings,
+    plain_dialogue,
+    split_phrasings,
+    training_texts,
     verify,
 )
-from hf_instruct.data.suite.tasks import (
-    COMPOSITION_TABLE,
-    DEVELOPMENT_FRAMES,
-    FAMILY_TABLE,
-    HELD_OUT_FRAMES,
-    HELD_OUT_PARTS,
-    SOURCES,
-    TRAINING_FRAMES,
-)
+from hf_instruct.data.suite.phrasings import FRAMES, WRAPPERS, contains, grams, words
+from hf_instruct.data.suite.tasks import COMPOSITION_TABLE, FAMILY_TABLE, SOURCES
 from hf_instruct.data.suite.world import CATEGORIES, WORDS, Fact, make_world
 
 MESSAGE_SPLITS = ("sft", "held_out_entities", "held_out_paraphrases", "held_out_compositions")
@@ -50,7 +47,7 @@ def test_splits_sizes_and_columns(suite):
     for split in MESSAGE_SPLITS[1:]:
         assert len(suite[split]) == config.held_out_examples
     for split in MESSAGE_SPLITS:
-        assert suite[split].column_names == ["messages", "family", "check", "template", "options"]
+        assert suite[split].column_names == ["messages", "family", "check", "template"]
         assert all(m[-1]["role"] == "assistant" and m[-2]["role"] == "user" for m in suite[split]["messages"])
     assert set(suite["comparisons"].column_names) >= {"prompt", "chosen", "rejected", "family", "broken", "check"}
 
@@ -60,6 +57,11 @@ def test_same_seed_same_suite_other_seed_other_suite(suite):
     for split in suite:
         assert again[split].to_list() == suite[split].to_list()
         assert other[split].to_list() != suite[split].to_list()
+    alone = build_suite(SuiteConfig.tiny(), ["held_out_paraphrases"])  # what `hf-instruct evaluate` builds
+    assert list(alone) == ["held_out_paraphrases"]
+    assert alone["held_out_paraphrases"].to_list() == suite["held_out_paraphrases"].to_list()
+    with pytest.raises(ValueError, match=r"unknown splits \['held_out'\]"):
+        build_suite(SuiteConfig.tiny(), ["held_out"])
 
 
 def test_every_family_in_sft_with_at_least_six_templates(suite):
@@ -93,54 +95,135 @@ def test_held_out_paraphrases_use_templates_never_trained_on(suite):
     assert not trained_prompts & {m[0]["content"] for m in suite["held_out_paraphrases"]["messages"]}
 
 
-def test_the_training_grammar_cannot_produce_a_held_out_template():
-    for family in FAMILY_TABLE.values():
-        training, held = family.grammar(held_out=False), family.grammar(held_out=True)
-
-        def productions(grammar, family=family):
-            return {
-                family.template(core, prefix, suffix).turns
-                for core in grammar.cores
-                for prefix in grammar.prefixes
-                for suffix in grammar.suffixes
-            }
-
-        trained = productions(training)
-        assert len(trained) >= 300, family.name  # instruction diversity: hundreds of training templates
-        assert productions(held) and not productions(held) & trained, family.name
-        held_cores = {family.cores[core] for core in held.cores}
-        assert not held_cores & {family.cores[core] for core in training.cores}, family.name
-        for turns in trained:  # no held-out core hides inside a training template either
-            assert not any(core[0] in turns[0] for core in held_cores), (family.name, turns)
+def test_the_grammar_gives_enough_phrasings_to_split_and_every_seed_splits_them_strictly():
+    """>= 40 request frames and >= 40 wrappers; per seed, held-out and development phrasings each have a 4-gram no
+    training phrasing holds, and none contains a training phrasing or lies inside one ("Could you give me {ask}?"
+    holds "Give me {ask}.")."""
+    assert len(FRAMES) >= 40 and sum(map(len, WRAPPERS.values())) >= 40
+    held_out_by_seed = []
+    for seed in (0, 1, 42):
+        phrasings = split_phrasings(seed)
+        train, dev, held_out = (set(phrasings.of(role)) for role in ("train", "dev", "held_out"))
+        assert train and dev and held_out and not (train & dev or train & held_out or dev & held_out)
+        assert len(phrasings.roles["train"]["frames"]) >= 40  # instruction diversity: many training frames
+        for phrasing in dev | held_out:
+            assert phrasings.distinctive(phrasing), phrasing
+            assert not any(contains(phrasing, t) or contains(t, phrasing) for t in train), phrasing
+        held_out_by_seed.append(held_out)
+    assert held_out_by_seed[0] != held_out_by_seed[1] != held_out_by_seed[2]  # each seed draws its own
 
 
-def test_a_development_suite_never_uses_the_reported_held_out_templates():
-    development = build_suite(dataclasses.replace(SuiteConfig.tiny(seed=7), development=True))
-    reported = {
-        family.template(core, prefix, suffix).name
-        for family in FAMILY_TABLE.values()
-        for grammar in [family.grammar(held_out=True)]
-        for core in grammar.cores
-        for prefix in grammar.prefixes
-        for suffix in grammar.suffixes
-    }
-    used = {name for split in MESSAGE_SPLITS for name in development[split]["template"]}
-    assert used and not used & reported
-    trained, held_out = set(development["sft"]["template"]), set(development["held_out_paraphrases"]["template"])
-    assert held_out and not held_out & trained
-    asked = " ".join(row[0]["content"] for row in development["held_out_paraphrases"]["messages"])
-    assert all(frame.split("{ask}")[0] in asked for frame in DEVELOPMENT_FRAMES)  # two stand-ins, as reported
+def test_containment_is_word_level():
+    assert contains("Could you give me {ask}?", "Give me {ask}.")
+    assert not contains("Could you give me {ask}?", "Could you tell me {ask}?")
+    assert grams("I'd like you to tell me {ask}.") == {"i'd like you to", "like you to tell", "you to tell me"}
 
 
-def test_the_corpus_knows_every_request_frame_and_wrapper_part_but_never_asks_an_instruction_in_them():
-    """Held-out frames and wrapper parts are language a pretrained model knows ("I'd like to know", "Cheers!"): the
-    corpus's notes use every one of them, around news about an entity, never around one of the families' asks."""
-    corpus = "\n".join(build_suite(dataclasses.replace(SuiteConfig.tiny(), corpus_mb=1.0))["pretrain"]["text"])
-    for frame in (*TRAINING_FRAMES, *HELD_OUT_FRAMES):
-        assert frame.split("{ask}")[0] + "the news about" in corpus, frame
-    for part in (part for parts in HELD_OUT_PARTS.values() for part in parts):
-        assert part in corpus, part
-    assert not any(frame.format(ask="the first letter of") in corpus for frame in HELD_OUT_FRAMES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_training_text_holds_a_held_out_or_development_phrasing(seed):
+    """Every text a stage reads (corpus with its notes and question pages, demonstrations, comparisons; the RL
+    prompts, ptx batches and midtraining mix are made of these) against each held-out phrasing's distinctive
+    4-grams."""
+    suite = build_suite(SuiteConfig.tiny(seed))
+    texts = training_texts(suite)
+    assert len(texts) > 1000
+    assert leaked_phrasings(split_phrasings(seed), texts) == {}
+    assert leaked_phrasings(split_phrasings(seed), texts, role="dev") == {}
+
+
+@pytest.mark.slow
+def test_no_training_text_of_the_default_suite_holds_a_held_out_phrasing():
+    """The same on the default pipeline's suite (recipes/default/pipeline.yaml; ~35 s)."""
+    import yaml
+    from conftest import REPO
+
+    recipe = yaml.safe_load((REPO / "recipes/default/pipeline.yaml").read_text())
+    config = SuiteConfig(seed=recipe["seed"], **recipe["suite"])
+    texts = training_texts(build_suite(config))
+    assert leaked_phrasings(split_phrasings(config.seed), texts) == {}
+
+
+def test_the_leakage_check_reports_a_held_out_phrasing_written_into_the_corpus(suite):
+    """The check is not vacuous: one held-out frame asked in one note of the corpus is found, with its 4-grams."""
+    phrasings = split_phrasings(0)
+    frame = next(f for f in phrasings.roles["held_out"]["frames"] if f.count(" ") >= 4)
+    texts = training_texts(suite)
+    texts[5] += " " + frame.format(ask="the news about the market")
+    leaks = leaked_phrasings(phrasings, texts)
+    assert list(leaks) == [frame] and set(leaks[frame]) == phrasings.distinctive(frame)
+    wrapper = phrasings.roles["held_out"]["greetings"][0]
+    assert list(leaked_phrasings(phrasings, [*training_texts(suite), wrapper.upper()])) == [wrapper]
+
+
+def test_held_out_paraphrases_use_held_out_phrasings_around_training_asks(suite):
+    phrasings = split_phrasings(0)
+    prompts = [m[0]["content"] for m in suite["held_out_paraphrases"]["messages"]]
+    kinds = ("frames", "yes_no")
+    held_out = [p for kind in kinds for p in phrasings.roles["held_out"][kind]]
+    for prompt in prompts:  # every prompt asks in a held-out frame
+        assert any(any(f" {g} " in f" {' '.join(words(prompt))} " for g in grams(p)) for p in held_out), prompt
+
+
+def test_a_development_suite_never_uses_the_reported_held_out_phrasings():
+    """Development scores its own phrasings: no text of a development suite holds a reported held-out phrasing's
+    own 4-grams (it may share one with a development phrasing: "I want you to work out" / "I'd like you to work
+    out"), and its training texts hold no development phrasing."""
+    config = dataclasses.replace(SuiteConfig.tiny(seed=7), development=True)
+    development, phrasings = build_suite(config), split_phrasings(7)
+    texts = [m["content"] for split in MESSAGE_SPLITS for messages in development[split]["messages"] for m in messages]
+    shared = {gram for phrasing in phrasings.of("dev") for gram in grams(phrasing)}
+    leaks = leaked_phrasings(phrasings, texts + training_texts(development))
+    assert all(set(found) <= shared for found in leaks.values()), leaks
+    assert leaked_phrasings(phrasings, training_texts(development), role="dev") == {}
+    asked = [m[0]["content"] for m in development["held_out_paraphrases"]["messages"]]
+    assert set(leaked_phrasings(phrasings, asked, role="dev")) >= set(phrasings.roles["dev"]["frames"])
+    # the same training data as the reported suite: only the held-out splits differ
+    reported = build_suite(SuiteConfig.tiny(seed=7))
+    assert reported["pretrain"]["text"] == development["pretrain"]["text"]
+
+
+def test_the_corpus_knows_the_training_phrasings_and_asks_questions_in_plain_text():
+    """Training frames and wrappers are language a pretrained model knows: the corpus's notes use them (never a
+    held-out one), and its question pages hold questions about training entities in the plain format a base model
+    is asked in."""
+    config = dataclasses.replace(SuiteConfig.tiny(), corpus_mb=1.0)
+    suite, phrasings = build_suite(config), split_phrasings(config.seed)
+    corpus = "\n".join(suite["pretrain"]["text"])
+    notes = [frame.format(ask="the news about") for frame in phrasings.roles["train"]["frames"]]
+    assert sum(note.split("the news about")[0] in corpus for note in notes) >= 0.8 * len(notes)
+    pages = [d for d in suite["pretrain"]["text"] if d.startswith("Questions and answers")]
+    assert len(pages) > 20 and all("\nQuestion: " in page and "\nAnswer: " in page for page in pages)
+    world = make_world(config.seed, config.num_entities, config.held_out_fraction)
+    assert not any(re.search(rf"\b{re.escape(name)}\b", "\n".join(pages)) for name in world.held_out)
+
+
+def test_plain_dialogue_writes_questions_and_answers():
+    messages = [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3 + 3?"},
+    ]
+    assert plain_dialogue(messages) == "Question: What is 2 + 2?\nAnswer: 4\n\nQuestion: And 3 + 3?\nAnswer:"
+    assert plain_dialogue(messages[:2]) == "Question: What is 2 + 2?\nAnswer: 4"
+
+
+def test_compositions_leave_trivial_rules_little():
+    """A constant letter count scored 0.36-0.50 on one_word+count_letters with five categories; the first letter
+    of the first listed item half of list_item+first_letter with two positions. Wider answer spaces: eleven
+    categories drawn by name length (8 lengths), five positions in lists whose first letters differ."""
+    suite = build_suite(dataclasses.replace(SuiteConfig.tiny(), held_out_examples=1500))
+    rows = defaultdict(list)
+    split = suite["held_out_compositions"]
+    for family, check in zip(split["family"], split["check"], strict=True):
+        rows[family].append(json.loads(check))
+    counts = [check["answer"] for check in rows["one_word+count_letters"]]
+    assert max(counts.count(n) for n in set(counts)) / len(counts) < 0.16
+    for position in (0, -1):  # the first letter of the first (last) listed item: right only at that position
+        scored = [verify(check, check["items"][position][0]) for check in rows["list_item+first_letter"]]
+        assert sum(scored) / len(scored) < 0.25
+    assert all(
+        len({item[0] for item in check["items"]}) == len(check["items"]) for check in rows["list_item+first_letter"]
+    )
 
 
 def test_held_out_compositions_combine_families_as_sft_never_does(suite):

@@ -42,22 +42,20 @@ METRICS = (
 
 def load_scored_examples(source: str | os.PathLike | list, on_bad_record: OnBadRecord = "error") -> datasets.Dataset:
     """Instruction records with a reference answer (any shape `hf_instruct.data` knows), keeping the suite's
-    `family`, `check` and `options` fields when present; bad records stop the run or, with "skip", are counted and
-    skipped."""
+    `family` and `check` fields when present; bad records stop the run or, with "skip", are counted and skipped."""
 
     def scored(record: dict) -> dict:
         return {
             "messages": to_messages(record),
             "family": record.get("family", "all"),
             "check": record.get("check", ""),
-            "options": [str(option) for option in record.get("options") or []],
         }
 
     return normalize_records(source, scored, on_bad_record, desc="Reading evaluation examples")
 
 
 def suite_examples(config: SuiteConfig | None = None) -> dict[str, datasets.Dataset]:
-    suite = build_suite(config)
+    suite = build_suite(config, SUITE_SPLITS)
     return {split: suite[split] for split in SUITE_SPLITS}
 
 
@@ -70,11 +68,14 @@ def evaluate_model(
     batch_size: int = 16,
     limit: int | None = None,
     demonstrations: datasets.Dataset | None = None,
+    prompt_format: str = "chat",
 ) -> dict:
     """Scores of `model_path` on each split (every row, or the first `limit`): {"model", "splits": {split: {metric:
     value, "per_family": {...}, "answers": [...], "samples": [...]}}}. Where the examples carry the suite's checks,
     also "interval" (the accuracy's 95 % Wilson interval), "correct" (each row's verdict), "family_examples" (rows
-    per family) and, given the training `demonstrations`, "floor" and "floor_per_family" (`floors.py`)."""
+    per family) and, given the training `demonstrations`, "floor" and "floor_per_family" (`floors.py`).
+    `prompt_format="plain"` asks a base model in the question-and-answer text its corpus holds ("Question:
+    ...\nAnswer:") instead of the chat template; the baseline is asked the same way."""
     model, tokenizer = load_chat_model(model_path)
     baseline = load_chat_model(baseline_path) if baseline_path else None
     results = {"model": str(model_path), "splits": {}}
@@ -87,7 +88,12 @@ def evaluate_model(
             raise ValueError(f"The evaluation split {name!r} has no examples.")
         prompts = [messages[:-1] for messages in examples["messages"]]
         references = [messages[-1]["content"] for messages in examples["messages"]]
-        answers = [a[0] for a in generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size)]
+        answers = [
+            a[0]
+            for a in generate_answers(
+                model, tokenizer, prompts, max_new_tokens, batch_size, prompt_format=prompt_format
+            )
+        ]
         scores = {"examples": len(answers)}
         if any(examples["check"]):
             accuracy = metrics["instruction_accuracy"].compute(
@@ -112,7 +118,12 @@ def evaluate_model(
             scores["mean_reward"] = against_references["mean_reward_a"]
             scores["win_rate_vs_reference"] = against_references["win_rate"]
             if baseline:
-                baseline_answers = [a[0] for a in generate_answers(*baseline, prompts, max_new_tokens, batch_size)]
+                baseline_answers = [
+                    a[0]
+                    for a in generate_answers(
+                        *baseline, prompts, max_new_tokens, batch_size, prompt_format=prompt_format
+                    )
+                ]
                 scores["win_rate_vs_baseline"] = win_rate.compute(
                     predictions=answers, references=baseline_answers, prompts=prompts, reward_model=reward_model
                 )["win_rate"]

@@ -2,27 +2,30 @@
 against what guessing already gets (a yes/no question is half right by "Yes", a choice between two options half
 right by the first one).
 
-Each rule answers from the example's structured fields, never from parsing its prompt, so a rephrased prompt
-cannot break it: a constant (one of the family's three most common reference answers in the training demonstrations,
-"Yes", "No"), or the first or last of the options or list items the question gives (the suite's `options` field), as it
-is, in capitals, its first letter or its letter count (the operations the suite's compositions ask for). The best
-rule of a family on the scored rows is its floor (chosen on those rows: a generous floor); a split's floor is the
-row-weighted mean of its families' floors.
+Each rule answers from the structured fields of the example's `check` (what its prompt shows, recorded by the suite:
+`options`, `items`, `word`), never from parsing its prompt, so a rephrased prompt cannot break it: a constant (one of
+the family's three most common reference answers in the training demonstrations, "Yes", "No"); the first or last of
+the `options` or `items`, as it is, in capitals, its first letter or its letter count (the operations the suite's
+compositions ask for); the `word` echoed, or its letter count. The best rule of a family on the scored rows is its
+floor (chosen on those rows: a generous floor); a split's floor is the row-weighted mean of its families' floors.
 """
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 
 from ..data.suite import verify
 
 COMMON = 3  # how many of a family's most common training answers serve as constants
-# what a rule does to an option it picks
+# what a rule does to a value it picks
 TRANSFORMS: dict[str, Callable[[str], str]] = {
     "": str,
     " in capitals": str.upper,
-    ", first letter": lambda option: option[:1],
-    ", letter count": lambda option: str(len(option)),
+    ", first letter": lambda value: value[:1],
+    ", letter count": lambda value: str(len(value)),
 }
+LISTS = {"options": "option", "items": "item"}  # a check's list fields -> the name a rule gives one of their values
+WORD_TRANSFORMS = ("", ", letter count")  # what a rule does to the check's `word`
 
 
 def common_answers(demonstrations: Iterable[dict]) -> dict[str, list[str]]:
@@ -42,28 +45,34 @@ def operation(family: str) -> str:
     return family.rsplit("+", 1)[-1]
 
 
-def rule_answers(row: dict, common: dict[str, list[str]]) -> dict[str, str]:
-    """Rule name -> the answer that rule gives to `row` (a record with `family`, optionally `options`): 'constant
-    "6"', "first option", "last option, first letter", ..."""
-    constants = [*common.get(row["family"], common.get("+" + operation(row["family"]), [])), "Yes", "No"]
+def rule_answers(family: str, check: dict, common: dict[str, list[str]]) -> dict[str, str]:
+    """Rule name -> the answer that rule gives to an example of `family` with the parsed `check` (its `options`,
+    `items` and `word`, where the prompt shows them): 'constant "6"', "first option", "last item, first letter",
+    "word, letter count", ..."""
+    constants = [*common.get(family, common.get("+" + operation(family), [])), "Yes", "No"]
     answers = {f'constant "{constant}"': constant for constant in constants}
-    options = row.get("options") or []
-    for position, option in (("first", options[0]), ("last", options[-1])) if options else ():
-        for suffix, transform in TRANSFORMS.items():
-            answers[f"{position} option{suffix}"] = transform(str(option))
+    for field, noun in LISTS.items():
+        values = check.get(field) or []
+        for position, value in (("first", values[0]), ("last", values[-1])) if values else ():
+            for suffix, transform in TRANSFORMS.items():
+                answers[f"{position} {noun}{suffix}"] = transform(str(value))
+    if "word" in check:
+        for suffix in WORD_TRANSFORMS:
+            answers[f"word{suffix}"] = TRANSFORMS[suffix](check["word"])
     return answers
 
 
 def family_floors(examples: Iterable[dict], demonstrations: Iterable[dict]) -> dict[str, dict]:
     """Family -> {"floor": the best rule's accuracy, "rule": its name, "examples": rows} on the scored `examples`
-    (records with `family`, `check` and optionally `options`); a rule that has no answer for a row counts it wrong."""
+    (records with `family` and `check`); a rule that has no answer for a row counts it wrong."""
     common = common_answers(demonstrations)
     wins: dict[str, Counter] = defaultdict(Counter)
     rows: Counter = Counter()
     for row in examples:
         rows[row["family"]] += 1
-        for rule, answer in rule_answers(row, common).items():
-            wins[row["family"]][rule] += verify(row["check"], answer)
+        check = json.loads(row["check"])
+        for rule, answer in rule_answers(row["family"], check, common).items():
+            wins[row["family"]][rule] += verify(check, answer)
     floors = {}
     for family in sorted(rows):
         rule, right = max(wins[family].items(), key=lambda item: item[1])  # the first of equals: the order above

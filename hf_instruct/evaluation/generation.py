@@ -1,5 +1,6 @@
 """Answering chat prompts in batches, the way a chat model is served: the chat template with the generation prompt,
-left padding, the KV cache, and a stop at the end of the assistant turn."""
+left padding, the KV cache, and a stop at the end of the assistant turn. A base model is asked in plain text instead
+("Question: ...\nAnswer:", the format its pretraining corpus holds), its answer cut at the end of the paragraph."""
 
 import os
 from pathlib import Path
@@ -9,6 +10,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..checkpoints import NO_SUCH_FOLDER, missing_folder, saved_model_problem
+from ..data.suite import plain_dialogue
+from ..data.suite.corpus import QUESTION
 from ..tokenization import end_of_turn_token_id
 
 Conversation = list[dict[str, str]]
@@ -56,14 +59,20 @@ def generate_answers(
     do_sample: bool = False,
     temperature: float = 1.0,
     show_progress: bool = True,
+    prompt_format: str = "chat",
 ) -> list[list[str]]:
-    """The assistant's next turn for each conversation (`num_return_sequences` answers each), greedy by default."""
+    """The assistant's next turn for each conversation (`num_return_sequences` answers each), greedy by default;
+    `prompt_format="plain"` asks in question-and-answer text (see `plain_dialogue`) instead of the chat template."""
+    if prompt_format not in ("chat", "plain"):
+        raise ValueError(f"prompt_format must be 'chat' or 'plain', got {prompt_format!r}.")
     stops = stop_token_ids(model, tokenizer)
     answers = []
     batches = range(0, len(conversations), batch_size)
     for start in tqdm(batches, desc="Generating", unit="batch", disable=not show_progress):
         prompts = [
-            tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            plain_dialogue(conversation)
+            if prompt_format == "plain"
+            else tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
             for conversation in conversations[start : start + batch_size]
         ]
         inputs = tokenizer(prompts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
@@ -79,6 +88,8 @@ def generate_answers(
             pad_token_id=tokenizer.pad_token_id,
         )
         texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        if prompt_format == "plain":  # the answer's paragraph: a base model goes on with the next question
+            texts = [text.split("\n\n")[0].split(f"\n{QUESTION}")[0] for text in texts]
         texts = [text.strip() for text in texts]
         answers.extend(texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
     return answers

@@ -12,22 +12,25 @@ produce.
     verify(row["check"], model_answer(row["messages"][:-1]))
 
 The held-out splits are out of distribution and disjoint from SFT data and comparisons: held_out_entities asks
-about entities that only the corpus mentions, held_out_paraphrases uses instruction frames, cores and wrappers kept
-out of training, and held_out_compositions asks for compositions (source+operation pairs) that no training
-conversation combines; SFT trains the other pairs of the same grid.
+about entities that only the corpus mentions, held_out_paraphrases uses the seed's held-out request frames and
+wrappers around training asks, and held_out_compositions asks for compositions (source+operation pairs) that no
+training conversation combines; SFT trains the other pairs of the same grid.
 """
 
+import dataclasses
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
 from .comparisons import reject
-from .corpus import write_corpus
-from .tasks import COMPOSITION_ROLES, COMPOSITION_TABLE, ENTITY_FAMILIES, FAMILY_TABLE, Family, Grammar
+from .corpus import plain_dialogue, write_corpus
+from .phrasings import Phrasings, leaked_phrasings, split_phrasings
+from .tasks import COMPOSITION_ROLES, COMPOSITION_TABLE, ENTITY_FAMILIES, FAMILY_TABLE, Family
 from .verifiers import verify
 from .world import Pool, make_world
 
@@ -36,19 +39,24 @@ COMPOSITIONS: tuple[str, ...] = tuple(COMPOSITION_TABLE)  # all of them: the tra
 HELD_OUT_COMPOSITIONS: tuple[str, ...] = tuple(name for name, role in COMPOSITION_ROLES.items() if role == "held_out")
 
 
+SUITE_FILE = "suite.json"  # beside an exported suite: the config that builds it
+
+
 @dataclass
 class SuiteConfig:
-    """The suite's sizes; the same config always builds the same suite."""
+    """The suite's sizes; the same config always builds the same suite. The defaults are the default pipeline's
+    (recipes/default/pipeline.yaml, tested), so a command that names no suite uses the one its models read."""
 
-    seed: int = 0
+    seed: int = 42
     num_entities: int = 120  # world size, some of each kind held out
     corpus_mb: float = 2.5  # approximate pretraining corpus size
-    sft_examples: int = 4000
-    comparisons: int = 2000
+    sft_examples: int = 10000
+    comparisons: int = 6000
     held_out_examples: int = 300  # per held-out split
     held_out_fraction: float = 0.2  # of each kind of entity (at least one), only in the pretraining corpus
-    # For tuning a recipe: the reported held-out instruction cores and wrappers are left out, and the last training
-    # ones stand in for them in held_out_paraphrases (so development never sees the reported templates).
+    # For tuning a recipe: held_out_paraphrases uses the seed's development phrasings instead of its held-out ones
+    # (no split uses the held-out ones then; no training text holds either), and the held-out compositions are
+    # trained while stand-in pairs are held out.
     development: bool = False
 
     @classmethod
@@ -56,21 +64,29 @@ class SuiteConfig:
         """For tests and CI: a 0.2 MB corpus and a few hundred examples, built in well under a second."""
         return cls(seed=seed, num_entities=30, corpus_mb=0.2, sft_examples=300, comparisons=150, held_out_examples=60)
 
+    def describe(self) -> str:
+        """One line naming every setting, for a command to print which suite it uses."""
+        return (
+            f"suite seed {self.seed}{' (development)' if self.development else ''}: {self.num_entities} entities, "
+            f"{self.corpus_mb} MB corpus, {self.sft_examples} demonstrations, {self.comparisons} comparisons, "
+            f"{self.held_out_examples} examples per held-out split"
+        )
 
-def build_suite(config: SuiteConfig | None = None) -> datasets.DatasetDict:
-    """Splits:
+
+def build_suite(config: SuiteConfig | None = None, splits: Sequence[str] | None = None) -> datasets.DatasetDict:
+    """The suite's splits (with `splits`, only those: each comes from its own seeded generator, so a held-out split
+    alone is the same as in the whole suite, and takes a second where the whole default suite takes ~20):
     "pretrain": {"text"} (one document per row)
-    "sft": {"messages", "family", "check", "template", "options"}
+    "sft": {"messages", "family", "check", "template"}
     "comparisons": {"prompt", "chosen", "rejected", "family", "broken", "check", "template"} (TRL conversational form)
-    "held_out_entities" / "held_out_paraphrases" / "held_out_compositions":
-        {"messages", "family", "check", "template", "options"}
+    "held_out_entities" / "held_out_paraphrases" / "held_out_compositions": {"messages", "family", "check", "template"}
     where messages run up to and including the reference answer (the prompt is messages[:-1]), `check` is the JSON
-    spec `verify` scores an answer with, `template` ("family/index") names the instruction template and `options`
-    lists the options or list items the question gives, in order ([] when it gives none), for the trivial-rule floors
-    of `hf_instruct.evaluation.floors`.
+    spec `verify` scores an answer with, and `template` ("family/core:frames.wrappers", indices into the family's
+    asks and the phrasing pool) names the instruction template.
     """
     config = config or SuiteConfig()
     world = make_world(config.seed, config.num_entities, config.held_out_fraction)
+    phrasings = split_phrasings(config.seed)
     train = world.pool()
     # development swaps the roles of the reported and the stand-in pairs, so it trains as many pairs as the real run
     trained_roles, held_out_role = (
@@ -82,44 +98,57 @@ def build_suite(config: SuiteConfig | None = None) -> datasets.DatasetDict:
     plain = list(FAMILY_TABLE.values())
     families = plain + [c for role in trained_roles for c in compositions[role]]
     held_out_compositions = compositions[held_out_role]
+    paraphrased = (phrasings, "dev" if config.development else "held_out")
+    trained = (phrasings, "train")
 
     def rng(split: str) -> random.Random:
         return random.Random(f"{config.seed}/{split}")
 
-    def grammars(chosen: list[Family], held_out: bool) -> dict[str, Grammar]:
-        return {family.name: family.grammar(held_out, config.development) for family in chosen}
-
-    training = grammars(families, held_out=False)
-    splits = {
-        "pretrain": {"text": write_corpus(world, rng("pretrain"), config.corpus_mb)},
-        "sft": example_columns(rng("sft"), families, training, train, config.sft_examples),
-        "comparisons": comparison_columns(rng("comparisons"), families, training, train, config.comparisons),
-        "held_out_entities": example_columns(
+    makers = {
+        "pretrain": lambda: {"text": write_corpus(world, rng("pretrain"), config.corpus_mb, phrasings)},
+        "sft": lambda: example_columns(rng("sft"), families, trained, train, config.sft_examples),
+        "comparisons": lambda: comparison_columns(rng("comparisons"), families, trained, train, config.comparisons),
+        "held_out_entities": lambda: example_columns(
             rng("held_out_entities"),
             [FAMILY_TABLE[name] for name in ENTITY_FAMILIES],
-            training,
+            trained,
             world.pool(held_out=True),
             config.held_out_examples,
         ),
-        "held_out_paraphrases": example_columns(
-            rng("held_out_paraphrases"), plain, grammars(plain, True), train, config.held_out_examples
+        "held_out_paraphrases": lambda: example_columns(
+            rng("held_out_paraphrases"), plain, paraphrased, train, config.held_out_examples
         ),
-        "held_out_compositions": example_columns(
-            rng("held_out_compositions"),
-            held_out_compositions,
-            grammars(held_out_compositions, False),
-            train,
-            config.held_out_examples,
+        "held_out_compositions": lambda: example_columns(
+            rng("held_out_compositions"), held_out_compositions, trained, train, config.held_out_examples
         ),
     }
-    return datasets.DatasetDict({name: datasets.Dataset.from_dict(columns) for name, columns in splits.items()})
+    unknown = set(splits or ()) - set(makers)
+    if unknown:
+        raise ValueError(f"build_suite: unknown splits {sorted(unknown)}; expected some of {list(makers)}.")
+    return datasets.DatasetDict({name: datasets.Dataset.from_dict(makers[name]()) for name in splits or makers})
 
 
-def export_suite(suite: datasets.DatasetDict, directory: str | os.PathLike) -> dict[str, Path]:
-    """One JSONL file per split (`<split>.jsonl`), readable by the package's loaders; returns the paths."""
+def training_texts(suite: datasets.DatasetDict) -> list[str]:
+    """Every text a training stage reads from the suite: the corpus (pretraining, midtraining, ptx batches, the
+    tokenizer), the demonstrations (SFT, midtraining, RL prompts) and the comparisons (reward model, DPO)."""
+    texts = list(suite["pretrain"]["text"])
+    texts += [m["content"] for messages in suite["sft"]["messages"] for m in messages]
+    for column in ("prompt", "chosen", "rejected"):
+        texts += [m["content"] for messages in suite["comparisons"][column] for m in messages]
+    return texts
+
+
+def export_suite(
+    suite: datasets.DatasetDict, directory: str | os.PathLike, config: SuiteConfig | None = None
+) -> dict[str, Path]:
+    """One JSONL file per split (`<split>.jsonl`), readable by the package's loaders, and with `config` the
+    `suite.json` that names the suite (so a model trained on these files can be evaluated on the same suite);
+    returns the paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
+    if config is not None:
+        (directory / SUITE_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     for split, rows in suite.items():
         paths[split] = directory / f"{split}.jsonl"
         with paths[split].open("w", encoding="utf-8") as f:
@@ -127,42 +156,51 @@ def export_suite(suite: datasets.DatasetDict, directory: str | os.PathLike) -> d
     return paths
 
 
-def schedule(
-    rng: random.Random, families: list[Family], grammars: dict[str, Grammar], count: int
-) -> list[tuple[Family, int]]:
+def recorded_suite(model_path: str | os.PathLike) -> tuple[SuiteConfig, Path] | None:
+    """The suite a model was trained on, as its run record names it: the `suite.json` beside any data file a stage
+    of its history read (or in the pipeline's data folder beside the model); None when none is found."""
+    from ...model_card import read_history  # here: it imports the training stack
+
+    data = [Path(path) for record in read_history(str(model_path)) for path in record.get("data", [])]
+    for candidate in [path.parent / SUITE_FILE for path in data] + [Path(model_path).parent / "data" / SUITE_FILE]:
+        if candidate.is_file():
+            return SuiteConfig(**json.loads(candidate.read_text())), candidate
+    return None
+
+
+def schedule(rng: random.Random, families: list[Family], count: int) -> list[tuple[Family, int]]:
     """(family, core) for each example: round-robin, so every family and core gets its share; shuffled."""
     plan = []
     for index in range(count):
         family = families[index % len(families)]
-        cores = grammars[family.name].cores
-        plan.append((family, cores[index // len(families) % len(cores)]))
+        plan.append((family, index // len(families) % len(family.cores)))
     rng.shuffle(plan)
     return plan
 
 
 def example_columns(
-    rng: random.Random, families: list[Family], grammars: dict[str, Grammar], pool: Pool, count: int
+    rng: random.Random, families: list[Family], phrasing: tuple[Phrasings, str], pool: Pool, count: int
 ) -> dict:
-    """The columns of a split of `count` conversations (SFT or held-out), each up to its reference answer."""
-    columns = {"messages": [], "family": [], "check": [], "template": [], "options": []}
-    for family, core in schedule(rng, families, grammars, count):
-        template = family.draw(rng, grammars[family.name], core)
+    """The columns of a split of `count` conversations (SFT or held-out), each up to its reference answer, worded in
+    the phrasings of one role (`phrasing`: the seed's split and the role)."""
+    columns = {"messages": [], "family": [], "check": [], "template": []}
+    for family, core in schedule(rng, families, count):
+        template = family.draw(rng, *phrasing, core)
         task = family.make(rng, pool)
         columns["messages"].append(family.render(template, task))
         columns["family"].append(family.name)
         columns["check"].append(json.dumps(task.check))
         columns["template"].append(template.name)
-        columns["options"].append(list(task.options))
     return columns
 
 
 def comparison_columns(
-    rng: random.Random, families: list[Family], grammars: dict[str, Grammar], pool: Pool, count: int
+    rng: random.Random, families: list[Family], phrasing: tuple[Phrasings, str], pool: Pool, count: int
 ) -> dict:
     """The columns of `count` comparisons: the reference answer chosen, a broken one (see `reject`) rejected."""
     columns = {key: [] for key in ("prompt", "chosen", "rejected", "family", "broken", "check", "template")}
-    for family, core in schedule(rng, families, grammars, count):
-        template = family.draw(rng, grammars[family.name], core)
+    for family, core in schedule(rng, families, count):
+        template = family.draw(rng, *phrasing, core)
         task = family.make(rng, pool)
         messages = family.render(template, task)
         other = rng.choice([other for other in families if other is not family])
@@ -177,4 +215,17 @@ def comparison_columns(
     return columns
 
 
-__all__ = ["COMPOSITIONS", "FAMILIES", "HELD_OUT_COMPOSITIONS", "SuiteConfig", "build_suite", "export_suite", "verify"]
+__all__ = [
+    "COMPOSITIONS",
+    "FAMILIES",
+    "HELD_OUT_COMPOSITIONS",
+    "SuiteConfig",
+    "build_suite",
+    "export_suite",
+    "leaked_phrasings",
+    "recorded_suite",
+    "plain_dialogue",
+    "split_phrasings",
+    "training_texts",
+    "verify",
+]

@@ -1,21 +1,23 @@
 """The pretraining corpus: natural-language documents that state every fact of the world many times.
 
-Encyclopedic entries, short stories, registers, arithmetic drills and spelling notes, in several phrasings each, so
-a tiny model can learn the facts (and the skills the tasks lean on) before it ever sees an instruction. Three
-entries per entity come first, each fact in a different phrasing, so every fact is stated at least three ways
-however small the corpus is; random documents then fill it to the requested size.
+Encyclopedic entries, short stories, registers, arithmetic drills, spelling notes, notes between people and
+question-and-answer pages, in several phrasings each, so a tiny model can learn the facts (and the skills the tasks
+lean on) before it ever sees an instruction. Three entries per entity come first, each fact in a different
+phrasing, so every fact is stated at least three ways however small the corpus is; random documents then fill it to
+the requested size. Only the seed's training phrasings appear in it (never a held-out or development one), and its
+questions ask only about entities SFT may name: the base model is then asked few-shot in the question-and-answer
+format it read ("Question: ... Answer: ..."), so what it cannot do is measured, not a format it never saw.
 """
 
+import functools
 import random
 
-from .tasks import CONTEXTS, GREETINGS, HELD_OUT_FRAMES, HELD_OUT_PARTS, REQUESTS, THANKS, TRAINING_FRAMES
+from .phrasings import Phrasings
+from .tasks import FAMILY_TABLE, WRAPPER_KINDS
 from .world import ATTRIBUTES, KINDS, OPERATIONS, WORDS, Entity, World, arithmetic_problem, article
 
-NOTE_GREETINGS = (*GREETINGS, *HELD_OUT_PARTS["greetings"])
-NOTE_CONTEXTS = (*CONTEXTS, *HELD_OUT_PARTS["contexts"])
-NOTE_REQUESTS = (*REQUESTS, *HELD_OUT_PARTS["requests"])
-NOTE_THANKS = (*THANKS, *HELD_OUT_PARTS["thanks"])
-NOTE_FRAMES = (*TRAINING_FRAMES, *HELD_OUT_FRAMES)
+QUESTION, ANSWER = "Question:", "Answer:"  # the plain question-and-answer format of the corpus and of a base's prompts
+ASKED = tuple(name for name in FAMILY_TABLE if name != "multi_turn")  # one-turn families a question page asks
 KIND_NOUNS = {"town": "a town", "person": "a person", "animal": "an animal", "company": "a company"}
 STORIES = {
     "person": (
@@ -49,11 +51,13 @@ STORIES = {
 }
 
 
-def write_corpus(world: World, rng: random.Random, megabytes: float) -> list[str]:
-    """Documents (one string each) totalling about `megabytes` MB, never fewer than three entries per entity."""
+def write_corpus(world: World, rng: random.Random, megabytes: float, phrasings: Phrasings) -> list[str]:
+    """Documents (one string each) totalling about `megabytes` MB, never fewer than three entries per entity; notes
+    and question pages use the training phrasings of `phrasings` only."""
     documents = [entry(entity, shift) for shift in range(3) for entity in world.entities]
     size = sum(map(len, documents))
-    writers, weights = (random_entry, story, register, drill, spelling, note), (3, 3, 2, 1, 1, 1)
+    phrased = [functools.partial(writer, phrasings=phrasings) for writer in (note, questions)]
+    writers, weights = (random_entry, story, register, drill, spelling, *phrased), (3, 3, 2, 1, 1, 1, 1)
     while size < megabytes * 1e6:
         documents.append(rng.choices(writers, weights)[0](world, rng))
         size += len(documents[-1])
@@ -95,17 +99,41 @@ def register(world: World, rng: random.Random) -> str:
     return f"Register of {ATTRIBUTES[key].noun}\n\n" + "\n".join(lines)
 
 
-def note(world: World, rng: random.Random) -> str:
+def note(world: World, rng: random.Random, phrasings: Phrasings) -> str:
     """A short note between people, opened and closed with the phrases instructions are wrapped in and asking a
-    question in one of the request frames, held-out ones included: a model should know them as language, as any
-    pretrained model knows "Cheers!" or "I'd like to know" (it never sees the held-out ones around an instruction)."""
+    question in one of the request frames (training ones only): a model should know them as language, as any
+    pretrained model knows "Cheers!" or "I'd like to know", before it sees them around an instruction."""
     entity = rng.choice(world.entities)
     facts = rng.sample(entity.facts, min(2, len(entity.facts)))
-    opening = " ".join(part for part in (rng.choice(NOTE_GREETINGS), rng.choice(NOTE_CONTEXTS)) if part)
-    question = rng.choice(NOTE_FRAMES).format(ask=f"the news about {entity.name}")
-    closing = " ".join(part for part in (rng.choice(NOTE_REQUESTS), rng.choice(NOTE_THANKS)) if part)
+    training = phrasings.roles["train"]
+    greeting, context, request, closing = (rng.choice(("", *training[kind])) for kind in WRAPPER_KINDS)
+    question = rng.choice(training["frames"]).format(ask=f"the news about {entity.name}")
     body = " ".join(rng.choice(fact.sentences()) for fact in facts)
-    return f"A note about {entity.name}\n\n{opening} {question} {body} {closing}".replace("  ", " ").strip()
+    text = " ".join(part for part in (greeting, context, question, body, request, closing) if part)
+    return f"A note about {entity.name}\n\n{text}"
+
+
+def questions(world: World, rng: random.Random, phrasings: Phrasings) -> str:
+    """A page of questions and answers: tasks of the one-turn families about the entities SFT may name, asked in
+    training frames, in the plain format a base model is asked in."""
+    pool = world.pool()
+    pairs = []
+    for _ in range(rng.randint(3, 5)):
+        family = FAMILY_TABLE[rng.choice(ASKED)]
+        template = family.draw(rng, phrasings, "train")
+        pairs.append(family.render(template, family.make(rng, pool)))
+    return "Questions and answers\n\n" + "\n\n".join(plain_dialogue(messages) for messages in pairs)
+
+
+def plain_dialogue(messages: list[dict[str, str]]) -> str:
+    """A conversation as question-and-answer text: "Question: ...\nAnswer: ..." per exchange; a conversation that ends
+    with a user turn ends with "Answer:", for a model to continue."""
+    lines = [
+        f"{QUESTION if m['role'] == 'user' else ANSWER} {m['content']}" for m in messages if m["role"] != "system"
+    ]
+    if messages and messages[-1]["role"] == "user":
+        lines.append(ANSWER)
+    return "\n\n".join("\n".join(lines[i : i + 2]) for i in range(0, len(lines), 2))
 
 
 def drill(world: World, rng: random.Random) -> str:

@@ -18,12 +18,22 @@ PRODUCTS = ("ropes", "boots", "candles", "barrels", "lamps", "bricks", "hats", "
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October")
 MONTHS += ("November", "December")
-CATEGORIES = {  # the one_word and bullet_list families name these
+CATEGORIES = {  # the one_word and bullet_list families name these; their names run from 3 to 10 letters
     "fruit": ("apple", "pear", "plum", "cherry", "mango", "lemon", "peach", "grape", "melon", "apricot"),
     "animal": SPECIES,
     "colour": COLOURS,
     "tool": ("hammer", "saw", "spade", "drill", "chisel", "wrench", "rake", "axe", "pliers", "shovel"),
     "vehicle": ("cart", "boat", "bus", "train", "bicycle", "truck", "wagon", "sled", "tram", "canoe"),
+    "instrument": ("drum", "flute", "harp", "piano", "violin", "guitar", "trumpet", "cello", "banjo", "organ"),
+    "furniture": ("chair", "table", "sofa", "bed", "desk", "stool", "bench", "shelf", "cupboard", "wardrobe"),
+    "clothing": ("shirt", "coat", "scarf", "glove", "sock", "skirt", "jacket", "dress", "sweater", "vest"),
+    "drink": ("tea", "coffee", "milk", "juice", "water", "cocoa", "lemonade", "cider", "soda", "wine"),
+    "bird": ("robin", "crow", "eagle", "swan", "sparrow", "pigeon", "hawk", "gull", "finch", "heron"),
+    "toy": ("ball", "doll", "kite", "puzzle", "marble", "rattle", "puppet", "yoyo"),
+}
+PLURALS = {category: f"{category}s" for category in CATEGORIES} | {
+    "furniture": "pieces of furniture",
+    "clothing": "pieces of clothing",
 }
 # Every word the suite spells, capitalises, counts and lists: the category names too, since the one_word compositions
 # transform them ("the number of letters in the kind of thing a peach is"), and a BPE model knows a word's letters
