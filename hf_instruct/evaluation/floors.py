@@ -6,7 +6,7 @@ Each rule answers from the structured fields of the example's `check` (what its 
 `options`, `items`, `word`), never from parsing its prompt, so a rephrased prompt cannot break it: a constant (one of
 the family's three most common reference answers in the training demonstrations, "Yes", "No"); the first or last of
 the `options` or `items`, as it is, in capitals, its first letter or its letter count (the operations the suite's
-compositions ask for); the `word` echoed, or its letter count. The best rule of a family on the scored rows is its
+compositions ask for); the `word` echoed, or its letter count (except where that is the family's task itself). The best rule of a family on the scored rows is its
 floor (chosen on those rows: a generous floor); a split's floor is the row-weighted mean of its families' floors.
 """
 
@@ -26,6 +26,9 @@ TRANSFORMS: dict[str, Callable[[str], str]] = {
 }
 LISTS = {"options": "option", "items": "item"}  # a check's list fields -> the name a rule gives one of their values
 WORD_TRANSFORMS = ("", ", letter count")  # what a rule does to the check's `word`
+# families whose task is a word transform of the word they name: that transform is their answer, not a trivial rule
+# (in a composition such as `one_word+count_letters` the word named is not the one whose letters are counted)
+TASKS = {"count_letters": (", letter count",), "uppercase": (" in capitals",), "first_letter": (", first letter",)}
 
 
 def common_answers(demonstrations: Iterable[dict]) -> dict[str, list[str]]:
@@ -58,6 +61,8 @@ def rule_answers(family: str, check: dict, common: dict[str, list[str]]) -> dict
                 answers[f"{position} {noun}{suffix}"] = transform(str(value))
     if "word" in check:
         for suffix in WORD_TRANSFORMS:
+            if suffix in TASKS.get(family, ()):  # the rule would do the task itself: no floor
+                continue
             answers[f"word{suffix}"] = TRANSFORMS[suffix](check["word"])
     return answers
 
