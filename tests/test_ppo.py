@@ -711,8 +711,9 @@ def prompts_and_corpus(folder: Path, count: int) -> tuple[Path, Path]:
 
 
 # The stage runs below sample at T = 1 and learn at a constant rate; they save and report nothing.
+# fp32 pinned: the tolerances below are fp32's, and a stage would pick bf16 on a CPU with bf16 instructions.
 STAGE_RUN = dict(
-    lr_scheduler_type="constant", temperature=1.0, save_strategy="no", disable_tqdm=True, report_to="none"
+    lr_scheduler_type="constant", temperature=1.0, save_strategy="no", disable_tqdm=True, report_to="none", bf16=False
 )
 
 

@@ -129,6 +129,14 @@ class PPOConfig(TrainingArguments):
     num_samples_per_prompt: int = field(
         default=1, metadata={"help": "Answers sampled per prompt in a rollout (OpenRLHF's n_samples_per_prompt)."}
     )
+    rollout_generation_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts per `generate` call of a rollout, to bound the KV cache's memory (OpenRLHF's "
+            "micro_rollout_batch_size). Default: the whole rollout batch in one call (fastest). Sampled answers "
+            "then come from other random draws than one call's."
+        },
+    )
     reward_weights: list[float] | None = field(
         default=None,
         metadata={"help": "Weight of each reward source when reward_model is a list (default: 1 each); scores sum."},
@@ -216,7 +224,7 @@ class PPOConfig(TrainingArguments):
 
     def _check_feature_settings(self) -> None:
         """Refuse settings of the rollout layout, reward shaping, KL and update schedule that cannot work."""
-        for name in ("num_samples_per_prompt", "rollout_batch_size"):
+        for name in ("num_samples_per_prompt", "rollout_batch_size", "rollout_generation_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
         for name in ("reward_clip", "max_approx_kl"):
@@ -663,8 +671,8 @@ class PPOTrainer(Trainer):
             )
         if value_model is None and not isinstance(reward_model, nn.Module):
             raise ValueError(
-                "With a reward function or several reward sources, pass a value_model (a one-output sequence "
-                "classifier)."
+                "With a reward function, pass a value_model (a one-output sequence classifier); likewise with several "
+                "reward sources."
             )
         if args.reward_weights is not None and len(args.reward_weights) != len(as_list(reward_model)):
             raise ValueError(
@@ -817,19 +825,18 @@ class PPOTrainer(Trainer):
     def _rollout(
         self, inputs: dict[str, torch.Tensor], model: nn.Module | None = None, evaluating: bool = False
     ) -> Rollout:
-        """Sample responses, score them, and compute log-probs, values, KL, advantages and returns (generation and
-        forwards in chunks of `rollout_forward_batch_size` sequences). The scores are shaped (`_shaped_scores`); an
-        evaluation rollout leaves the running reward statistics alone. Given the training `model` (a rollout
-        learnt from in one update), the policy's log-probs and the values come from that update's own forward instead:
-        with one update the ratio π/π_old is 1 and V = V_old, so a forward of their own would only repeat it (TRL's
-        GRPO skips it likewise with one iteration)."""
+        """Sample responses (in `generate` calls of `rollout_generation_batch_size` prompts), score them, and compute
+        log-probs, values, KL, advantages and returns (in forwards of `rollout_forward_batch_size` sequences). The
+        scores are shaped (`_shaped_scores`); an evaluation rollout leaves the running reward statistics alone. Given
+        the training `model` (a rollout learnt from in one update), the policy's log-probs and the values come from
+        that update's own forward instead: with one update the ratio π/π_old is 1 and V = V_old, so a forward of their
+        own would only repeat it (TRL's GRPO skips it likewise with one iteration)."""
         wrapper = self.accelerator.unwrap_model(self.model)
         wrapper.eval()
         prompt_ids, prompt_mask = inputs["input_ids"], inputs["attention_mask"]
         with torch.no_grad(), self._policy_for_generation() as policy:
-            responses = generate_in_chunks(
-                policy, prompt_ids, prompt_mask, self.generation_config, self.args.rollout_forward_batch_size
-            )
+            chunk_size = self.args.rollout_generation_batch_size or len(prompt_ids)
+            responses = generate_in_chunks(policy, prompt_ids, prompt_mask, self.generation_config, chunk_size)
         response_length = responses.shape[1]
         is_stop = torch.isin(responses, self.stop_token_ids.to(responses.device))
         ended = is_stop.any(dim=1)
@@ -1132,8 +1139,8 @@ class PPOTrainer(Trainer):
 
     def _log_samples(self, rollout: Rollout, split: str = "train") -> None:
         """A table of sample completions on the console, also appended to <output_dir>/samples.jsonl (evaluation's to
-        eval_samples.jsonl) and sent to the trackers (`send_sample_table`). `score` is the reward sources' score,
-        `reward` what PPO optimises (after normalisation, missing_eos_penalty and clipping)."""
+        eval_samples.jsonl) and sent to the trackers (`send_sample_table`). `score` is the reward sources' score
+        (before normalisation, missing_eos_penalty and clipping)."""
         if not self.is_world_process_zero():
             return
         count = self.args.num_sample_completions
@@ -1141,10 +1148,8 @@ class PPOTrainer(Trainer):
         prompts = decode(rollout.query_responses[:count, : rollout.prompt_length], skip_special_tokens=True)
         completions = decode(rollout.responses[:count], skip_special_tokens=True)
         rows = [
-            {"step": self.state.global_step, "prompt": p, "completion": c, "score": round(s, 4), "reward": round(r, 4)}
-            for p, c, s, r in zip(
-                prompts, completions, rollout.raw_scores[:count].tolist(), rollout.scores[:count].tolist(), strict=True
-            )
+            {"step": self.state.global_step, "prompt": p, "completion": c, "score": round(s, 4)}
+            for p, c, s in zip(prompts, completions, rollout.raw_scores[:count].tolist(), strict=True)
         ]
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(
