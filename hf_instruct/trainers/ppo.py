@@ -68,7 +68,8 @@ ANSWER_PROBE = "hf-instruct answer probe"  # stands for an answer, to find what 
 class PPOConfig(TrainingArguments):
     """`TrainingArguments` plus PPO-ptx. A step is `per_device_train_batch_size` prompts per device, answered once
     and then learnt from in `num_ppo_epochs` × `num_mini_batches` optimiser steps, each over a minibatch whose gradient
-    is accumulated over `gradient_accumulation_steps` forwards."""
+    is accumulated over `gradient_accumulation_steps` forwards. With `rollout_batch_size` a step is that many prompts
+    instead, and `per_device_train_batch_size` the minibatch; `num_samples_per_prompt` answers each prompt as often."""
 
     learning_rate: float = field(default=1e-5, metadata={"help": "Adam learning rate of the policy."})
     value_learning_rate: float | None = field(
@@ -531,7 +532,10 @@ class PPOTrainer(Trainer):
       `ref_model` (required under DeepSpeed ZeRO-3).
     - `reward_model`: a one-output sequence classifier, which scores prompt + answer as reward training read them
       (`reward_texts`; its `config.reward_shift` is added); or a function
-      `f(prompts, completions, completion_ids=...) -> list[float]` (prompts as given, answers as text).
+      `f(prompts, completions, completion_ids=...) -> list[float]` (prompts as given, answers as text); or a list of
+      them, summed with `args.reward_weights` (`ppo_rewards.RemoteRewardModel` is a function that asks an HTTP server).
+    - `reward_processing_class`: the tokenizer each reward model reads the text with (one, or a list aligned with a
+      list of sources; default: the policy's). One of another vocabulary needs an explicit `value_model`.
     - `value_model`: default a (trainable) copy of the reward model (InstructGPT); required with a reward function
       and under DeepSpeed ZeRO-3.
     - `train_dataset`: prompts, as `prompt` (messages, rendered with the chat template, or text) or `input_ids`.
