@@ -10,8 +10,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from conftest import TEXT, tiny_config, tiny_llama_config
-from test_ppo import even_tokens, logged, ppo_args, ppo_trainer, prompts, rollout_batch
+from conftest import TEXT, flags, tiny_config, tiny_llama_config, torchrun_stage
+from test_ppo import (
+    even_tokens,
+    logged,
+    multi_process_ppo_flags,
+    parity_reward_model_dir,
+    ppo_args,
+    ppo_trainer,
+    prompts,
+    rollout_batch,
+)
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import LlamaForSequenceClassification, TrainerCallback
 
@@ -452,3 +461,34 @@ def test_early_stopping_on_approx_kl_skips_the_remaining_epochs(tmp_path, tokeni
             hook.remove()
         runs[limit] = (logged(trainer, "policy/ppo_epochs"), len(steps))
     assert runs == {None: ([4.0], 8), 1e-12: ([1.0], 2)}
+
+
+# ---------------------------------------------------------------- all of them under DDP
+
+
+@pytest.mark.slow
+def test_the_options_run_under_two_process_ddp(tmp_path, tiny_model_dir, tokenizer):
+    """The options that add collective calls (running reward moments, the approx-KL stop, the min/max logs) or change
+    what each rank does (critic warmup, several answers per prompt, generation chunks, the KL loss, an evaluation
+    between logs): both ranks end with the same weights."""
+    reward_dir = parity_reward_model_dir(tmp_path, tokenizer)
+    output_dir = tmp_path / "ppo-ddp"
+    args = multi_process_ppo_flags(tmp_path, tiny_model_dir, reward_dir, prompts=64)
+    args += flags(
+        output_dir=output_dir,
+        max_steps=3,
+        save_strategy="no",
+        eval_examples=8,
+        eval_strategy="steps",
+        eval_steps=3,
+        logging_steps=2,
+        reward_normalization="true",
+        reward_clip=3,
+        max_approx_kl=1e-9,
+        critic_warmup_steps=1,
+        num_samples_per_prompt=2,
+        rollout_generation_batch_size=3,
+        kl_penalty="loss",
+        kl_estimator="k3",
+    )
+    torchrun_stage("ppo", *args, tmp_path=tmp_path)
