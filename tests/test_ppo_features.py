@@ -22,11 +22,13 @@ from test_ppo import (
     rollout_batch,
 )
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from transformers import LlamaForSequenceClassification, TrainerCallback
+from transformers import LlamaForSequenceClassification, TrainerCallback, TrainerControl, TrainerState
+from transformers.integrations import MLflowCallback, TensorBoardCallback, TrackioCallback, WandbCallback
 
 from hf_instruct import InstructGPTForCausalLM, InstructGPTForSequenceClassification, PPOConfig, train_tokenizer
 from hf_instruct.trainers.ppo import explained_variance, kl_estimate, reward_texts
 from hf_instruct.trainers.ppo_rewards import RemoteRewardModel, RunningMoments
+from hf_instruct.trainers.ppo_tracking import send_sample_table
 from hf_instruct.utils import reward_scores
 
 
@@ -50,6 +52,14 @@ def recording(generate, sizes: list[int]):
         return generate(**kwargs)
 
     return wrapped
+
+
+TRACKER_CALLBACKS = {
+    "wandb": WandbCallback,
+    "trackio": TrackioCallback,
+    "tensorboard": TensorBoardCallback,
+    "mlflow": MLflowCallback,
+}
 
 
 class SampleRecorder(TrainerCallback):
@@ -187,6 +197,50 @@ def test_statistics_of_rewards_advantages_returns_and_values_and_sample_tables_r
     assert row["prompt"].startswith("user\n Say something")
     assert len((tmp_path / "eval_samples.jsonl").read_text().splitlines()) == 2
     assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 4
+
+
+class Backend:
+    """Stands in for a tracker module that is not installed (wandb, trackio, mlflow) or a TensorBoard writer."""
+
+    def __init__(self):
+        self.calls = []
+
+    def Table(self, columns, data):  # noqa: N802 (wandb.Table, trackio.Table)
+        return ("table", columns, data)
+
+    def log(self, values):
+        self.calls.append(("log", values))
+
+    def add_text(self, key, text, step):
+        self.calls.append(("add_text", key, text, step))
+
+    def log_table(self, data, artifact_file):
+        self.calls.append(("log_table", data, artifact_file))
+
+
+def test_sample_tables_take_each_trackers_form(tmp_path):
+    """W&B and Trackio get a Table, TensorBoard Markdown text, MLflow a JSON table artifact (the packages are not
+    installed here, so their modules are stood in for; the callbacks are transformers' own)."""
+    callbacks = {name: object.__new__(cls) for name, cls in TRACKER_CALLBACKS.items()}
+    backends = {name: Backend() for name in callbacks}
+    for name, callback in callbacks.items():
+        callback._initialized, callback._auto_end_run = True, False  # (MLflowCallback.__del__ reads the latter)
+        setattr(
+            callback,
+            {"wandb": "_wandb", "trackio": "_trackio", "mlflow": "_ml_flow"}.get(name, "tb_writer"),
+            backends[name],
+        )
+    state = TrainerState()
+    state.global_step = 7
+    samples = [{"step": 7, "prompt": "Say | it", "completion": " fox", "score": 0.5}]
+    send_sample_table(list(callbacks.values()), ppo_args(tmp_path), state, TrainerControl(), "train/samples", samples)
+    columns, row = ["step", "prompt", "completion", "score"], [7, "Say | it", " fox", 0.5]
+    for name in ("wandb", "trackio"):
+        assert backends[name].calls == [("log", {"train/samples": ("table", columns, [row]), "train/global_step": 7})]
+    table = "| step | prompt | completion | score |\n|---|---|---|---|\n| 7 | Say \\| it | fox | 0.5 |"
+    assert backends["tensorboard"].calls == [("add_text", "train/samples", table, 7)]
+    data = {"step": [7], "prompt": ["Say | it"], "completion": [" fox"], "score": [0.5]}
+    assert backends["mlflow"].calls == [("log_table", data, "train/samples/step_0000007.json")]
 
 
 def test_explained_variance():
