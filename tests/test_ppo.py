@@ -276,9 +276,11 @@ BAD_INPUTS = {  # what is wrong: (PPOConfig fields, PPOTrainer arguments made in
     "reward model with another tokenizer": (
         {},
         lambda folder: dict(
-            reward_processing_class=train_tokenizer(["another corpus " * 50], vocab_size=300, show_progress=False)
+            reward_model=InstructGPTForSequenceClassification(tiny_config(num_labels=1)),
+            reward_processing_class=train_tokenizer(["another corpus " * 50], vocab_size=300, show_progress=False),
+            value_model=None,
         ),
-        "reward model's tokenizer differs from the policy's",
+        "reward model's tokenizer differs from the policy's, and the default value model",
     ),
     "reward function without a value model": (
         {},

@@ -6,8 +6,9 @@ Each rule answers from the structured fields of the example's `check` (what its 
 `options`, `items`, `word`), never from parsing its prompt, so a rephrased prompt cannot break it: a constant (one of
 the family's three most common reference answers in the training demonstrations, "Yes", "No"); the first or last of
 the `options` or `items`, as it is, in capitals, its first letter or its letter count (the operations the suite's
-compositions ask for); the `word` echoed, or its letter count (except where that is the family's task itself). The best rule of a family on the scored rows is its
-floor (chosen on those rows: a generous floor); a split's floor is the row-weighted mean of its families' floors.
+compositions ask for); the `word` echoed, or its letter count (except where that is the family's task itself). The
+best rule of a family on the scored rows is its floor (chosen on those rows: a generous floor); a split's floor is
+the row-weighted mean of its families' floors.
 """
 
 import json

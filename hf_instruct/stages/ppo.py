@@ -61,9 +61,17 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
     if start.finished:
         return leave_finished_run(config, "ppo")
 
-    # ---- tokenizers (the reward model must read the policy's tokens) and prompts, with held-out prompts
+    # ---- tokenizers (the reward model reads text with its own; the value model must read the policy's tokens) and
+    # prompts, with held-out prompts
     tokenizer = load_tokenizer(config)
     reward_tokenizer = AutoTokenizer.from_pretrained(config.reward_model_path)
+    if config.value_model_path is None and reward_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"The reward model's tokenizer differs from the policy's, and the value model would start from the reward "
+            f"model ({config.reward_model_path}), which reads other tokens than the policy writes: pass "
+            "--value_model_path (a one-output classifier on the policy's vocabulary, e.g. a reward model trained "
+            "from the SFT model)."
+        )
     train_prompts, eval_prompts = load_held_out(config, load_prompt_dataset)
 
     # ---- pretraining blocks for PPO-ptx (the trainer draws them in a new seeded order every pass)

@@ -45,6 +45,16 @@ from trl.models.utils import add_hooks, remove_hooks
 from trl.trainer.utils import entropy_from_logits, pad, selective_log_softmax
 
 from ..utils import markdown_table, reward_scores, table_cell
+from .ppo_rewards import (
+    RewardFunction,
+    RewardSource,
+    RunningMoments,
+    as_list,
+    check_reward_model,
+    reward_tokenizer_list,
+    weighted_scores,
+)
+from .ppo_tracking import send_sample_table
 
 logger = logging.get_logger(__name__)
 
@@ -52,15 +62,14 @@ VALUE_MODEL_DIR = "value_model"
 PPO_STATE_FILE = "ppo_state.json"
 SAMPLES_FILE = "samples.jsonl"
 ANSWER_PROBE = "hf-instruct answer probe"  # stands for an answer, to find what a chat template writes after one
-# A rule-based reward: f(prompts, completions, completion_ids=...) -> one float per completion.
-RewardFunction = Callable[..., list[float]]
 
 
 @dataclass
 class PPOConfig(TrainingArguments):
     """`TrainingArguments` plus PPO-ptx. A step is `per_device_train_batch_size` prompts per device, answered once
     and then learnt from in `num_ppo_epochs` × `num_mini_batches` optimiser steps, each over a minibatch whose gradient
-    is accumulated over `gradient_accumulation_steps` forwards."""
+    is accumulated over `gradient_accumulation_steps` forwards. With `rollout_batch_size` a step is that many prompts
+    instead, and `per_device_train_batch_size` the minibatch; `num_samples_per_prompt` answers each prompt as often."""
 
     learning_rate: float = field(default=1e-5, metadata={"help": "Adam learning rate of the policy."})
     value_learning_rate: float | None = field(
@@ -115,10 +124,72 @@ class PPOConfig(TrainingArguments):
         },
     )
 
+    # ---- rollout layout, reward sources and shaping, KL variants, update schedule (OpenRLHF/verl/TRL names in
+    # docs/training.md); each off by default where it costs time
+    rollout_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts per device per PPO iteration (OpenRLHF's rollout_batch_size / processes). Set, "
+            "per_device_train_batch_size becomes the answers per optimiser step (the minibatch) and num_mini_batches "
+            "follows (leave it 1). Default: per_device_train_batch_size prompts, split in num_mini_batches."
+        },
+    )
+    num_samples_per_prompt: int = field(
+        default=1, metadata={"help": "Answers sampled per prompt in a rollout (OpenRLHF's n_samples_per_prompt)."}
+    )
+    rollout_generation_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts per `generate` call of a rollout, to bound the KV cache's memory (OpenRLHF's "
+            "micro_rollout_batch_size). Default: the whole rollout batch in one call (fastest). Sampled answers "
+            "then come from other random draws than one call's."
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weight of each reward source when reward_model is a list (default: 1 each); scores sum."},
+    )
+    reward_normalization: bool = field(
+        default=False,
+        metadata={
+            "help": "Normalise the reward model's scores by the running mean and std of all scores so far (kept in "
+            "checkpoints), before missing_eos_penalty and reward_clip."
+        },
+    )
+    reward_clip: float | None = field(
+        default=None, metadata={"help": "Clip each answer's final score to ±reward_clip (None: no clipping)."}
+    )
+    kl_estimator: str = field(
+        default="k1",
+        metadata={
+            "help": "Per-token KL estimate: k1 = log π − log π_ref (InstructGPT), or k3 = r − 1 − log r with "
+            "r = π_ref/π (Schulman's non-negative, lower-variance estimator; verl's low_var_kl)."
+        },
+    )
+    kl_penalty: str = field(
+        default="reward",
+        metadata={
+            "help": "Where β·KL goes: 'reward' (subtracted from every token's reward, InstructGPT) or 'loss' (β × the "
+            "mean KL of the updated policy added to the policy loss, as GRPO and verl's use_kl_loss; use k3)."
+        },
+    )
+    critic_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Iterations at the start that train the value model only (verl's critic_warmup)."},
+    )
+    max_approx_kl: float | None = field(
+        default=None,
+        metadata={
+            "help": "Skip a rollout's remaining PPO epochs once an epoch's mean approx-KL to the rollout policy "
+            "exceeds this (SB3's target_kl; None: run all num_ppo_epochs)."
+        },
+    )
+
     def __post_init__(self):
         if self.load_best_model_at_end and self.metric_for_best_model is None:
             self.metric_for_best_model = "reward"  # evaluate() has no loss (the Trainer's default metric)
         super().__post_init__()
+        self._check_feature_settings()
         if self.per_device_train_batch_size % self.num_mini_batches:
             raise ValueError(
                 f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple of "
@@ -156,7 +227,40 @@ class PPOConfig(TrainingArguments):
 
     @property
     def mini_batch_size(self) -> int:
-        return self.per_device_train_batch_size // self.num_mini_batches
+        if self.rollout_batch_size is not None:
+            return self.per_device_train_batch_size
+        return self.per_device_train_batch_size * self.num_samples_per_prompt // self.num_mini_batches
+
+    @property
+    def rollout_size(self) -> int:
+        """Answers per device per PPO iteration."""
+        return (self.rollout_batch_size or self.per_device_train_batch_size) * self.num_samples_per_prompt
+
+    def _check_feature_settings(self) -> None:
+        """Refuse settings of the rollout layout, reward shaping, KL and update schedule that cannot work."""
+        for name in ("num_samples_per_prompt", "rollout_batch_size", "rollout_generation_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
+        for name in ("reward_clip", "max_approx_kl"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 (or None: off), got {getattr(self, name)}.")
+        if self.critic_warmup_steps < 0:
+            raise ValueError(f"critic_warmup_steps must be ≥ 0, got {self.critic_warmup_steps}.")
+        for name, choices in (("kl_estimator", ("k1", "k3")), ("kl_penalty", ("reward", "loss"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
+        if self.rollout_batch_size is not None:
+            if self.num_mini_batches != 1:
+                raise ValueError(
+                    f"num_mini_batches={self.num_mini_batches} with rollout_batch_size={self.rollout_batch_size}: "
+                    "then per_device_train_batch_size sets the minibatch and the number of minibatches follows. "
+                    "Leave num_mini_batches at 1."
+                )
+            if self.rollout_size % self.per_device_train_batch_size:
+                raise ValueError(
+                    f"rollout_batch_size × num_samples_per_prompt = {self.rollout_size} answers must be a multiple of "
+                    f"per_device_train_batch_size={self.per_device_train_batch_size} (the answers per optimiser step)."
+                )
 
 
 # ---------------------------------------------------------------- the algorithm, as plain functions
@@ -164,6 +268,14 @@ class PPOConfig(TrainingArguments):
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 − Var(returns − values) / Var(returns) over the unmasked tokens: 1 for a perfect value model, 0 for one no
+    better than the mean return, negative for a worse one."""
+    residual = returns - values
+    residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return 1 - residual_variance / masked_mean((returns - masked_mean(returns, mask)) ** 2, mask).clamp(min=1e-8)
 
 
 def masked_whiten(
@@ -179,15 +291,26 @@ def masked_whiten(
     return (values - mean) * torch.rsqrt(variance + 1e-8) * mask
 
 
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from sampled tokens (Schulman, "Approximating KL divergence", 2020):
+    k1 = log π − log π_ref (unbiased, can be negative), k3 = r − 1 − log r with r = π_ref/π (unbiased, ≥ 0)."""
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    return torch.expm1(-log_ratio) + log_ratio
+
+
 def kl_penalised_rewards(
     scores: torch.Tensor,
     logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
     kl_coef: float,
+    kl_estimator: str = "k1",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards −β·(log π − log π_ref), plus the sequence score on the last response token; and the KL."""
-    kl = (logprobs - ref_logprobs) * mask
+    """Per-token rewards −β·KL (the `kl_estimate` of each token), plus the sequence score on the last response token;
+    and the KL."""
+    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator) * mask
     rewards = -kl_coef * kl
     last_token = mask.sum(dim=1).long() - 1
     rewards[torch.arange(rewards.shape[0], device=rewards.device), last_token] += scores
@@ -334,6 +457,28 @@ def neutral_generation_defaults(model: PreTrainedModel | PeftModel) -> Iterator[
         base.generation_config = own
 
 
+def generate_in_chunks(
+    policy: PreTrainedModel | PeftModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    generation_config: GenerationConfig,
+    chunk_size: int,
+) -> torch.Tensor:
+    """The sampled responses (B, R) of left-padded prompts, generated `chunk_size` prompts at a time (the KV cache of
+    a whole rollout batch can be most of a step's memory) and right-padded to the longest chunk's with the pad id.
+    Without sampling the chunks give exactly what one `generate` of the batch gives."""
+    prompt_length = prompt_ids.shape[1]
+    chunks = [
+        policy.generate(
+            input_ids=prompt_ids[start : start + chunk_size],
+            attention_mask=prompt_mask[start : start + chunk_size],
+            generation_config=generation_config,
+        )[:, prompt_length:]
+        for start in range(0, len(prompt_ids), chunk_size)
+    ]
+    return pad(list(itertools.chain.from_iterable(chunks)), padding_value=generation_config.pad_token_id)
+
+
 def disable_dropout(model: nn.Module) -> None:
     """No dropout anywhere, so that π/π_old is exactly 1 before the first update of a rollout: every `nn.Dropout`
     (LoRA's `lora_dropout` too, said in the log) and every float attribute whose name holds "drop", the rates that
@@ -431,6 +576,10 @@ class Rollout:
     # a rollout learnt from in one update: that update's forward (policy logits, values, pretraining loss), with
     # gradients; `logprobs` and `values` are its outputs, detached
     forward: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+    # the reward sources' weighted score before shaping (`scores` is after normalisation, penalty and clipping, what
+    # PPO optimises), and the reference's log-probs (for kl_penalty="loss")
+    raw_scores: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
 
     @property
     def prompt_length(self) -> int:
@@ -449,7 +598,10 @@ class PPOTrainer(Trainer):
       `ref_model` (required under DeepSpeed ZeRO-3).
     - `reward_model`: a one-output sequence classifier, which scores prompt + answer as reward training read them
       (`reward_texts`; its `config.reward_shift` is added); or a function
-      `f(prompts, completions, completion_ids=...) -> list[float]` (prompts as given, answers as text).
+      `f(prompts, completions, completion_ids=...) -> list[float]` (prompts as given, answers as text); or a list of
+      them, summed with `args.reward_weights` (`ppo_rewards.RemoteRewardModel` is a function that asks an HTTP server).
+    - `reward_processing_class`: the tokenizer each reward model reads the text with (one, or a list aligned with a
+      list of sources; default: the policy's). One of another vocabulary needs an explicit `value_model`.
     - `value_model`: default a (trainable) copy of the reward model (InstructGPT); required with a reward function
       and under DeepSpeed ZeRO-3.
     - `train_dataset`: prompts, as `prompt` (messages, rendered with the chat template, or text) or `input_ids`.
@@ -463,14 +615,14 @@ class PPOTrainer(Trainer):
         model: PreTrainedModel | PeftModel,
         args: PPOConfig,
         processing_class: PreTrainedTokenizerBase,
-        reward_model: PreTrainedModel | RewardFunction,
+        reward_model: RewardSource | list[RewardSource],
         train_dataset: datasets.Dataset,
         value_model: PreTrainedModel | None = None,
         ref_model: PreTrainedModel | None = None,
         ptx_dataset: datasets.Dataset | datasets.IterableDataset | None = None,
         eval_dataset: datasets.Dataset | None = None,
         peft_config: PeftConfig | None = None,
-        reward_processing_class: PreTrainedTokenizerBase | None = None,
+        reward_processing_class: PreTrainedTokenizerBase | list[PreTrainedTokenizerBase | None] | None = None,
         callbacks: list | None = None,
     ):
         self._check_inputs(
@@ -482,7 +634,7 @@ class PPOTrainer(Trainer):
             model = get_peft_model(model, peft_config)
         if ref_model is None and not isinstance(model, PeftModel):
             ref_model = copied(model, "ref_model")
-        for module in (model, value_model, ref_model, reward_model):
+        for module in (model, value_model, ref_model, *as_list(reward_model)):
             if isinstance(module, nn.Module):
                 disable_dropout(module)
         if not is_deepspeed_zero3_enabled():  # ZeRO-3 weights are shards until the engine runs
@@ -490,20 +642,27 @@ class PPOTrainer(Trainer):
             check_no_dropout(
                 value_model, "The value_model", lambda ids: token_scores(value_model, ids, torch.ones_like(ids))
             )
-        for frozen in (ref_model, reward_model):
+        for frozen in (ref_model, *as_list(reward_model)):
             if isinstance(frozen, nn.Module):
                 frozen.eval().requires_grad_(False)
-        if isinstance(reward_model, nn.Module) and reward_model.config.pad_token_id is None:
-            reward_model.config.pad_token_id = processing_class.pad_token_id  # stock classifiers pool by pad id
+        # each reward model reads the text with its own tokenizer (default: the policy's)
+        reward_tokenizers = reward_tokenizer_list(reward_processing_class, reward_model)
+        reward_tokenizers = [tokenizer or processing_class for tokenizer in reward_tokenizers]
+        for index, (source, tokenizer) in enumerate(zip(as_list(reward_model), reward_tokenizers, strict=True)):
+            if isinstance(source, nn.Module):
+                check_reward_model(source, tokenizer, "reward_model" if index == 0 else f"reward_model[{index}]")
 
         self.ptx_dataset = ptx_dataset
-        self.reward_processing_class = reward_processing_class or processing_class
+        self.reward_processing_class = reward_tokenizers[0]
+        self.reward_processing_classes = reward_tokenizers
+        self.reward_moments = RunningMoments()
+        self._episodes = 0
         self.kl_controller = KLController(args.kl_coef, args.kl_target, args.kl_horizon)
         train_dataset = self._tokenized_prompts(train_dataset, processing_class, args, "train_dataset")
         answers = (
-            args.max_steps * args.per_device_train_batch_size * args.world_size
+            args.max_steps * args.rollout_size * args.world_size
             if args.max_steps > 0
-            else math.ceil(args.num_train_epochs * len(train_dataset))
+            else math.ceil(args.num_train_epochs * len(train_dataset) * args.num_samples_per_prompt)
         )
         if args.kl_target is not None and args.kl_horizon > answers:
             warnings.warn(
@@ -519,6 +678,9 @@ class PPOTrainer(Trainer):
         self.gradient_accumulation_steps = args.gradient_accumulation_steps
         args = copy.copy(args)
         args.gradient_accumulation_steps = 1
+        if args.rollout_batch_size is not None:  # the dataloader's batch is the rollout's prompts; minibatches follow
+            args.num_mini_batches = args.rollout_size // args.per_device_train_batch_size
+            args.per_device_train_batch_size, args.rollout_batch_size = args.rollout_batch_size, None
         super().__init__(
             model=PolicyAndValueModel(model, value_model),
             args=args,
@@ -550,7 +712,9 @@ class PPOTrainer(Trainer):
                     f"The DeepSpeed config has its own `{section}`: {why}. Remove it and set the Trainer's "
                     "(lr_scheduler_type, warmup_steps / optim, learning_rate) instead."
                 )
-        self.ref_model, self.reward_model = self._placed(ref_model), self._placed(reward_model)
+        self.reward_sources = [self._placed(source) for source in as_list(reward_model)]
+        self.ref_model = self._placed(ref_model)
+        self.reward_model = self.reward_sources if isinstance(reward_model, list | tuple) else self.reward_sources[0]
 
         stop_ids = model.generation_config.eos_token_id if model.generation_config is not None else None
         stop_ids = stop_ids if stop_ids is not None else processing_class.eos_token_id
@@ -575,23 +739,39 @@ class PPOTrainer(Trainer):
         model: PreTrainedModel | PeftModel,
         args: PPOConfig,
         processing_class: PreTrainedTokenizerBase,
-        reward_model: PreTrainedModel | RewardFunction,
+        reward_model: RewardSource | list[RewardSource],
         value_model: PreTrainedModel | None,
         ptx_dataset: datasets.Dataset | datasets.IterableDataset | None,
         peft_config: PeftConfig | None,
-        reward_processing_class: PreTrainedTokenizerBase | None,
+        reward_processing_class: PreTrainedTokenizerBase | list[PreTrainedTokenizerBase | None] | None,
     ) -> None:
         """Refuse, before any model is copied or wrapped, what PPO cannot train with; each error says the fix."""
         if processing_class.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos_token).")
-        if reward_processing_class is not None and reward_processing_class.get_vocab() != processing_class.get_vocab():
+        reward_tokenizer = reward_tokenizer_list(reward_processing_class, reward_model)[0]
+        if (
+            value_model is None
+            and reward_tokenizer is not None
+            and reward_tokenizer.get_vocab() != processing_class.get_vocab()
+        ):
             raise ValueError(
-                "The reward model's tokenizer differs from the policy's, so it would score other tokens than the "
-                "policy writes. Train the reward model from the same SFT model (hf-instruct reward does)."
+                "The reward model's tokenizer differs from the policy's, and the default value model (a copy of the "
+                "reward model) must read the policy's tokens: pass a value_model built on the policy's vocabulary."
             )
         if value_model is None and not isinstance(reward_model, nn.Module):
-            raise ValueError("With a reward function, pass a value_model (a one-output sequence classifier).")
-        for name, scorer in (("reward_model", reward_model), ("value_model", value_model)):
+            raise ValueError(
+                "With a reward function, pass a value_model (a one-output sequence classifier); likewise with several "
+                "reward sources."
+            )
+        if args.reward_weights is not None and len(args.reward_weights) != len(as_list(reward_model)):
+            raise ValueError(
+                f"reward_weights has {len(args.reward_weights)} weights for {len(as_list(reward_model))} reward "
+                "sources: give one weight per source."
+            )
+        for name, scorer in (
+            *(("reward_model", source) for source in as_list(reward_model)),
+            ("value_model", value_model),
+        ):
             labels = getattr(getattr(scorer, "config", None), "num_labels", 1)
             if isinstance(scorer, nn.Module) and labels != 1:
                 raise ValueError(
@@ -759,21 +939,21 @@ class PPOTrainer(Trainer):
 
     # ---- rollout
 
-    def _rollout(self, inputs: dict[str, torch.Tensor], model: nn.Module | None = None) -> Rollout:
-        """Sample responses (one `generate` for the batch), score them, and compute log-probs, values, KL, advantages
-        and returns (in forwards of `rollout_forward_batch_size` sequences). Given the training `model` (a rollout
-        learnt from in one update), the policy's log-probs and the values come from that update's own forward instead:
-        with one update the ratio π/π_old is 1 and V = V_old, so a forward of their own would only repeat it (TRL's
-        GRPO skips it likewise with one iteration)."""
+    def _rollout(
+        self, inputs: dict[str, torch.Tensor], model: nn.Module | None = None, evaluating: bool = False
+    ) -> Rollout:
+        """Sample responses (in `generate` calls of `rollout_generation_batch_size` prompts), score them, and compute
+        log-probs, values, KL, advantages and returns (in forwards of `rollout_forward_batch_size` sequences). The
+        scores are shaped (`_shaped_scores`); an evaluation rollout leaves the running reward statistics alone. Given
+        the training `model` (a rollout learnt from in one update), the policy's log-probs and the values come from
+        that update's own forward instead: with one update the ratio π/π_old is 1 and V = V_old, so a forward of their
+        own would only repeat it (TRL's GRPO skips it likewise with one iteration)."""
         wrapper = self.accelerator.unwrap_model(self.model)
         wrapper.eval()
         prompt_ids, prompt_mask = inputs["input_ids"], inputs["attention_mask"]
-        prompt_length = prompt_ids.shape[1]
         with torch.no_grad(), self._policy_for_generation() as policy:
-            sequences = policy.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config
-            )
-        responses = sequences[:, prompt_length:]
+            chunk_size = self.args.rollout_generation_batch_size or len(prompt_ids)
+            responses = generate_in_chunks(policy, prompt_ids, prompt_mask, self.generation_config, chunk_size)
         response_length = responses.shape[1]
         is_stop = torch.isin(responses, self.stop_token_ids.to(responses.device))
         ended = is_stop.any(dim=1)
@@ -807,9 +987,10 @@ class PPOTrainer(Trainer):
             scores = self._scores(inputs.get("prompt"), prompt_ids, prompt_mask, responses, mask, ended)
         logprobs, entropy, values = (torch.cat(column) * mask for column in zip(*statistics, strict=True))
         ref_logprobs = torch.cat(ref_logprobs) * mask
-        scores = scores - self.args.missing_eos_penalty * (~ended).float()
+        raw_scores, scores = scores, self._shaped_scores(scores, ended, evaluating)
 
-        rewards, kl = kl_penalised_rewards(scores, logprobs, ref_logprobs, mask, self.kl_controller.value)
+        kl_coef = self.kl_controller.value if self.args.kl_penalty == "reward" else 0.0  # else in the loss
+        rewards, kl = kl_penalised_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, self.args.kl_estimator)
         advantages, returns = compute_gae(rewards, values, mask, self.args.gamma, self.args.lam)
         advantages = masked_whiten(advantages, mask, lambda tensor: self.accelerator.reduce(tensor, "sum"))
         return Rollout(
@@ -826,7 +1007,25 @@ class PPOTrainer(Trainer):
             ended=ended,
             entropy=masked_mean(entropy, mask),
             forward=forward,
+            raw_scores=raw_scores,
+            ref_logprobs=ref_logprobs,
         )
+
+    def _shaped_scores(self, scores: torch.Tensor, ended: torch.Tensor, evaluating: bool) -> torch.Tensor:
+        """The score PPO optimises: the reward model's, normalised by the running moments of all scores so far
+        (`reward_normalization`; a training rollout adds its own, gathered from every process, first), minus
+        `missing_eos_penalty` for a cut-off answer, clipped to ±`reward_clip`."""
+        if self.args.reward_normalization:
+            if not evaluating:
+                moments = torch.stack(
+                    [torch.tensor(float(len(scores)), device=scores.device), scores.sum(), (scores**2).sum()]
+                )
+                self.reward_moments.update(*self.accelerator.reduce(moments, "sum").tolist())
+            scores = self.reward_moments.normalize(scores)
+        scores = scores - self.args.missing_eos_penalty * (~ended).float()
+        if self.args.reward_clip is not None:
+            scores = scores.clamp(-self.args.reward_clip, self.args.reward_clip)
+        return scores
 
     def _policy_statistics(self, outputs: tuple, responses: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per response token (B, R), from a policy-and-value forward's outputs, without gradients: the policy's
@@ -855,17 +1054,20 @@ class PPOTrainer(Trainer):
                 self.processing_class.decode(ids[keep.bool()].tolist())
                 for ids, keep in zip(prompt_ids, prompt_mask, strict=True)
             ]
-        if not isinstance(self.reward_model, nn.Module):
-            values = self.reward_model(prompts=prompts, completions=completions, completion_ids=completion_ids)
-            return torch.tensor(values, dtype=torch.float, device=responses.device)
-        tokenizer = self.reward_processing_class
-        texts = reward_texts(tokenizer, prompts, completions, ended.tolist())
-        # RewardTrainer tokenises plain text with the tokenizer's special tokens (e.g. a BOS); a chat rendering, or a
-        # prompt decoded from its ids, holds its own already
-        add_special_tokens = isinstance(prompts[0], str) and not given_as_ids
-        batch_size = self.args.rollout_forward_batch_size
-        scores = reward_scores(self.reward_model, tokenizer, texts, batch_size, add_special_tokens=add_special_tokens)
-        return scores + (getattr(self.reward_model.config, "reward_shift", 0.0) or 0.0)
+        columns = []  # one score per answer from each reward source
+        for source, tokenizer in zip(self.reward_sources, self.reward_processing_classes, strict=True):
+            if not isinstance(source, nn.Module):
+                values = source(prompts=prompts, completions=completions, completion_ids=completion_ids)
+                columns.append(torch.tensor(values, dtype=torch.float, device=responses.device))
+                continue
+            texts = reward_texts(tokenizer, prompts, completions, ended.tolist())
+            # RewardTrainer tokenises plain text with the tokenizer's special tokens (e.g. a BOS); a chat rendering,
+            # or a prompt decoded from its ids, holds its own already
+            add_special_tokens = isinstance(prompts[0], str) and not given_as_ids
+            batch_size = self.args.rollout_forward_batch_size
+            scores = reward_scores(source, tokenizer, texts, batch_size, add_special_tokens=add_special_tokens)
+            columns.append(scores + (getattr(source.config, "reward_shift", 0.0) or 0.0))
+        return weighted_scores(columns, self.args.reward_weights)
 
     # ---- update
 
@@ -873,11 +1075,13 @@ class PPOTrainer(Trainer):
         """One PPO iteration: a rollout, then num_ppo_epochs × num_mini_batches updates. Every update but the last
         steps the optimiser here; the Trainer takes the last step (with its scheduler and callbacks). Returns the
         mean loss of the updates. A rollout learnt from in one update shares that update's forward (`_rollout`)."""
-        inputs = self._prepare_inputs(inputs)
+        inputs = repeated_prompts(self._prepare_inputs(inputs), self.args.num_samples_per_prompt)
         batch_size = len(inputs["input_ids"])  # the last batch of an epoch may be smaller
         num_minibatches = min(self.args.num_mini_batches, batch_size)
         updates = self.args.num_ppo_epochs * num_minibatches
         rollout = self._rollout(inputs, model if updates == self.gradient_accumulation_steps == 1 else None)
+        episodes = batch_size * self.args.world_size
+        self._episodes += episodes
         self._record_rollout(rollout)
         model.train()
         losses = []
@@ -885,13 +1089,32 @@ class PPOTrainer(Trainer):
             if update % num_minibatches == 0:  # a new pass over the rollout, in a new order (its forward's, if shared)
                 order = torch.randperm if rollout.forward is None else torch.arange
                 minibatches = order(batch_size, device=rollout.responses.device).tensor_split(num_minibatches)
+                epoch_start = len(self._metrics["policy/approxkl"])
             losses.append(self._update(model, rollout, minibatches[update % num_minibatches]))
-            if update < updates - 1:
-                self.optimizer.step()
-                self.optimizer.zero_grad()
-        episodes = batch_size * self.args.world_size
+            if self._critic_warmup:  # no step at all for the policy (AdamW would still decay it)
+                for parameter in self.policy.parameters():
+                    parameter.grad = None
+            epoch_ends = update % num_minibatches == num_minibatches - 1
+            if update == updates - 1 or (epoch_ends and self._approx_kl_exceeded(epoch_start)):
+                break
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        self._metrics["policy/ppo_epochs"].append(torch.tensor((update + 1) / num_minibatches))
         self.kl_controller.update(self.accelerator.reduce(rollout.kl.sum(1).mean(), "mean").item(), episodes)
         return torch.stack(losses).mean()
+
+    @property
+    def _critic_warmup(self) -> bool:
+        """The first `critic_warmup_steps` iterations train the value model only."""
+        return self.state.global_step < self.args.critic_warmup_steps
+
+    def _approx_kl_exceeded(self, start: int) -> bool:
+        """Whether the epoch whose approx-KL statistics begin at `start` exceeded `max_approx_kl` (mean over its
+        updates and all processes, so that every process stops at the same epoch)."""
+        if self.args.max_approx_kl is None:
+            return False
+        approx_kl = torch.stack(self._metrics["policy/approxkl"][start:]).mean().to(self.args.device)
+        return self.accelerator.reduce(approx_kl, "mean").item() > self.args.max_approx_kl
 
     def _update(self, model: nn.Module, rollout: Rollout, index: torch.Tensor) -> torch.Tensor:
         """The clipped gradient of one minibatch's loss, accumulated over `gradient_accumulation_steps` micro-batches:
@@ -942,8 +1165,15 @@ class PPOTrainer(Trainer):
         stats = {**policy_stats, **value_stats, "loss/policy": policy_loss, "loss/value": value_loss}
         if ptx_loss is not None:
             stats["loss/ptx"] = ptx_loss
+        if self.args.kl_penalty == "loss":  # β × the updated policy's KL to the reference, in the policy's loss
+            kl_loss = masked_mean(kl_estimate(logprobs, rollout.ref_logprobs[index], self.args.kl_estimator), mask)
+            policy_loss = policy_loss + self.kl_controller.value * kl_loss
+            stats["loss/kl"] = kl_loss
         for name, value in stats.items():
             self._metrics[name].append(value.detach())
+        if self._critic_warmup:  # the policy's terms count 0, yet stay in the graph (DDP reduces every parameter)
+            policy_loss = policy_loss * 0.0
+            ptx_loss = ptx_loss * 0.0 if ptx_loss is not None else None
         return policy_loss + self.args.vf_coef * value_loss, ptx_loss
 
     def _clip_gradients(self) -> None:
@@ -998,22 +1228,37 @@ class PPOTrainer(Trainer):
 
     def _record_rollout(self, rollout: Rollout) -> None:
         kl = rollout.kl.sum(dim=1)
+        mask = rollout.mask
+        advantages = rollout.returns - rollout.values  # before whitening
         stats = {
-            "objective/scores": rollout.scores.mean(),
+            "objective/scores": rollout.raw_scores.mean(),
+            "objective/scores_std": rollout.raw_scores.std(correction=0),
+            "objective/scores_min": rollout.raw_scores.min(),
+            "objective/scores_max": rollout.raw_scores.max(),
+            "objective/missing_eos_penalty": self.args.missing_eos_penalty * (~rollout.ended).float().mean(),
             "objective/kl": kl.mean(),
             "objective/rlhf_reward": (rollout.scores - self.kl_controller.value * kl).mean(),
             "objective/entropy": rollout.entropy,
             "objective/kl_coef": torch.tensor(self.kl_controller.value),
             "val/mean_response_length": rollout.mask.sum(dim=1).float().mean(),
             "val/ended_fraction": rollout.ended.float().mean(),
+            "val/advantages_mean": masked_mean(advantages, mask),
+            "val/advantages_std": masked_mean((advantages - masked_mean(advantages, mask)) ** 2, mask).sqrt(),
+            "val/returns_mean": masked_mean(rollout.returns, mask),
+            "val/returns_std": masked_mean((rollout.returns - masked_mean(rollout.returns, mask)) ** 2, mask).sqrt(),
+            "val/values_mean": masked_mean(rollout.values, mask),
+            "val/explained_variance": explained_variance(rollout.values, rollout.returns, mask),
         }
         for name, value in stats.items():
             self._metrics[name].append(value.detach().to(self.args.device))
+        self._metrics["episode"] = [torch.tensor(float(self._episodes))]  # the latest count, not a mean over steps
         if self.state.global_step % self.args.logging_steps == 0 and self.args.num_sample_completions > 0:
             self._log_samples(rollout)
 
-    def _log_samples(self, rollout: Rollout) -> None:
-        """A table of sample completions on the console, also appended to <output_dir>/samples.jsonl."""
+    def _log_samples(self, rollout: Rollout, split: str = "train") -> None:
+        """A table of sample completions on the console, also appended to <output_dir>/samples.jsonl (evaluation's to
+        eval_samples.jsonl) and sent to the trackers (`send_sample_table`). `score` is the reward sources' score
+        (before normalisation, missing_eos_penalty and clipping)."""
         if not self.is_world_process_zero():
             return
         count = self.args.num_sample_completions
@@ -1022,36 +1267,58 @@ class PPOTrainer(Trainer):
         completions = decode(rollout.responses[:count], skip_special_tokens=True)
         rows = [
             {"step": self.state.global_step, "prompt": p, "completion": c, "score": round(s, 4)}
-            for p, c, s in zip(prompts, completions, rollout.scores[:count].tolist(), strict=True)
+            for p, c, s in zip(prompts, completions, rollout.raw_scores[:count].tolist(), strict=True)
         ]
         os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, SAMPLES_FILE), "a", encoding="utf-8") as f:
+        with open(
+            os.path.join(self.args.output_dir, SAMPLES_FILE if split == "train" else f"{split}_{SAMPLES_FILE}"),
+            "a",
+            encoding="utf-8",
+        ) as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        send_sample_table(
+            self.callback_handler.callbacks, self.args, self.state, self.control, f"{split}/samples", rows
+        )
         table = markdown_table(
             ["score", "prompt", "completion"],
             [[f"{row['score']:.3f}", table_cell(row["prompt"]), table_cell(row["completion"])] for row in rows],
         )
-        print(f"ppo samples at step {self.state.global_step}:", *table, sep="\n")
+        print(f"ppo {split} samples at step {self.state.global_step}:", *table, sep="\n")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the PPO statistics gathered since the last log (averaged over steps and processes)."""
+        """Add the PPO statistics gathered since the last log (averaged over steps and processes; the `_min` and
+        `_max` ones the least and greatest)."""
         for name, values in sorted(self._metrics.items()):
-            logs[name] = self.accelerator.reduce(torch.stack(values).mean().to(self.args.device), "mean").item()
+            stacked = torch.stack(values).to(self.args.device)
+            if name.endswith(("_min", "_max")):
+                extreme = torch.amin if name.endswith("_min") else torch.amax
+                logs[name] = extreme(self.accelerator.gather(extreme(stacked).reshape(1))).item()
+            else:
+                logs[name] = self.accelerator.reduce(stacked.mean(), "mean").item()
         self._metrics.clear()
         super().log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Mean reward model score and KL to the reference of sampled answers to the evaluation prompts."""
-        scores, kls = [], []
-        for inputs in self.get_eval_dataloader(eval_dataset):
-            rollout = self._rollout(self._prepare_inputs(inputs))
-            scores.append(self.accelerator.gather_for_metrics(rollout.scores))
-            kls.append(self.accelerator.gather_for_metrics(rollout.kl.sum(dim=1)))
-        metrics = {
-            f"{metric_key_prefix}_reward": torch.cat(scores).mean().item(),
-            f"{metric_key_prefix}_kl": torch.cat(kls).mean().item(),
-        }
+        """Of sampled answers to the evaluation prompts: the reward sources' mean score (before missing_eos_penalty,
+        reported apart), the KL to the reference, the response length and the fraction that ended; a table of samples.
+        The training statistics gathered since the last log wait for the next one."""
+        pending, self._metrics = self._metrics, defaultdict(list)
+        columns = defaultdict(list)
+        for number, inputs in enumerate(self.get_eval_dataloader(eval_dataset)):
+            rollout = self._rollout(self._prepare_inputs(inputs), evaluating=True)
+            if number == 0 and self.args.num_sample_completions > 0:
+                self._log_samples(rollout, split=metric_key_prefix)
+            for name, value in (
+                ("reward", rollout.raw_scores),
+                ("missing_eos_penalty", self.args.missing_eos_penalty * (~rollout.ended).float()),
+                ("kl", rollout.kl.sum(dim=1)),
+                ("mean_response_length", rollout.mask.sum(dim=1).float()),
+                ("ended_fraction", rollout.ended.float()),
+            ):
+                columns[name].append(self.accelerator.gather_for_metrics(value))
+        metrics = {f"{metric_key_prefix}_{name}": torch.cat(values).mean().item() for name, values in columns.items()}
         self.log(dict(metrics))
+        self._metrics = pending
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
@@ -1076,7 +1343,14 @@ class PPOTrainer(Trainer):
             value_state_dict = submodule_state_dict(state_dict, "value_model")
             self.value_model.save_pretrained(os.path.join(checkpoint, VALUE_MODEL_DIR), state_dict=value_state_dict)
             with open(os.path.join(checkpoint, PPO_STATE_FILE), "w") as f:
-                json.dump({"kl_coef": self.kl_controller.value}, f)
+                json.dump(
+                    {
+                        "kl_coef": self.kl_controller.value,
+                        "reward_moments": self.reward_moments.state_dict(),
+                        "episode": self._episodes,
+                    },
+                    f,
+                )
         super()._save_checkpoint(model, trial)
 
     def _load_best_model(self) -> None:
@@ -1120,8 +1394,13 @@ class PPOTrainer(Trainer):
         super()._load_rng_state(checkpoint)
 
     def _load_kl_coef(self, checkpoint: str) -> None:
+        """β, and the running reward moments and episode count (absent from checkpoints of earlier versions)."""
         with open(os.path.join(checkpoint, PPO_STATE_FILE)) as f:
-            self.kl_controller.value = json.load(f)["kl_coef"]
+            state = json.load(f)
+        self.kl_controller.value = state["kl_coef"]
+        if "reward_moments" in state:
+            self.reward_moments.load_state_dict(state["reward_moments"])
+            self._episodes = state["episode"]
 
 
 def copied(model: PreTrainedModel, name: str) -> PreTrainedModel:
@@ -1140,3 +1419,15 @@ def submodule_state_dict(state_dict: dict | None, name: str) -> dict | None:
     if state_dict is None:
         return None
     return {key.removeprefix(f"{name}."): value for key, value in state_dict.items() if key.startswith(f"{name}.")}
+
+
+def repeated_prompts(inputs: dict, times: int) -> dict:
+    """A collated batch of prompts with every prompt `times` times in a row (`num_samples_per_prompt`)."""
+    if times == 1:
+        return inputs
+    return {
+        name: value.repeat_interleave(times, dim=0)
+        if isinstance(value, torch.Tensor)
+        else [item for item in value for _ in range(times)]
+        for name, value in inputs.items()
+    }
