@@ -7,11 +7,13 @@ import json
 import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TEXT, flags, tiny_config, tiny_llama_config, torchrun_stage
 from test_ppo import (
+    STAGE_RUN,
     even_tokens,
     logged,
     multi_process_ppo_flags,
@@ -19,6 +21,7 @@ from test_ppo import (
     ppo_args,
     ppo_trainer,
     prompts,
+    prompts_and_corpus,
     rollout_batch,
 )
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -26,6 +29,7 @@ from transformers import LlamaForSequenceClassification, TrainerCallback, Traine
 from transformers.integrations import MLflowCallback, TensorBoardCallback, TrackioCallback, WandbCallback
 
 from hf_instruct import InstructGPTForCausalLM, InstructGPTForSequenceClassification, PPOConfig, train_tokenizer
+from hf_instruct.stages import PPOStageConfig, run_ppo
 from hf_instruct.trainers.ppo import explained_variance, kl_estimate, reward_texts
 from hf_instruct.trainers.ppo_rewards import RemoteRewardModel, RunningMoments
 from hf_instruct.trainers.ppo_tracking import send_sample_table
@@ -369,6 +373,31 @@ def test_a_reward_served_over_http(tmp_path, tokenizer, reward_server):
     closed = RemoteRewardModel("http://127.0.0.1:9/get_reward", tokenizer=tokenizer, timeout=1, retries=0)
     with pytest.raises(RuntimeError, match="did not answer"):
         closed(["a"], ["b"])
+
+
+def test_hf_instruct_ppo_scores_with_a_remote_reward_url(tmp_path, tiny_model_dir, tokenizer, reward_server):
+    """`--remote_reward_url`: the stage's answers are scored by the server (one request of 4 queries per step), not
+    by the reward model, whose folder only starts the value model."""
+    prompt_file, _ = prompts_and_corpus(tmp_path, 16)
+    config = PPOStageConfig(
+        model_name_or_path=str(tiny_model_dir),
+        reward_model_path=str(parity_reward_model_dir(tmp_path, tokenizer)),
+        remote_reward_url=f"http://127.0.0.1:{reward_server.server_address[1]}/get_reward",
+        train_files=[str(prompt_file)],
+        eval_examples=0,
+        output_dir=str(tmp_path / "ppo"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_mini_batches=1,
+        response_length=4,
+        logging_steps=1,
+        **STAGE_RUN,
+    )
+    history = json.loads((Path(run_ppo(config)) / "trainer_state.json").read_text())["log_history"]
+    scores = [entry["objective/scores"] for entry in history if "objective/scores" in entry]
+    assert [len(body["query"]) for body in reward_server.bodies] == [4, 4]
+    served = [sum(len(query) / 100 for query in body["query"]) / 4 for body in reward_server.bodies]
+    assert scores == pytest.approx(served, abs=1e-6)
 
 
 # ---------------------------------------------------------------- item 13: the rollout layout

@@ -19,7 +19,7 @@ from transformers import (
 
 from ..data import load_prompt_dataset, load_text_dataset, pack_texts
 from ..data.text import NotEnoughTextError
-from ..trainers import PPOConfig, PPOTrainer
+from ..trainers import PPOConfig, PPOTrainer, RemoteRewardModel
 from .common import (
     LoraArguments,
     RewardModelArguments,
@@ -40,6 +40,14 @@ class PPOStageConfig(TuningArguments, LoraArguments, RewardModelArguments, PPOCo
     """`hf_instruct.PPOConfig` plus the SFT policy, the reward model, the prompts and the pretraining corpus."""
 
     value_model_path: str | None = field(default=None, metadata={"help": "Default: the reward model (InstructGPT)."})
+    remote_reward_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "Score answers with a reward served over HTTP instead of reward_model_path's model (OpenRLHF's "
+            "--remote_rm_url: POST {query, prompts, completions} -> {rewards}); reward_model_path then only starts "
+            "the value model (or set value_model_path)."
+        },
+    )
     ptx_files: list[str] | None = field(
         default=None, metadata={"help": "Pretraining text for PPO-ptx (files, folders or globs; with ptx_coef > 0)."}
     )
@@ -89,7 +97,11 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
 
     # ---- policy and reference from the SFT model (+ LoRA), reward and value models from the reward model
     policy, ref_model = load_policy(config)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path)
+    if config.remote_reward_url:  # a reward function: it renders chat prompts with the policy's template
+        reward_model, reward_processing_class = RemoteRewardModel(config.remote_reward_url, tokenizer), None
+    else:
+        reward_model = AutoModelForSequenceClassification.from_pretrained(config.reward_model_path)
+        reward_processing_class = reward_tokenizer
     value_model = AutoModelForSequenceClassification.from_pretrained(
         config.value_model_path or config.reward_model_path
     )
@@ -104,7 +116,7 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
         eval_dataset=eval_prompts,
         ptx_dataset=ptx_blocks,
         peft_config=None if isinstance(policy, PeftModel) else config.lora_config(),
-        reward_processing_class=reward_tokenizer,
+        reward_processing_class=reward_processing_class,
         callbacks=callbacks,
     )
 
