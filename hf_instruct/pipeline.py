@@ -509,6 +509,7 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
     ]
     run += [
         ["seed", str(config.seed)],
+        ["suite", config.suite_config().describe()],  # its seed may differ from the runs' (a development suite)
         ["hardware", hardware()],
         [
             "versions",

@@ -186,6 +186,7 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
         assert f"| {family} ({rows}) | {sft['floor_per_family'][family]['floor']:.2f} (" in report
     assert "The final model (PPO-ptx, " in report and "against base_4x (" in report
     assert "## Sample answers" in report and "| seed | 42 |" in report
+    assert f"| suite | {config.suite_config().describe()} |" in report  # the suite's own seed and sizes
     card = ModelCard.load(output_dir / "ppo" / "README.md")
     assert {"pretrain", "sft", "ppo"} <= set(card.data.tags)
     assert "suite_accuracy/held_out_entities" in card.text
