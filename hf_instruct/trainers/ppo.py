@@ -270,12 +270,15 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
+def masked_variance(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The (population) variance of the unmasked entries."""
+    return masked_mean((values - masked_mean(values, mask)) ** 2, mask)
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """1 − Var(returns − values) / Var(returns) over the unmasked tokens: 1 for a perfect value model, 0 for one no
     better than the mean return, negative for a worse one."""
-    residual = returns - values
-    residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
-    return 1 - residual_variance / masked_mean((returns - masked_mean(returns, mask)) ** 2, mask).clamp(min=1e-8)
+    return 1 - masked_variance(returns - values, mask) / masked_variance(returns, mask).clamp(min=1e-8)
 
 
 def masked_whiten(
@@ -1243,9 +1246,9 @@ class PPOTrainer(Trainer):
             "val/mean_response_length": rollout.mask.sum(dim=1).float().mean(),
             "val/ended_fraction": rollout.ended.float().mean(),
             "val/advantages_mean": masked_mean(advantages, mask),
-            "val/advantages_std": masked_mean((advantages - masked_mean(advantages, mask)) ** 2, mask).sqrt(),
+            "val/advantages_std": masked_variance(advantages, mask).sqrt(),
             "val/returns_mean": masked_mean(rollout.returns, mask),
-            "val/returns_std": masked_mean((rollout.returns - masked_mean(rollout.returns, mask)) ** 2, mask).sqrt(),
+            "val/returns_std": masked_variance(rollout.returns, mask).sqrt(),
             "val/values_mean": masked_mean(rollout.values, mask),
             "val/explained_variance": explained_variance(rollout.values, rollout.returns, mask),
         }
