@@ -50,7 +50,7 @@ from .ppo_rewards import (
     RewardSource,
     RunningMoments,
     as_list,
-    check_reward_model,
+    check_reward_tokenizer,
     reward_tokenizer_list,
     weighted_scores,
 )
@@ -653,7 +653,7 @@ class PPOTrainer(Trainer):
         reward_tokenizers = [tokenizer or processing_class for tokenizer in reward_tokenizers]
         for index, (source, tokenizer) in enumerate(zip(as_list(reward_model), reward_tokenizers, strict=True)):
             if isinstance(source, nn.Module):
-                check_reward_model(source, tokenizer, "reward_model" if index == 0 else f"reward_model[{index}]")
+                check_reward_tokenizer(source, tokenizer, "reward_model" if index == 0 else f"reward_model[{index}]")
 
         self.ptx_dataset = ptx_dataset
         self.reward_processing_class = reward_tokenizers[0]

@@ -5,7 +5,7 @@ and TRL users ask for, kept apart from the algorithm.
   only the default value model needs the policy's vocabulary) and reward functions, their scores summed with
   `PPOConfig.reward_weights` (GRPO's `reward_weights`).
 - `RemoteRewardModel`: a reward served over HTTP in OpenRLHF's `remote_rm_url` shape.
-- `check_reward_model`: a reward model must read the token ids its tokenizer writes and pool where they end; a
+- `check_reward_tokenizer`: a reward model must read the token ids its tokenizer writes and pool where they end; a
   stock classifier pools on its `config.pad_token_id`, so another pad id scores padding instead of the answer.
 - `RunningMoments`: running mean and variance of the reward model's scores across processes, for
   `reward_normalization` (saved in checkpoints, so a resumed run normalises as the uninterrupted one).
@@ -49,7 +49,7 @@ def reward_tokenizer_list(
     return list(reward_processing_class)
 
 
-def check_reward_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+def check_reward_tokenizer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
     """Refuse a reward model that cannot read what its tokenizer writes: token ids beyond its embedding matrix, or a
     `config.pad_token_id` other than the tokenizer's pad id (stock classifiers pool on the last token that is not the
     pad id, so right padding with another id is pooled as if it were the answer). A missing pad id is set."""
