@@ -42,7 +42,7 @@ from .hub import push_to_hub
 from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .stages import STAGES
 from .stages.common import did_you_mean, parse_fields, read_config_file
-from .staleness import INPUT_FIELDS, lock_folder, recorded_run, why_stale
+from .staleness import INPUT_FIELDS, lock_folder, recorded_run, value_changes, why_stale
 from .utils import chat_rewards, markdown_table, table_cell
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
@@ -223,8 +223,7 @@ def prepare_data(config: PipelineConfig, files: dict[str, Path]) -> str | None:
     if complete and recorded is None:
         reason = "the settings it was built with were not recorded"
     elif complete:
-        keys = [key for key in sorted({*recorded, *settings}) if recorded.get(key) != settings.get(key)]
-        reason = f"suite settings changed ({', '.join(f'{k} {recorded.get(k)} → {settings.get(k)}' for k in keys)})"
+        reason = f"suite settings changed ({', '.join(value_changes(recorded, settings))})"
     suite = build_suite(suite_config)
     documents = suite["pretrain"]
     kept = len(documents) - HELD_OUT_DOCUMENTS

@@ -98,11 +98,18 @@ def jsonable(value):
 def setting_changes(recorded: dict, current: dict, config_class: type) -> list[str]:
     """'name old → new' for each setting that differs; a setting missing on one side had its default there."""
     defaults = {field.name: jsonable(field_default(field)) for field in dataclasses.fields(config_class)}
+    return value_changes(recorded, current, defaults)
+
+
+def value_changes(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """'name old → new' for each key whose value differs between two mappings (a missing key has its `defaults`
+    value, else None), in key order."""
+    defaults = defaults or {}
     changes = []
-    for name in sorted(set(recorded) | set(current)):
-        old, new = recorded.get(name, defaults.get(name)), current.get(name, defaults.get(name))
-        if old != new:
-            changes.append(f"{name} {old} → {new}")
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name, defaults.get(name)), new.get(name, defaults.get(name))
+        if before != after:
+            changes.append(f"{name} {before} → {after}")
     return changes
 
 
