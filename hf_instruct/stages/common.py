@@ -7,6 +7,7 @@ command and the pipeline alike. Its config is a dataclass extending the stock tr
 
 import argparse
 import atexit
+import datetime
 import difflib
 import importlib.util
 import json
@@ -197,8 +198,15 @@ class RewardModelArguments:
 @atexit.register
 def leave_the_process_group() -> None:
     """Under torchrun, leave the process group before the interpreter exits: a gloo group torn down at exit can abort
-    the process ("terminate called without an active exception") after the run has finished."""
+    the process ("terminate called without an active exception") after the run has finished, when one process tears
+    its connections down while another still uses them. So the processes first meet at a barrier (gloo's bounded
+    one: a process that died is waited for 30 s at most), then leave together."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_backend() == "gloo":
+            try:
+                torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=30))
+            except RuntimeError:  # another process is gone or stuck: leave without it
+                pass
         torch.distributed.destroy_process_group()
 
 
