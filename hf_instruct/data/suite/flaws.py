@@ -10,7 +10,7 @@ and not tuned to make any stage look good. A user with real labelers replaces th
 
 Four kinds of mistake, each one a plausible answer that the suite's verifier rejects (checked per answer):
 - `miscount`: a count off by one (the letters of a word, the items of a list, one bullet too many or too few) or a
-  list position off by one (the item before the one asked for);
+  list position off by one (an item next to the one asked for);
 - `chatty`: the right answer inside a preamble or a sign-off ("Sure! 7", "7. Hope this helps!"), although the
   question asks for the answer alone;
 - `format`: the right content in the wrong shape: a sentence where a number, a word or a yes/no was asked ("The
@@ -18,20 +18,18 @@ Four kinds of mistake, each one a plausible answer that the suite's verifier rej
 - `wrong_value`: a wrong value: a fact misremembered (another plausible value of the same attribute), the other
   option, a slip in a sum, the wrong letter.
 
-Why these rates (per cent of a family's demonstrations, at scale 1):
-- Simple, well-practised actions fail about 0.5-2 % of the time, and multi-step work such as writing a spreadsheet
-  formula in 1-5 % of cells (Panko's surveys of human-error research, e.g. "What we know about spreadsheet errors",
-  1998/2008); copying a value just read or reading an option off the prompt is such an action: 2-4 %.
+Why these rates (per cent of a family's demonstrations, at scale 1; the table is in docs/data.md):
+- Simple, well-practised actions fail about 0.5-1 % of the time and multi-step work more (cell error rates of about
+  1-5 % in spreadsheet development; Panko's surveys of human-error research): copying a value just read or reading
+  an option off the prompt, 2-4 %; a follow-up question (two hops) or a sum, 6 %.
 - Counting is worse. Beyond the 3-4 objects people take in at a glance (subitizing, Kaufman et al. 1949), counting is
   serial and its errors are mostly off by one; and readers miss letters systematically (the missing-letter effect,
-  Healy 1976). Counting the letters of a 3-10 letter word: 12 %; the items of a 2-7 item list: 8 %; a list position
-  (the fourth item): 6 %; writing 2-4 bullets of a kind: 5 %.
-- Two-step work compounds: a multi-turn follow-up or a sum (6 %), and a composition fails when either of its steps
-  does (its rates combine its parts': 1 - (1 - a)(1 - b) for miscounts and wrong values; chatter as any answer, the
-  format as its operation's).
-- Chatter and the wrong shape are habits, not slips: writers keep the habits of conversation ("Sure!") and of
-  writing sentences, above all where capitals or bare words look odd; no study gives a rate for them, so they are
-  kept moderate: 6 % chatter everywhere, 3-5 % a sentence, 6 % commas for bullets, 8 % lower case for capitals.
+  Healy 1976). A word's letters: 12 %; the items of a 2-7 item list: 8 %; a list position (the fourth item): 6 %;
+  writing 2-4 bullets of a kind: 5 %.
+- A composition fails when either of its steps does: its miscounts and wrong values are 1 - (1 - a)(1 - b) of its
+  parts' rates; its chatter is any answer's, its format its operation's.
+- Chatter and the wrong shape are habits rather than slips, for which no study gives a rate; they are kept moderate:
+  6 % chatter everywhere, 3-5 % a sentence, 6 % commas for bullets, 8 % lower case for capitals.
 - For scale: people disagree even when judging. InstructGPT's labelers agreed with each other on 72.6 ± 1.5 % of
   comparisons (Ouyang et al. 2022), and at least 3.3 % of the labels of ten common test sets are wrong (Northcutt,
   Athalye & Mueller 2021). The default profile flaws about one demonstration in six (11-26 % by family), a careful
@@ -121,9 +119,7 @@ class Flaws:
     def mistakes(self, kind: str, family: Family, task: Task, reference: str) -> list[str]:
         """The answers a writer making mistakes of `kind` could give (some may pass the check: the caller drops
         those)."""
-        if (
-            kind == "chatty"
-        ):  # a preamble on its own line before a list, else on the answer's; a full stop before a sign-off
+        if kind == "chatty":  # a preamble on a line of its own before a list; a full stop before a sign-off
             glue = "\n" if "\n" in reference else " "
             stop = "" if glue == "\n" or reference.endswith((".", "!", "?")) else "."
             opened = f"{self.rng.choice(PREAMBLES)}{glue}{reference}"
@@ -132,29 +128,27 @@ class Flaws:
         if kind == "format":
             return misshapen(task.check, reference)
         if len(family.parts) == 1:
-            return step_mistakes(kind, family.name, task)
+            return step_mistakes(kind, task)
         source, operation = family.parts
         build = WORD_OPERATIONS[operation][1]
-        wrong_words = self.wrong_words(kind, source, task) if PROFILE[source].get(kind) else []
-        own = step_mistakes(kind, operation, task) if PROFILE[operation].get(kind) else []
+        wrong_words = self.wrong_words(source, task) if PROFILE[source].get(kind) else []
+        own = step_mistakes(kind, task) if PROFILE[operation].get(kind) else []
         return [build({}, word).answers[-1] for word in wrong_words] + own
 
-    def wrong_words(self, kind: str, source: str, task: Task) -> list[str]:
-        """Words a composition's first step finds by mistake: a misremembered fact, the item before the one asked
+    def wrong_words(self, source: str, task: Task) -> list[str]:
+        """Words a composition's first step finds by mistake: a misremembered fact, an item next to the one asked
         for, another category."""
         check = task.check
         if source == "knowledge":
             return [self.pool.other_value(Fact(*check["facts"][0]), self.rng) for _ in range(3)]
         if source == "list_item":
-            items, position = check["items"], task.slots["position"]
-            index = len(items) - 1 if position == "last" else POSITIONS.index(position)
-            return [items[i] for i in (index - 1, index + 1) if 0 <= i < len(items)]
+            return neighbours(task)
         return [name for name, items in CATEGORIES.items() if check["word"] not in items]
 
 
-def step_mistakes(kind: str, name: str, task: Task) -> list[str]:
-    """A plain family's miscounts (a count off by one, a bullet too many or too few, the item before) or wrong value
-    (the task's plausible wrong answer)."""
+def step_mistakes(kind: str, task: Task) -> list[str]:
+    """A plain family's (or a composition's last step's) miscounts: a count off by one, a bullet too many or too
+    few, an item next to the one asked for; or its wrong value: the task's plausible wrong answer."""
     check = task.check
     if kind == "miscount" and check["kind"] == "number":
         return [str(check["answer"] - 1), str(check["answer"] + 1)]
@@ -162,7 +156,16 @@ def step_mistakes(kind: str, name: str, task: Task) -> list[str]:
         items = list_items(task.answers[-1])[1]
         spare = [item for item in check["pool"] if item not in items]
         return [join_items(items[:-1], check["style"]), join_items([*items, *spare[:1]], check["style"])]
+    if kind == "miscount" and "position" in task.slots:
+        return neighbours(task)
     return [task.wrong]
+
+
+def neighbours(task: Task) -> list[str]:
+    """The items next to the one a list question asks for (its position miscounted by one)."""
+    items, position = task.check["items"], task.slots["position"]
+    index = len(items) - 1 if position == "last" else POSITIONS.index(position)
+    return [items[i] for i in (index - 1, index + 1) if 0 <= i < len(items)]
 
 
 def misshapen(check: dict, reference: str) -> Sequence[str]:
