@@ -485,3 +485,18 @@ def test_export_reads_back_with_the_package_loaders(suite, tmp_path):
     assert len(load_text_dataset(paths["pretrain"])) == len(suite["pretrain"])
     first = json.loads(paths["sft"].read_text(encoding="utf-8").splitlines()[0])
     assert first == suite["sft"][0]
+
+
+def test_the_docs_table_is_the_default_profile():
+    """docs/data.md's table of default rates says what `profile(1)` does, for every family it names alone."""
+    from conftest import REPO
+
+    rates, rows = profile(1), {}
+    for line in (REPO / "docs/data.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in rates:
+            rows[cells[0]] = [0.0 if cell == "–" else float(cell) / 100 for cell in cells[1:]]
+    assert set(rows) == set(rates) - set(HELD_OUT_COMPOSITIONS)
+    for family, written in rows.items():
+        expected = [rates[family][kind] for kind in KINDS]
+        assert written == pytest.approx([*expected, sum(expected)], abs=6e-4), family
