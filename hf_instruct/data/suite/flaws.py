@@ -19,9 +19,11 @@ Four kinds of mistake, each one a plausible answer that the suite's verifier rej
   option, a slip in a sum, the wrong letter.
 
 Why these rates (per cent of a family's demonstrations, at scale 1; the table is in docs/data.md):
-- Simple, well-practised actions fail about 0.5-1 % of the time and multi-step work more (cell error rates of about
-  1-5 % in spreadsheet development; Panko's surveys of human-error research): copying a value just read or reading
-  an option off the prompt, 2-4 %; a follow-up question (two hops) or a sum, 6 %.
+- Simple but nontrivial cognitive actions (writing a line of code, doing a calculation, filling a spreadsheet
+  cell) fail 1-5 % of the time: spreadsheet cell error rates averaged 1.1-5.6 % in development experiments
+  (Panko's surveys of human-error research, e.g. "The Cognitive Science of Spreadsheet Errors", HICSS 2013):
+  copying a value just read or reading an option off the prompt, 2-4 %; a follow-up question (two hops) or a sum,
+  6 %.
 - Counting is worse. Beyond the 3-4 objects people take in at a glance (subitizing, Kaufman et al. 1949), counting is
   serial and its errors are mostly off by one; and readers miss letters systematically (the missing-letter effect,
   Healy 1976). A word's letters: 12 %; the items of a 2-7 item list: 8 %; a list position (the fourth item): 6 %;
