@@ -157,6 +157,8 @@ def test_few_shot_prompts_put_three_solved_examples_of_the_same_family_first(tin
     solved_by_family = {}
     for row in solved:
         solved_by_family.setdefault(row["family"], []).append(row["messages"])
+    flawed = [row["messages"] for row in solved if row["flaw"]]
+    assert flawed  # the suite's demonstrations hold their writers' mistakes
     for row, original in zip(prompted, held_out, strict=True):
         question = original["messages"]
         assert row["messages"][-len(question) :] == question  # the question and its reference answer come last
@@ -167,6 +169,7 @@ def test_few_shot_prompts_put_three_solved_examples_of_the_same_family_first(tin
                 conversations.append(shots[start:end])
                 start = end
         assert start == len(shots) and len(conversations) == 3, row["family"]
+        assert not any(conversation in flawed for conversation in conversations)  # a wrong demonstration is no shot
     with pytest.raises(ValueError, match="only 0 solved examples"):
         few_shot(held_out, held_out.select([]), shots=3)
 
@@ -243,10 +246,11 @@ def test_the_verifier_judges_the_win_rate_on_differing_answers_with_ties_half():
 def test_floors_are_the_best_trivial_rule_per_family_weighted_by_rows():
     from hf_instruct.evaluation.floors import family_floors, split_floor
 
-    def demonstration(family, answer):
+    def demonstration(family, answer, flaw=""):
         return {
             "family": family,
             "messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": answer}],
+            "flaw": flaw,
         }
 
     def example(family, answer, **shown):  # shown: the check's options, items or word
@@ -256,6 +260,7 @@ def test_floors_are_the_best_trivial_rule_per_family_weighted_by_rows():
     demonstrations = [
         *(demonstration("choice", answer) for answer in ("Lima", "Oslo", "Lima")),
         *(demonstration("count_letters", answer) for answer in ("5", "5", "6", "4")),
+        *(demonstration("count_letters", "3", flaw="miscount") for _ in range(5)),  # no reference answers
     ]
     examples = [
         example("choice", "Oslo", options=["Rome", "Oslo"]),

@@ -1,10 +1,11 @@
 """The embedded instruction-following suite: determinism, coverage, held-out disjointness, verifiers, export."""
 
 import dataclasses
+import hashlib
 import json
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 
@@ -22,7 +23,9 @@ from hf_instruct.data.suite import (
     training_texts,
     verify,
 )
+from hf_instruct.data.suite.flaws import KINDS, PREAMBLES, SENTENCES, SIGN_OFFS, profile
 from hf_instruct.data.suite.phrasings import FRAMES, WRAPPERS, contains, grams, words
+from hf_instruct.data.suite.phrasings import POOL as PHRASINGS
 from hf_instruct.data.suite.tasks import COMPOSITION_TABLE, FAMILY_TABLE, SOURCES
 from hf_instruct.data.suite.world import CATEGORIES, WORDS, Fact, make_world
 
@@ -46,8 +49,9 @@ def test_splits_sizes_and_columns(suite):
     assert len(suite["sft"]) == config.sft_examples and len(suite["comparisons"]) == config.comparisons
     for split in MESSAGE_SPLITS[1:]:
         assert len(suite[split]) == config.held_out_examples
-    for split in MESSAGE_SPLITS:
-        assert suite[split].column_names == ["messages", "family", "check", "template"]
+    for split in MESSAGE_SPLITS:  # the demonstrations also say which mistake their writer made, if any
+        flaw = ["flaw"] if split == "sft" else []
+        assert suite[split].column_names == ["messages", "family", "check", "template", *flaw]
         assert all(m[-1]["role"] == "assistant" and m[-2]["role"] == "user" for m in suite[split]["messages"])
     assert set(suite["comparisons"].column_names) >= {"prompt", "chosen", "rejected", "family", "broken", "check"}
 
@@ -279,8 +283,11 @@ def test_every_fact_asked_about_is_stated_in_the_corpus_in_three_phrasings(suite
 
 
 def test_reference_answers_pass_their_checks(suite):
+    """Every reference answer of a held-out split, and every demonstration its writer got right (see below)."""
     for split in MESSAGE_SPLITS:
-        for messages, check in zip(suite[split]["messages"], suite[split]["check"], strict=True):
+        rows = suite[split].filter(lambda row: not row.get("flaw"))
+        assert len(rows) > 0.7 * len(suite[split])
+        for messages, check in zip(rows["messages"], rows["check"], strict=True):
             assert verify(check, messages[-1]["content"]), (split, messages, check)
 
 
@@ -289,6 +296,110 @@ def test_comparisons_chosen_passes_rejected_fails(suite):
         assert verify(row["check"], row["chosen"][0]["content"]), row
         assert not verify(row["check"], row["rejected"][0]["content"]), row
     assert set(suite["comparisons"]["broken"]) == BREAKS
+
+
+# ---------------------------------------------------------------- demonstrations as people write them
+
+COLUMNS = ["messages", "family", "check", "template"]  # the demonstrations' columns before they had flaws
+# sha256 of json.dumps(build_suite(SuiteConfig.tiny(seed=3), ["sft"])["sft"].to_list()), computed at 3c44c32, before
+# demonstrations had flaws
+PERFECT_TINY_3 = "f6e94008268416cacd594551c572979e043d3c9d3a7a8b2623a0d17a3e6dd55f"
+
+
+@pytest.fixture(scope="module")
+def demonstrations():
+    """Scale -> 4200 demonstrations of the tiny suite (200 per trained family)."""
+    config = dataclasses.replace(SuiteConfig.tiny(), sft_examples=4200)
+    return {
+        scale: build_suite(dataclasses.replace(config, demonstration_flaws=scale), ["sft"])["sft"]
+        for scale in (0, 1, 2)
+    }
+
+
+def test_flaw_scale_zero_is_the_perfect_suite_built_before_flaws():
+    sft = build_suite(dataclasses.replace(SuiteConfig.tiny(seed=3), demonstration_flaws=0), ["sft"])["sft"]
+    assert hashlib.sha256(json.dumps(sft.select_columns(COLUMNS).to_list()).encode()).hexdigest() == PERFECT_TINY_3
+    assert set(sft["flaw"]) == {""}
+
+
+def test_flaws_change_only_the_demonstrations_answers(suite):
+    """The flaws draw from their own random stream: at any scale the same prompts, tasks and templates, and every
+    other split (comparisons, held-out splits, corpus) byte for byte the same."""
+    perfect = build_suite(dataclasses.replace(SuiteConfig.tiny(), demonstration_flaws=0))
+    doubled = build_suite(dataclasses.replace(SuiteConfig.tiny(), demonstration_flaws=2), ["sft"])["sft"]
+    for split in set(suite) - {"sft"}:
+        assert perfect[split].to_list() == suite[split].to_list(), split
+    for sft in (suite["sft"], doubled):
+        for column in ("family", "check", "template"):
+            assert sft[column] == perfect["sft"][column]
+        assert [m[:-1] for m in sft["messages"]] == [m[:-1] for m in perfect["sft"]["messages"]]
+        changed = [a[-1] != b[-1] for a, b in zip(sft["messages"], perfect["sft"]["messages"], strict=True)]
+        assert changed == [flaw != "" for flaw in sft["flaw"]] and any(changed)
+    assert doubled["flaw"].count("") < suite["sft"]["flaw"].count("")
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_flaw_rates_follow_the_profile_per_family_and_kind(demonstrations, scale):
+    """Within 4 binomial standard deviations (and one row) of the profile, for each family and kind and for each kind
+    over all families; families differ (people count worse than they recall a fact they read)."""
+    sft, rates = demonstrations[scale], profile(scale)
+    rows = Counter(sft["family"])
+    found = Counter(zip(sft["family"], sft["flaw"], strict=True))
+    for family, n in rows.items():
+        for kind in KINDS:
+            expected = rates[family][kind]
+            assert abs(found[family, kind] / n - expected) <= 4 * (expected * (1 - expected) / n) ** 0.5 + 1 / n, (
+                family,
+                kind,
+                found[family, kind] / n,
+                expected,
+            )
+    for kind in KINDS:
+        expected = sum(rates[family][kind] * n for family, n in rows.items()) / len(sft)
+        measured = sft["flaw"].count(kind) / len(sft)
+        assert abs(measured - expected) <= 4 * (expected * (1 - expected) / len(sft)) ** 0.5, (kind, measured)
+    assert {kind: rates["count_letters"][kind] for kind in KINDS} == {
+        "miscount": 0.12 * scale,
+        "chatty": 0.06 * scale,
+        "format": 0.03 * scale,
+        "wrong_value": 0,
+    }
+    totals = {family: sum(rates[family].values()) for family in rows}
+    assert max(totals.values()) > 1.8 * min(totals.values())
+    flawed = sum(totals[family] * n for family, n in rows.items()) / len(sft)  # the profile's share, not a draw's
+    assert 0.15 * scale <= flawed <= 0.25 * scale
+
+
+def test_a_flawed_demonstration_fails_its_check_and_a_clean_one_passes(demonstrations):
+    for scale, sft in demonstrations.items():
+        for messages, check, flaw in zip(sft["messages"], sft["check"], sft["flaw"], strict=True):
+            assert verify(check, messages[-1]["content"]) is (flaw == ""), (scale, flaw, messages[-1], check)
+    assert set(demonstrations[0]["flaw"]) == {""} and set(demonstrations[1]["flaw"]) == {"", *KINDS}
+
+
+def test_the_profile_scales_and_caps_at_one():
+    assert all(rate == 0 for kinds in profile(0).values() for rate in kinds.values())
+    assert profile(2)["uppercase"]["format"] == pytest.approx(2 * profile(1)["uppercase"]["format"])
+    # a composition fails when either step does: list_item miscounts 6 %, count_letters 12 %
+    assert profile(1)["list_item+count_letters"]["miscount"] == pytest.approx(1 - 0.94 * 0.88)
+    for kinds in profile(100).values():
+        assert sum(kinds.values()) == pytest.approx(1) and all(0 <= rate <= 1 for rate in kinds.values())
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), "1"])
+def test_a_bad_flaw_scale_is_refused_naming_the_field(bad):
+    with pytest.raises(ValueError, match=r"SuiteConfig.demonstration_flaws must be a number >= 0"):
+        SuiteConfig(demonstration_flaws=bad)
+
+
+def test_flawed_answers_hold_no_phrasing_of_the_pool(demonstrations):
+    """Chatter and sentences are fixed phrases outside the phrasing pool: no 4-gram of a flawed answer is one of a
+    phrasing, so no held-out phrasing can leak through them (the leakage tests above run on flawed suites too)."""
+    pool_grams = {gram for phrasings in PHRASINGS.values() for phrasing in phrasings for gram in grams(phrasing)}
+    answers = [m[-1]["content"] for m in demonstrations[2]["messages"]]
+    assert len(answers) > 1000
+    for text in (*PREAMBLES, *SIGN_OFFS, *SENTENCES, *answers):
+        assert not grams(text.replace("{}", "x")) & pool_grams, text
 
 
 EXACT = {"kind": "exact", "answer": "Tovik Bay"}
@@ -374,3 +485,18 @@ def test_export_reads_back_with_the_package_loaders(suite, tmp_path):
     assert len(load_text_dataset(paths["pretrain"])) == len(suite["pretrain"])
     first = json.loads(paths["sft"].read_text(encoding="utf-8").splitlines()[0])
     assert first == suite["sft"][0]
+
+
+def test_the_docs_table_is_the_default_profile():
+    """docs/data.md's table of default rates says what `profile(1)` does, for every family it names alone."""
+    from conftest import REPO
+
+    rates, rows = profile(1), {}
+    for line in (REPO / "docs/data.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in rates:
+            rows[cells[0]] = [0.0 if cell == "–" else float(cell) / 100 for cell in cells[1:]]
+    assert set(rows) == set(rates) - set(HELD_OUT_COMPOSITIONS)
+    for family, written in rows.items():
+        expected = [rates[family][kind] for kind in KINDS]
+        assert written == pytest.approx([*expected, sum(expected)], abs=6e-4), family

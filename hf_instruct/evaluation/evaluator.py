@@ -138,11 +138,13 @@ def evaluate_model(
 
 def few_shot(examples: datasets.Dataset, solved: datasets.Dataset, shots: int = 3, seed: int = 0) -> datasets.Dataset:
     """`examples` with `shots` solved conversations of the same family before each one (drawn from `solved`, never
-    the example itself): how a base model is given its best chance, as in the GPT-3 paper's few-shot setting."""
+    the example itself): how a base model is given its best chance, as in the GPT-3 paper's few-shot setting. A
+    demonstration with a recorded `flaw` (its writer's mistake, data/suite/flaws.py) is not solved: never a shot."""
     rng = random.Random(seed)
     by_family: dict[str, list] = {}
     for row in solved:
-        by_family.setdefault(row["family"], []).append(row["messages"])
+        if not row.get("flaw"):
+            by_family.setdefault(row["family"], []).append(row["messages"])
 
     def prompted(row: dict) -> dict:
         candidates = [messages for messages in by_family.get(row["family"], []) if messages != row["messages"]]

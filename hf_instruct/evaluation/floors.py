@@ -35,9 +35,13 @@ TASKS = {"count_letters": (", letter count",), "uppercase": (" in capitals",), "
 def common_answers(demonstrations: Iterable[dict]) -> dict[str, list[str]]:
     """Family -> its most common reference answers (the last assistant turn) in the training demonstrations, most
     common first, and "+<operation>" -> those of every family ending in that operation, for families never trained
-    (held-out compositions take the answers their operation gives in training). Ties go to the answer seen first."""
+    (held-out compositions take the answers their operation gives in training). Ties go to the answer seen first.
+    A demonstration its writer got wrong (a `flaw` recorded, see data/suite/flaws.py) is no reference answer: the
+    floors do not depend on how flawed the demonstrations are."""
     answers: dict[str, Counter] = defaultdict(Counter)
     for row in demonstrations:
+        if row.get("flaw"):
+            continue
         answer = row["messages"][-1]["content"]
         answers[row["family"]][answer] += 1
         answers["+" + operation(row["family"])][answer] += 1

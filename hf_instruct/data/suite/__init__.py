@@ -29,6 +29,7 @@ import datasets
 
 from .comparisons import reject
 from .corpus import plain_dialogue, write_corpus
+from .flaws import Flaws
 from .phrasings import Phrasings, leaked_phrasings, split_phrasings
 from .tasks import COMPOSITION_ROLES, COMPOSITION_TABLE, ENTITY_FAMILIES, FAMILY_TABLE, Family
 from .verifiers import verify
@@ -58,6 +59,16 @@ class SuiteConfig:
     # (no split uses the held-out ones then; no training text holds either), and the held-out compositions are
     # trained while stand-in pairs are held out.
     development: bool = False
+    # The scale of the per-family profile of mistakes human writers make (flaws.py), applied to the SFT
+    # demonstrations only: 0 keeps every demonstration perfect, 1 is the default profile, 2 doubles its rates.
+    demonstration_flaws: float = 1.0
+
+    def __post_init__(self):
+        if not (isinstance(self.demonstration_flaws, (int, float)) and self.demonstration_flaws >= 0):
+            raise ValueError(
+                f"SuiteConfig.demonstration_flaws must be a number >= 0 (0: perfect demonstrations, 1: the default "
+                f"profile of writers' mistakes), got {self.demonstration_flaws!r}."
+            )
 
     @classmethod
     def tiny(cls, seed: int = 0) -> "SuiteConfig":
@@ -69,7 +80,7 @@ class SuiteConfig:
         return (
             f"suite seed {self.seed}{' (development)' if self.development else ''}: {self.num_entities} entities, "
             f"{self.corpus_mb} MB corpus, {self.sft_examples} demonstrations, {self.comparisons} comparisons, "
-            f"{self.held_out_examples} examples per held-out split"
+            f"{self.held_out_examples} examples per held-out split, demonstration flaws x{self.demonstration_flaws:g}"
         )
 
 
@@ -77,7 +88,8 @@ def build_suite(config: SuiteConfig | None = None, splits: Sequence[str] | None 
     """The suite's splits (with `splits`, only those: each comes from its own seeded generator, so a held-out split
     alone is the same as in the whole suite, and takes a second where the whole default suite takes ~20):
     "pretrain": {"text"} (one document per row)
-    "sft": {"messages", "family", "check", "template"}
+    "sft": {"messages", "family", "check", "template", "flaw"} (`flaw`: the kind of mistake its writer made, see
+        flaws.py, or "" for a clean demonstration)
     "comparisons": {"prompt", "chosen", "rejected", "family", "broken", "check", "template"} (TRL conversational form)
     "held_out_entities" / "held_out_paraphrases" / "held_out_compositions": {"messages", "family", "check", "template"}
     where messages run up to and including the reference answer (the prompt is messages[:-1]), `check` is the JSON
@@ -106,7 +118,14 @@ def build_suite(config: SuiteConfig | None = None, splits: Sequence[str] | None 
 
     makers = {
         "pretrain": lambda: {"text": write_corpus(world, rng("pretrain"), config.corpus_mb, phrasings)},
-        "sft": lambda: example_columns(rng("sft"), families, trained, train, config.sft_examples),
+        "sft": lambda: example_columns(
+            rng("sft"),
+            families,
+            trained,
+            train,
+            config.sft_examples,
+            Flaws(rng("flaws"), config.demonstration_flaws, train),
+        ),
         "comparisons": lambda: comparison_columns(rng("comparisons"), families, trained, train, config.comparisons),
         "held_out_entities": lambda: example_columns(
             rng("held_out_entities"),
@@ -179,15 +198,25 @@ def schedule(rng: random.Random, families: list[Family], count: int) -> list[tup
 
 
 def example_columns(
-    rng: random.Random, families: list[Family], phrasing: tuple[Phrasings, str], pool: Pool, count: int
+    rng: random.Random,
+    families: list[Family],
+    phrasing: tuple[Phrasings, str],
+    pool: Pool,
+    count: int,
+    flaws: Flaws | None = None,
 ) -> dict:
     """The columns of a split of `count` conversations (SFT or held-out), each up to its reference answer, worded in
-    the phrasings of one role (`phrasing`: the seed's split and the role)."""
-    columns = {"messages": [], "family": [], "check": [], "template": []}
+    the phrasings of one role (`phrasing`: the seed's split and the role). With `flaws` (the demonstrations), the
+    answer is written as a person would, mistakes included, and a `flaw` column names the mistake."""
+    columns = {key: [] for key in ("messages", "family", "check", "template", *(("flaw",) if flaws else ()))}
     for family, core in schedule(rng, families, count):
         template = family.draw(rng, *phrasing, core)
         task = family.make(rng, pool)
-        columns["messages"].append(family.render(template, task))
+        messages = family.render(template, task)
+        if flaws:
+            flaw, messages = flaws(family, task, messages)
+            columns["flaw"].append(flaw)
+        columns["messages"].append(messages)
         columns["family"].append(family.name)
         columns["check"].append(json.dumps(task.check))
         columns["template"].append(template.name)
