@@ -202,7 +202,8 @@ def model_of(row: str) -> str:
 
 def data_files(data_dir: Path) -> dict[str, Path]:
     """Where `prepare_data` puts the suite: split -> JSONL file."""
-    files = {split: data_dir / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons", *SUITE_SPLITS)}
+    splits = ("pretrain", "sft", "comparisons", "comparison_prompts", "rl_prompts", *SUITE_SPLITS)
+    files = {split: data_dir / f"{split}.jsonl" for split in splits}
     files["pretrain_held_out"] = data_dir / "pretrain_held_out.jsonl"
     files["suite"] = data_dir / SUITE_FILE  # names the suite, for `hf-instruct evaluate` and `data export`
     return files
@@ -270,13 +271,13 @@ def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_d
         "ppo": dict(
             model_name_or_path=run_dir("sft"),
             reward_model_path=run_dir("reward"),
-            train_files=[str(data["sft"])],
+            train_files=[str(data["rl_prompts"])],  # prompts of their own, broader than the demonstrations
             ptx_files=[str(data["pretrain"])],
         ),
         "ppo_no_ptx": dict(  # PPO without the pretraining mix
             model_name_or_path=run_dir("sft"),
             reward_model_path=run_dir("reward"),
-            train_files=[str(data["sft"])],
+            train_files=[str(data["rl_prompts"])],  # prompts of their own, broader than the demonstrations
             ptx_coef=0.0,
             ptx_files=None,
         ),

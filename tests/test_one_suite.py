@@ -42,6 +42,8 @@ def test_export_and_evaluate_use_the_suite_the_run_record_names(tmp_path, capsys
     assert main(["data", "export", str(tmp_path / "again"), "--model", str(model)]) == 0
     said = capsys.readouterr().out
     assert "suite seed 5: 30 entities, 0.2 MB corpus, 300 demonstrations" in said and str(model) in said
+    for split in ("comparison_prompts", "rl_prompts"):  # every split, the prompt splits too
+        assert f"{split}: {tmp_path / 'again' / f'{split}.jsonl'}" in said
     for split in ("sft", "held_out_paraphrases"):  # the very same files
         assert (tmp_path / "again" / f"{split}.jsonl").read_text() == (
             tmp_path / "run/data" / f"{split}.jsonl"

@@ -17,7 +17,7 @@ from hf_instruct.checkpoints import saved_model_problem
 from hf_instruct.cli import main
 from hf_instruct.evaluation.evaluator import SUITE_SPLITS
 from hf_instruct.models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
-from hf_instruct.pipeline import PipelineConfig, compared, fingerprint, headline, runs, stage_config
+from hf_instruct.pipeline import PipelineConfig, compared, data_files, fingerprint, headline, runs, stage_config
 
 PIPELINES = sorted(REPO.glob("recipes/*/pipeline.yaml"))
 
@@ -29,7 +29,7 @@ def test_there_are_pipelines_for_every_setup():
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda path: path.parent.name)
 def test_every_pipeline_yaml_builds_the_config_of_every_stage(path, tmp_path):
     config = PipelineConfig.from_yaml(path, output_dir=str(tmp_path / "run"))
-    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    data = data_files(tmp_path)
     for name in runs(config):
         stage = stage_config(name, config, data, tmp_path / "run")
         assert stage.output_dir == str(tmp_path / "run" / name) and stage.seed == config.seed
@@ -44,7 +44,7 @@ def test_a_baseline_is_the_pretrain_run_with_its_changes_on_the_same_tokens(tmp_
         stages={"pretrain": {"max_steps": 7, "block_size": 32, "model_config": {"hidden_size": 32}}},
         baselines={"base_4x": {"model_config": {"hidden_size": 64}}},
     )
-    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    data = data_files(tmp_path)
     assert list(runs(config)) == ["pretrain", "base_4x", "sft", "reward", "ppo", "ppo_no_ptx", "dpo"]
     assert compared(config) == (
         *("pretrain", "pretrain (3-shot)", "base_4x", "base_4x (3-shot)"),
@@ -68,7 +68,7 @@ def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_t
     default = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
     assert (config.stages, config.suite, config.seed) == (default.stages, default.suite, default.seed)
     assert config.estimates == {**default.estimates, "base_4x": 1920}  # `extends` updates a mapping key by key
-    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    data = data_files(tmp_path)
     base, midtrain, baseline = (
         stage_config(name, config, data, tmp_path) for name in ("pretrain", "midtrain", "base_4x")
     )
@@ -103,7 +103,7 @@ def test_a_stage_starts_from_its_recipe_in_the_place_the_pipeline_gives_it(tmp_p
     config = PipelineConfig.from_yaml(REPO / "recipes/gpu-125m/pipeline.yaml", output_dir=str(tmp_path), seed=7)
     config.stages["sft"]["max_steps"] = 500  # the entry's own fields replace the recipe's
     recipe = yaml.safe_load((REPO / "recipes/gpu-125m/sft/config.yaml").read_text())
-    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    data = data_files(tmp_path)
     sft = stage_config("sft", config, data, tmp_path)
     for name in ("max_length", "num_train_epochs", "per_device_train_batch_size", "packing", "learning_rate"):
         assert getattr(sft, name) == recipe[name], name
@@ -114,11 +114,15 @@ def test_a_stage_starts_from_its_recipe_in_the_place_the_pipeline_gives_it(tmp_p
 
 
 def test_ppo_without_ptx_shares_the_ppo_fields_without_the_pretraining_mix(tmp_path):
-    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    """...and both read the suite's RL prompts (broader than the demonstrations), unless a setup names its own."""
+    data = data_files(tmp_path)
     for path in PIPELINES:
         config = PipelineConfig.from_yaml(path, output_dir=str(tmp_path))
         ppo, no_ptx = (stage_config(name, config, data, tmp_path) for name in ("ppo", "ppo_no_ptx"))
         assert ppo.ptx_coef > 0 and ppo.ptx_files and no_ptx.ptx_coef == 0 and no_ptx.ptx_files is None
+        prompts = config.stages["ppo"].get("train_files") or [str(data["rl_prompts"])]
+        assert ppo.train_files == no_ptx.train_files == prompts
+        assert path.parent.name == "gutenberg-dolly" or prompts == [str(tmp_path / "rl_prompts.jsonl")]
         assert (ppo.max_steps, ppo.learning_rate, ppo.response_length) == (
             no_ptx.max_steps,
             no_ptx.learning_rate,

@@ -7,9 +7,10 @@ import random
 import re
 from collections import Counter, defaultdict
 
+import datasets
 import pytest
 
-from hf_instruct.data import load_instruction_dataset, load_preference_dataset, load_text_dataset
+from hf_instruct.data import load_instruction_dataset, load_preference_dataset, load_prompt_dataset, load_text_dataset
 from hf_instruct.data.suite import (
     COMPOSITIONS,
     FAMILIES,
@@ -26,10 +27,16 @@ from hf_instruct.data.suite import (
 from hf_instruct.data.suite.flaws import KINDS, PREAMBLES, SENTENCES, SIGN_OFFS, profile
 from hf_instruct.data.suite.phrasings import FRAMES, WRAPPERS, contains, grams, words
 from hf_instruct.data.suite.phrasings import POOL as PHRASINGS
-from hf_instruct.data.suite.tasks import COMPOSITION_TABLE, FAMILY_TABLE, SOURCES
+from hf_instruct.data.suite.tasks import COMPOSITION_TABLE, FAMILY_TABLE, HARDER, SOURCES, WRAPPER_KINDS
 from hf_instruct.data.suite.world import CATEGORIES, WORDS, Fact, make_world
 
 MESSAGE_SPLITS = ("sft", "held_out_entities", "held_out_paraphrases", "held_out_compositions")
+PROMPT_SPLITS = ("comparison_prompts", "rl_prompts")
+# sha256 of json.dumps(split.to_list()) before the rl phrasings and the prompt splits were added: unchanged since
+HELD_OUT_PARAPHRASES_SHA256 = {
+    0: "3b88362a1393c9c969e11fff7c7e4cc22109e34f204959eb218f96daaf38f600",  # SuiteConfig.tiny()
+    42: "4414b5adaae1388eaec981bc5e1b7a87c43e6129da2a75f5c502f207675d9ddb",  # SuiteConfig()
+}
 BREAKS = {"wrong_value", "off_task", "format", "verbose", "refusal", "repeat"}
 
 
@@ -54,6 +61,47 @@ def test_splits_sizes_and_columns(suite):
         assert suite[split].column_names == ["messages", "family", "check", "template", *flaw]
         assert all(m[-1]["role"] == "assistant" and m[-2]["role"] == "user" for m in suite[split]["messages"])
     assert set(suite["comparisons"].column_names) >= {"prompt", "chosen", "rejected", "family", "broken", "check"}
+    assert (len(suite["comparison_prompts"]), len(suite["rl_prompts"])) == (60, 60)
+    for split in PROMPT_SPLITS:
+        assert suite[split].column_names == ["prompt", "family", "check", "template"]
+        assert all(p[-1]["role"] == "user" and p[0]["role"] == "user" for p in suite[split]["prompt"])
+
+
+def sha256(split) -> str:
+    return hashlib.sha256(json.dumps(split.to_list()).encode()).hexdigest()
+
+
+def test_held_out_paraphrases_are_those_of_the_suite_before_the_rl_phrasings(suite):
+    """Holding phrasings back for RL changed the demonstrations, not the paraphrases a model is scored on."""
+    assert sha256(suite["held_out_paraphrases"]) == HELD_OUT_PARAPHRASES_SHA256[0]
+
+
+def phrasings_of(template: str) -> list[str]:
+    """The frames and wrappers a template name ("family/core:frames.wrappers", indices into the pool) uses."""
+    family, ids = template.split("/")[0], [int(i) for i in template.split(":")[1].split(".")]
+    kind, turns = FAMILY_TABLE.get(family, COMPOSITION_TABLE.get(family)).kind, len(ids) - len(WRAPPER_KINDS)
+    wrappers = [PHRASINGS[kind][i] for kind, i in zip(WRAPPER_KINDS, ids[turns:], strict=True) if i >= 0]
+    return [PHRASINGS[kind][i] for i in ids[:turns]] + wrappers
+
+
+def test_rl_phrasings_are_held_back_from_every_answered_instruction_and_used_by_the_prompt_splits(suite):
+    """The demonstrations, the synthetic comparisons, the corpus's question pages and the held-out entity and
+    composition splits use only SFT phrasings; the comparison and RL prompts use all training phrasings, the rl ones
+    among them (about half their rows); the corpus's notes may use rl phrasings (language, not demonstrations)."""
+    phrasings = split_phrasings(0)
+    sft, rl = set(phrasings.of("sft")), set(phrasings.of("rl"))
+    for split in ("sft", "comparisons", "held_out_entities", "held_out_compositions"):
+        assert all(set(phrasings_of(t)) <= sft for t in suite[split]["template"]), split
+    pages = [text for text in suite["pretrain"]["text"] if text.startswith("Questions and answers")]
+    answered = [m["content"] for messages in suite["sft"]["messages"] for m in messages] + pages
+    answered += [m["content"] for column in ("prompt", "chosen") for ms in suite["comparisons"][column] for m in ms]
+    assert leaked_phrasings(phrasings, answered, role="rl") == {}
+    for split in PROMPT_SPLITS:
+        used = [set(phrasings_of(t)) for t in suite[split]["template"]]
+        assert all(u <= sft | rl for u in used)
+        assert 0.3 < sum(bool(u & rl) for u in used) / len(used) < 0.7, split
+        asked = [m["content"] for prompt in suite[split]["prompt"] for m in prompt]
+        assert leaked_phrasings(phrasings, asked, role="rl")  # what the check finds where they are
 
 
 def test_same_seed_same_suite_other_seed_other_suite(suite):
@@ -82,7 +130,7 @@ def test_held_out_entities_only_in_the_corpus(suite, corpus):
     config = SuiteConfig.tiny()
     world = make_world(config.seed, config.num_entities, config.held_out_fraction)
     assert {e.kind for e in world.entities if e.name in world.held_out} == {"person", "town", "animal", "company"}
-    training = json.dumps(suite["sft"].to_list()) + json.dumps(suite["comparisons"].to_list())
+    training = "".join(json.dumps(suite[split].to_list()) for split in ("sft", "comparisons", *PROMPT_SPLITS))
     for name in world.held_out:
         assert name in corpus
         assert not re.search(rf"\b{re.escape(name)}\b", training), name
@@ -109,7 +157,10 @@ def test_the_grammar_gives_enough_phrasings_to_split_and_every_seed_splits_them_
         phrasings = split_phrasings(seed)
         train, dev, held_out = (set(phrasings.of(role)) for role in ("train", "dev", "held_out"))
         assert train and dev and held_out and not (train & dev or train & held_out or dev & held_out)
-        assert len(phrasings.roles["train"]["frames"]) >= 40  # instruction diversity: many training frames
+        assert len(phrasings.roles["sft"]["frames"]) >= 40  # instruction diversity: many frames SFT demonstrates
+        sft, rl = set(phrasings.of("sft")), set(phrasings.of("rl"))
+        assert rl and sft | rl == train and not sft & rl  # the rl phrasings: training ones, held back from SFT
+        assert all(phrasings.distinctive(phrasing, "sft") for phrasing in rl)
         for phrasing in dev | held_out:
             assert phrasings.distinctive(phrasing), phrasing
             assert not any(contains(phrasing, t) or contains(t, phrasing) for t in train), phrasing
@@ -137,14 +188,17 @@ def test_no_training_text_holds_a_held_out_or_development_phrasing(seed):
 
 @pytest.mark.slow
 def test_no_training_text_of_the_default_suite_holds_a_held_out_phrasing():
-    """The same on the default pipeline's suite (recipes/default/pipeline.yaml; ~35 s)."""
+    """The same on the default pipeline's suite (recipes/default/pipeline.yaml; ~35 s), whose held-out paraphrases
+    are those before the rl phrasings were held back from SFT."""
     import yaml
     from conftest import REPO
 
     recipe = yaml.safe_load((REPO / "recipes/default/pipeline.yaml").read_text())
     config = SuiteConfig(seed=recipe["seed"], **recipe["suite"])
-    texts = training_texts(build_suite(config))
-    assert leaked_phrasings(split_phrasings(config.seed), texts) == {}
+    suite = build_suite(config)
+    assert (len(suite["comparison_prompts"]), len(suite["rl_prompts"])) == (2000, 2000)
+    assert leaked_phrasings(split_phrasings(config.seed), training_texts(suite)) == {}
+    assert sha256(suite["held_out_paraphrases"]) == HELD_OUT_PARAPHRASES_SHA256[config.seed]
 
 
 def test_the_leakage_check_reports_a_held_out_phrasing_written_into_the_corpus(suite):
@@ -157,6 +211,20 @@ def test_the_leakage_check_reports_a_held_out_phrasing_written_into_the_corpus(s
     assert list(leaks) == [frame] and set(leaks[frame]) == phrasings.distinctive(frame)
     wrapper = phrasings.roles["held_out"]["greetings"][0]
     assert list(leaked_phrasings(phrasings, [*training_texts(suite), wrapper.upper()])) == [wrapper]
+
+
+@pytest.mark.parametrize("split", PROMPT_SPLITS)
+def test_the_leakage_check_reports_a_held_out_phrasing_written_into_a_prompt_split(suite, split):
+    """`training_texts` reads the comparison and RL prompts: a held-out frame asked in one of them is found."""
+    phrasings = split_phrasings(0)
+    frame = next(f for f in phrasings.roles["held_out"]["frames"] if f.count(" ") >= 4)
+
+    def ask_in_the_held_out_frame(row: dict, index: int) -> dict:
+        turn = {"role": "user", "content": frame.format(ask="the first letter of pear")}
+        return {**row, "prompt": [turn] if index == 7 else row["prompt"]}
+
+    leaky = datasets.DatasetDict({**suite, split: suite[split].map(ask_in_the_held_out_frame, with_indices=True)})
+    assert list(leaked_phrasings(phrasings, training_texts(leaky))) == [frame]
 
 
 def test_held_out_paraphrases_use_held_out_phrasings_around_training_asks(suite):
@@ -269,10 +337,40 @@ def test_every_word_a_composition_transforms_is_one_the_word_families_spell():
     assert set(CATEGORIES) <= set(WORDS)
 
 
+def checks(split: datasets.Dataset, family: str) -> list[dict]:
+    return [json.loads(check) for name, check in zip(split["family"], split["check"], strict=True) if name == family]
+
+
+def test_the_prompt_splits_ask_trained_families_and_pairs_and_harder_cases():
+    """Over every trained family and composition, never a held-out pair; half the tasks of a family with harder
+    cases are harder ones, which the demonstrations show rarely (the longest words: 13 % of letter counts) or never
+    (longer lists, more bullet points)."""
+    config = dataclasses.replace(SuiteConfig.tiny(seed=3), comparison_prompts=400, rl_prompts=1500)
+    suite = build_suite(config, ["sft", *PROMPT_SPLITS])
+    for split in PROMPT_SPLITS:
+        assert set(suite[split]["family"]) == set(suite["sft"]["family"])
+        assert not set(suite[split]["family"]) & set(HELD_OUT_COMPOSITIONS)
+    harder = {  # how big a task is, from its check, and from what size on it is a harder case
+        "count_letters": (lambda check: len(check["word"]), 7),
+        "min_max": (lambda check: len(check["items"]), 6),
+        "list_item": (lambda check: len(check["items"]), 7),
+        "count_items": (lambda check: check["answer"], 8),
+        "bullet_list": (lambda check: check["count"], 5),
+    }
+    assert set(harder) == set(HARDER)
+    for family, (size, hard) in harder.items():
+        share = {
+            split: sum(size(check) >= hard for check in checks(suite[split], family))
+            / len(checks(suite[split], family))
+            for split in ("sft", "rl_prompts")
+        }
+        assert share["sft"] < (0.2 if family == "count_letters" else 0.01) and 0.4 < share["rl_prompts"] < 0.75, share
+
+
 def test_every_fact_asked_about_is_stated_in_the_corpus_in_three_phrasings(suite, corpus):
     facts = {
         tuple(fact)
-        for split in (*MESSAGE_SPLITS, "comparisons")
+        for split in (*MESSAGE_SPLITS, *PROMPT_SPLITS, "comparisons")
         for check in suite[split]["check"]
         for fact in json.loads(check).get("facts", [])
     }
@@ -301,9 +399,9 @@ def test_comparisons_chosen_passes_rejected_fails(suite):
 # ---------------------------------------------------------------- demonstrations as people write them
 
 COLUMNS = ["messages", "family", "check", "template"]  # the demonstrations' columns before they had flaws
-# sha256 of json.dumps(build_suite(SuiteConfig.tiny(seed=3), ["sft"])["sft"].to_list()), computed at 3c44c32, before
-# demonstrations had flaws
-PERFECT_TINY_3 = "f6e94008268416cacd594551c572979e043d3c9d3a7a8b2623a0d17a3e6dd55f"
+# sha256 of json.dumps(build_suite(SuiteConfig.tiny(seed=3), ["sft"])["sft"].to_list()), computed at bc1fe84 (the
+# rl phrasings held back from the demonstrations), before demonstrations had flaws
+PERFECT_TINY_3 = "be3a5e22239140e1ea3e176cdb682710dae7612a48356b1c5a448e3369082d34"
 
 
 @pytest.fixture(scope="module")
@@ -483,6 +581,8 @@ def test_export_reads_back_with_the_package_loaders(suite, tmp_path):
         assert len(load_instruction_dataset(paths[split])) == len(suite[split])
     assert len(load_preference_dataset(paths["comparisons"])) == len(suite["comparisons"])
     assert len(load_text_dataset(paths["pretrain"])) == len(suite["pretrain"])
+    for split in PROMPT_SPLITS:  # the RL stages read their `prompt` column
+        assert load_prompt_dataset(paths[split])["prompt"] == suite[split]["prompt"]
     first = json.loads(paths["sft"].read_text(encoding="utf-8").splitlines()[0])
     assert first == suite["sft"][0]
 

@@ -2,10 +2,10 @@
 
 It measures InstructGPT's claim offline and exactly: a small model trained to follow instructions beats a bigger
 one that was only pretrained. A synthetic world of invented entities gives a pretraining corpus that states all its
-facts; instruction demonstrations, comparisons and three held-out splits are built over 15 task families and 9
-compositions of two of them, whose answers are checked exactly by `verify`. Instructions come from a small grammar
-(`tasks.py`): thousands of training templates per family, and held-out templates the training grammar cannot
-produce.
+facts; instruction demonstrations, comparisons, prompts for collecting comparisons and for RL, and three held-out
+splits are built over 15 task families and 9 compositions of two of them, whose answers are checked exactly by
+`verify`. Instructions come from a small grammar (`tasks.py`): thousands of training templates per family, and
+held-out templates the training grammar cannot produce.
 
     suite = build_suite(SuiteConfig.tiny())
     row = suite["held_out_entities"][0]
@@ -15,6 +15,11 @@ The held-out splits are out of distribution and disjoint from SFT data and compa
 about entities that only the corpus mentions, held_out_paraphrases uses the seed's held-out request frames and
 wrappers around training asks, and held_out_compositions asks for compositions (source+operation pairs) that no
 training conversation combines; SFT trains the other pairs of the same grid.
+
+The comparison prompts and the RL prompts are broader than the SFT prompts: worded in all the training phrasings,
+among them the seed's rl phrasings, which no answered instruction before RL holds (see `phrasings.py`), and half of
+the tasks of families with harder cases drawn from those (longer words to count, longer lists). They never name a
+held-out entity, use a held-out or development phrasing or ask for a held-out composition.
 """
 
 import dataclasses
@@ -53,6 +58,8 @@ class SuiteConfig:
     corpus_mb: float = 2.5  # approximate pretraining corpus size
     sft_examples: int = 10000
     comparisons: int = 6000
+    comparison_prompts: int = 2000  # prompts whose sampled answers a labeler ranks (collected comparisons)
+    rl_prompts: int = 2000  # PPO's and GRPO's prompts
     held_out_examples: int = 300  # per held-out split
     held_out_fraction: float = 0.2  # of each kind of entity (at least one), only in the pretraining corpus
     # For tuning a recipe: held_out_paraphrases uses the seed's development phrasings instead of its held-out ones
@@ -73,13 +80,23 @@ class SuiteConfig:
     @classmethod
     def tiny(cls, seed: int = 0) -> "SuiteConfig":
         """For tests and CI: a 0.2 MB corpus and a few hundred examples, built in well under a second."""
-        return cls(seed=seed, num_entities=30, corpus_mb=0.2, sft_examples=300, comparisons=150, held_out_examples=60)
+        return cls(
+            seed=seed,
+            num_entities=30,
+            corpus_mb=0.2,
+            sft_examples=300,
+            comparisons=150,
+            comparison_prompts=60,
+            rl_prompts=60,
+            held_out_examples=60,
+        )
 
     def describe(self) -> str:
         """One line naming every setting, for a command to print which suite it uses."""
         return (
             f"suite seed {self.seed}{' (development)' if self.development else ''}: {self.num_entities} entities, "
             f"{self.corpus_mb} MB corpus, {self.sft_examples} demonstrations, {self.comparisons} comparisons, "
+            f"{self.comparison_prompts} comparison prompts, {self.rl_prompts} RL prompts, "
             f"{self.held_out_examples} examples per held-out split, demonstration flaws x{self.demonstration_flaws:g}"
         )
 
@@ -91,6 +108,8 @@ def build_suite(config: SuiteConfig | None = None, splits: Sequence[str] | None 
     "sft": {"messages", "family", "check", "template", "flaw"} (`flaw`: the kind of mistake its writer made, see
         flaws.py, or "" for a clean demonstration)
     "comparisons": {"prompt", "chosen", "rejected", "family", "broken", "check", "template"} (TRL conversational form)
+    "comparison_prompts" / "rl_prompts": {"prompt", "family", "check", "template"} (a prompt: messages up to the last
+        user turn, the reference answer left out)
     "held_out_entities" / "held_out_paraphrases" / "held_out_compositions": {"messages", "family", "check", "template"}
     where messages run up to and including the reference answer (the prompt is messages[:-1]), `check` is the JSON
     spec `verify` scores an answer with, and `template` ("family/core:frames.wrappers", indices into the family's
@@ -111,7 +130,10 @@ def build_suite(config: SuiteConfig | None = None, splits: Sequence[str] | None 
     families = plain + [c for role in trained_roles for c in compositions[role]]
     held_out_compositions = compositions[held_out_role]
     paraphrased = (phrasings, "dev" if config.development else "held_out")
-    trained = (phrasings, "train")
+    # the SFT phrasings: the demonstrations', and those the held-out entities and compositions are asked in, so that
+    # those splits measure one thing each (not also phrasings SFT never demonstrated and RL trained on)
+    trained = (phrasings, "sft")
+    broad = (phrasings, "train")  # every training phrasing: the prompts of collected comparisons and of RL
 
     def rng(split: str) -> random.Random:
         return random.Random(f"{config.seed}/{split}")
@@ -127,6 +149,10 @@ def build_suite(config: SuiteConfig | None = None, splits: Sequence[str] | None 
             Flaws(rng("flaws"), config.demonstration_flaws, train),
         ),
         "comparisons": lambda: comparison_columns(rng("comparisons"), families, trained, train, config.comparisons),
+        "comparison_prompts": lambda: prompt_columns(
+            rng("comparison_prompts"), families, broad, train, config.comparison_prompts
+        ),
+        "rl_prompts": lambda: prompt_columns(rng("rl_prompts"), families, broad, train, config.rl_prompts),
         "held_out_entities": lambda: example_columns(
             rng("held_out_entities"),
             [FAMILY_TABLE[name] for name in ENTITY_FAMILIES],
@@ -149,11 +175,14 @@ def build_suite(config: SuiteConfig | None = None, splits: Sequence[str] | None 
 
 def training_texts(suite: datasets.DatasetDict) -> list[str]:
     """Every text a training stage reads from the suite: the corpus (pretraining, midtraining, ptx batches, the
-    tokenizer), the demonstrations (SFT, midtraining, RL prompts) and the comparisons (reward model, DPO)."""
+    tokenizer), the demonstrations (SFT, midtraining), the comparisons (reward model, DPO), the comparison prompts
+    (answers sampled for a labeler to rank) and the RL prompts (PPO, GRPO)."""
     texts = list(suite["pretrain"]["text"])
     texts += [m["content"] for messages in suite["sft"]["messages"] for m in messages]
     for column in ("prompt", "chosen", "rejected"):
         texts += [m["content"] for messages in suite["comparisons"][column] for m in messages]
+    for split in ("comparison_prompts", "rl_prompts"):
+        texts += [m["content"] for messages in suite[split]["prompt"] for m in messages]
     return texts
 
 
@@ -217,6 +246,23 @@ def example_columns(
             flaw, messages = flaws(family, task, messages)
             columns["flaw"].append(flaw)
         columns["messages"].append(messages)
+        columns["family"].append(family.name)
+        columns["check"].append(json.dumps(task.check))
+        columns["template"].append(template.name)
+    return columns
+
+
+def prompt_columns(
+    rng: random.Random, families: list[Family], phrasing: tuple[Phrasings, str], pool: Pool, count: int
+) -> dict:
+    """The columns of `count` prompts (the conversation up to its last user turn) with what checks an answer to them;
+    half the tasks of a family with harder cases are harder ones."""
+    columns = {"prompt": [], "family": [], "check": [], "template": []}
+    for family, core in schedule(rng, families, count):
+        template = family.draw(rng, *phrasing, core)
+        make = family.harder if family.harder and rng.random() < 0.5 else family.make
+        task = make(rng, pool)
+        columns["prompt"].append(family.render(template, task)[:-1])
         columns["family"].append(family.name)
         columns["check"].append(json.dumps(task.check))
         columns["template"].append(template.name)

@@ -4,9 +4,11 @@ Encyclopedic entries, short stories, registers, arithmetic drills, spelling note
 question-and-answer pages, in several phrasings each, so a tiny model can learn the facts (and the skills the tasks
 lean on) before it ever sees an instruction. Three entries per entity come first, each fact in a different
 phrasing, so every fact is stated at least three ways however small the corpus is; random documents then fill it to
-the requested size. Only the seed's training phrasings appear in it (never a held-out or development one), and its
-questions ask only about entities SFT may name: the base model is then asked few-shot in the question-and-answer
-format it read ("Question: ... Answer: ..."), so what it cannot do is measured, not a format it never saw.
+the requested size. Only the seed's training phrasings appear in it, never a held-out or development one: its notes
+use all of them, its question pages (answered instructions) only the SFT ones, as the rl phrasings are held back from
+every answered instruction before RL. Its questions ask only about entities SFT may name: the base model is then
+asked few-shot in the question-and-answer format it read ("Question: ... Answer: ..."), so what it cannot do is
+measured, not a format it never saw.
 """
 
 import functools
@@ -115,12 +117,13 @@ def note(world: World, rng: random.Random, phrasings: Phrasings) -> str:
 
 def questions(world: World, rng: random.Random, phrasings: Phrasings) -> str:
     """A page of questions and answers: tasks of the one-turn families about the entities SFT may name, asked in
-    training frames, in the plain format a base model is asked in."""
+    the SFT phrasings (answered instructions, like the demonstrations), in the plain format a base model is asked
+    in."""
     pool = world.pool()
     pairs = []
     for _ in range(rng.randint(3, 5)):
         family = FAMILY_TABLE[rng.choice(ASKED)]
-        template = family.draw(rng, phrasings, "train")
+        template = family.draw(rng, phrasings, "sft")
         pairs.append(family.render(template, family.make(rng, pool)))
     return "Questions and answers\n\n" + "\n\n".join(plain_dialogue(messages) for messages in pairs)
 

@@ -6,14 +6,19 @@ Answer without explaining. Thanks for your help."). Yes/no questions have their 
 {ask}? Answer yes or no."). A small grammar gives over a hundred frames and over a hundred wrappers; every suite
 seed splits them afresh into training phrasings (the only ones any training text uses: corpus, midtraining mix,
 demonstrations, comparisons, RL prompts, ptx batches), development phrasings (held out in a development suite, for
-tuning) and held-out phrasings (held_out_paraphrases only).
+tuning) and held-out phrasings (held_out_paraphrases only). The training phrasings are split again: the "rl" ones are
+held back from every text that answers an instruction before RL (the demonstrations, the synthetic comparisons, the
+corpus's question pages), so that the RL and comparison prompts, drawn over all training phrasings, are broader than
+the SFT prompts, as InstructGPT's PPO prompts were new requests; the "sft" ones are the rest. The corpus's notes use
+all training phrasings: they are language a pretrained model knows, not demonstrations.
 
 "Held out" is strict. A phrasing is compared as words (lower case, punctuation dropped, a slot as one word):
 - no held-out or development phrasing contains a training phrasing or is contained in one ("Could you give me
   {ask}?" holds "Give me {ask}."): the training one is dropped from the seed's pool;
 - every held-out or development phrasing has a distinctive 4-gram, one that no other phrasing of the pool holds, and
   `leaked_phrasings` searches training texts for those 4-grams (the leakage test runs it on every training text).
-Its words may appear elsewhere (a model must know them); its phrasing may not.
+Its words may appear elsewhere (a model must know them); its phrasing may not. An rl phrasing has a 4-gram of its own
+too, so `leaked_phrasings(..., role="rl")` finds one written into the SFT demonstrations.
 """
 
 import functools
@@ -22,8 +27,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-ROLES = ("train", "dev", "held_out")
+ROLES = ("train", "dev", "held_out", "sft", "rl")  # "sft" and "rl" split "train"
 GRAM = 4  # the length of the word n-grams that make a phrasing distinctive
+RL_SHARE = 0.2  # of each kind's training phrasings held back from SFT for the RL and comparison prompts (at most)
 
 
 def _grid(patterns: Iterable[str], **slots: Iterable[str]) -> tuple[str, ...]:
@@ -149,8 +155,8 @@ def contains(outer: str, inner: str) -> bool:
 
 @dataclass(frozen=True)
 class Phrasings:
-    """One seed's split: role ("train", "dev", "held_out") -> kind -> phrasings; `dropped` phrasings are used by no
-    split (they contain, or lie inside, a held-out or development one)."""
+    """One seed's split: role -> kind -> phrasings; `dropped` phrasings are used by no split (they contain, or lie
+    inside, a held-out or development one). "train", "dev" and "held_out" are disjoint; "train" is "sft" plus "rl"."""
 
     seed: int
     roles: dict[str, dict[str, tuple[str, ...]]]
@@ -160,26 +166,25 @@ class Phrasings:
         """Every phrasing of a role, all kinds together."""
         return [phrasing for kind in POOL for phrasing in self.roles[role][kind]]
 
-    def distinctive(self, phrasing: str) -> set[str]:
-        """The 4-grams of a held-out or development phrasing that no training phrasing holds."""
-        trained = self.of("train")
-        return {gram for gram in grams(phrasing) if not any(f" {gram} " in f" {' '.join(words(t))} " for t in trained)}
+    def distinctive(self, phrasing: str, apart_from: str = "train") -> set[str]:
+        """The 4-grams of a phrasing that no phrasing of role `apart_from` holds: "train" for a held-out or development
+        phrasing, "sft" for an rl one."""
+        others = self.of(apart_from)
+        return {gram for gram in grams(phrasing) if not any(f" {gram} " in f" {' '.join(words(t))} " for t in others)}
 
 
 @functools.lru_cache(maxsize=16)
 def split_phrasings(seed: int) -> Phrasings:
     """The seed's split of the pool: held-out and development phrasings drawn among those with a 4-gram of their
-    own, none containing another; training phrasings are the rest, less any that contains or lies inside them."""
+    own, none containing another; training phrasings are the rest, less any that contains or lies inside them. The rl
+    phrasings are drawn by a generator of their own among the training ones with a 4-gram of their own, so the
+    held-out and development draws are those of a split without them."""
     rng = random.Random(f"{seed}/phrasings")
-    everything = [phrasing for kind in POOL for phrasing in POOL[kind]]
-    counts: dict[str, int] = {}
-    for phrasing in everything:
-        for gram in grams(phrasing):
-            counts[gram] = counts.get(gram, 0) + 1
+    counts = gram_counts()
     chosen: dict[str, dict[str, list[str]]] = {role: {kind: [] for kind in POOL} for role in ("dev", "held_out")}
     picked: list[str] = []
     for kind, pool in POOL.items():
-        candidates = [p for p in pool if any(counts[gram] == 1 for gram in grams(p))]
+        candidates = [p for p in pool if has_own_gram(p, counts)]
         rng.shuffle(candidates)
         for role in ("held_out", "dev"):
             for phrasing in candidates:
@@ -195,11 +200,40 @@ def split_phrasings(seed: int) -> Phrasings:
         for kind, pool in POOL.items()
     }
     dropped = tuple(p for kind, pool in POOL.items() for p in pool if p not in picked and p not in train[kind])
+    rl = held_back(seed, train, counts)
     roles = {
         "train": train,
         **{role: {kind: tuple(ps) for kind, ps in kinds.items()} for role, kinds in chosen.items()},
+        "sft": {kind: tuple(p for p in train[kind] if p not in rl[kind]) for kind in POOL},
+        "rl": rl,
     }
     return Phrasings(seed, roles, dropped)
+
+
+def gram_counts() -> dict[str, int]:
+    """How many phrasings of the pool hold each 4-gram."""
+    counts: dict[str, int] = {}
+    for phrasing in (phrasing for kind in POOL for phrasing in POOL[kind]):
+        for gram in grams(phrasing):
+            counts[gram] = counts.get(gram, 0) + 1
+    return counts
+
+
+def has_own_gram(phrasing: str, counts: dict[str, int]) -> bool:
+    """Whether the phrasing holds a 4-gram no other phrasing of the pool holds."""
+    return any(counts[gram] == 1 for gram in grams(phrasing))
+
+
+def held_back(seed: int, train: dict[str, tuple[str, ...]], counts: dict[str, int]) -> dict[str, tuple[str, ...]]:
+    """The seed's rl phrasings: of each kind, `RL_SHARE` of its training phrasings (fewer where fewer have a 4-gram no
+    other phrasing holds: that 4-gram is what shows one is absent from a text), in pool order."""
+    rng = random.Random(f"{seed}/phrasings/rl")
+    rl = {}
+    for kind, phrasings in train.items():
+        candidates = [p for p in phrasings if has_own_gram(p, counts)]
+        chosen = set(rng.sample(candidates, min(len(candidates), round(RL_SHARE * len(phrasings)))))
+        rl[kind] = tuple(p for p in phrasings if p in chosen)
+    return rl
 
 
 def related(a: str, b: str) -> bool:
@@ -208,11 +242,13 @@ def related(a: str, b: str) -> bool:
 
 def leaked_phrasings(phrasings: Phrasings, texts: Iterable[str], role: str = "held_out") -> dict[str, list[str]]:
     """The phrasings of `role` whose distinctive 4-grams occur in `texts` (phrasing -> the 4-grams found); empty when
-    no text uses one. `texts` are every text a training stage reads."""
+    no text uses one. `texts` are every text a training stage reads (for "rl": every text that answers an
+    instruction before RL; an rl phrasing's 4-grams are those no SFT phrasing holds)."""
     joined = " " + " \n ".join(" ".join(words(text)) for text in texts) + " "
+    apart_from = "sft" if role == "rl" else "train"
     leaks = {}
     for phrasing in phrasings.of(role):
-        found = sorted(gram for gram in phrasings.distinctive(phrasing) if f" {gram} " in joined)
+        found = sorted(gram for gram in phrasings.distinctive(phrasing, apart_from) if f" {gram} " in joined)
         if found:
             leaks[phrasing] = found
     return leaks

@@ -12,6 +12,9 @@ it: capitals, first letter, letter count). They form a grid split like a Latin s
 held_out_compositions asks for the others, whose parts SFT only ever combines with other partners. Families and
 compositions share the task builders below, so a composition checks its answer exactly as its parts do.
 
+Some families have harder cases (longer words to count, longer lists, more items to write): the RL and comparison
+prompts draw half of such a family's tasks from them (`Family.harder`), so that RL meets what SFT showed less of.
+
 A check also records what the prompt shows that a trivial rule could answer from, besides the answer: `options`
 (the values a prompt offers to choose from), `items` (a list the prompt shows), `word` (the word it names); the
 verifier ignores them.
@@ -23,6 +26,7 @@ another token than the same word after a space, and a model would have to learn 
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 from .phrasings import POOL, Phrasings
 from .world import CATEGORIES, MONTHS, OPERATIONS, PLURALS, PRODUCTS, WORDS, Fact, Pool, arithmetic_problem
@@ -53,6 +57,7 @@ class Family:
     kind: str  # the kind of phrasings that frame its asks: "frames", or "yes_no" for a statement to judge
     make: Callable[[random.Random, Pool], Task]
     parts: tuple[str, ...]  # the families it combines (itself, for a plain family)
+    harder: Callable[[random.Random, Pool], Task] | None = None  # a maker of its harder cases, where it has them
 
     def draw(self, rng: random.Random, phrasings: Phrasings, role: str, core: int | None = None) -> Template:
         """A template in the seed's phrasings of `role`: the given core (else a random one), a frame around each
@@ -158,10 +163,11 @@ INITIALS = {letter: [word for word in WORDS if word[0] == letter] for letter in 
 LENGTHS = {n: [c for c in CATEGORIES if len(c) == n] for n in sorted({len(c) for c in CATEGORIES})}
 
 
-def word_list(rng: random.Random) -> tuple[list[str], str]:
-    """5 or 6 suite words with different first letters (so no other item's first letter answers for the asked
-    one's; at least five, so the fourth is never the last), and which position of the list a question asks for."""
-    letters = rng.sample(tuple(INITIALS), rng.randint(5, 6))
+def word_list(rng: random.Random, sizes: tuple[int, int] = (5, 6)) -> tuple[list[str], str]:
+    """5 or 6 (`sizes`) suite words with different first letters (so no other item's first letter answers for the
+    asked one's; at least five, so the fourth is never the last), and which position of the list a question asks
+    for."""
+    letters = rng.sample(tuple(INITIALS), rng.randint(*sizes))
     return [rng.choice(INITIALS[letter]) for letter in letters], rng.choice(POSITIONS)
 
 
@@ -263,8 +269,8 @@ def compare_numbers(rng: random.Random, pool: Pool) -> Task:
     "the {which} of the numbers {items}",
     "the {which} value among {items}",
 )
-def min_max(rng: random.Random, pool: Pool) -> Task:
-    items = rng.sample(range(1, 100), rng.randint(3, 5))
+def min_max(rng: random.Random, pool: Pool, sizes: tuple[int, int] = (3, 5)) -> Task:
+    items = rng.sample(range(1, 100), rng.randint(*sizes))
     which = rng.choice(("largest", "smallest"))
     best, worst = (max(items), min(items)) if which == "largest" else (min(items), max(items))
     return number_task({"items": commas(items), "which": which}, best, worst, shown={"items": items})
@@ -279,8 +285,8 @@ def min_max(rng: random.Random, pool: Pool) -> Task:
     "the letter count of {word}",
     "the length of {word} in letters",
 )
-def count_letters(rng: random.Random, pool: Pool) -> Task:
-    word = rng.choice(WORDS)
+def count_letters(rng: random.Random, pool: Pool, words: Sequence[str] = WORDS) -> Task:
+    word = rng.choice(words)
     return letter_count_task({"word": word}, word, shown={"word": word})
 
 
@@ -316,8 +322,8 @@ def first_letter(rng: random.Random, pool: Pool) -> Task:
     "the {position} word in the list {items}",
     "the {position} entry of {items}",
 )
-def list_item(rng: random.Random, pool: Pool) -> Task:
-    items, position = word_list(rng)
+def list_item(rng: random.Random, pool: Pool, sizes: tuple[int, int] = (5, 6)) -> Task:
+    items, position = word_list(rng, sizes)
     return exact_task(
         {"items": commas(items), "position": position}, *list_at(items, position), shown={"items": items}
     )
@@ -329,8 +335,8 @@ def list_item(rng: random.Random, pool: Pool) -> Task:
     "the count of items in {items}",
     "the length of the list {items}",
 )
-def count_items(rng: random.Random, pool: Pool) -> Task:
-    count = rng.randint(2, 7)
+def count_items(rng: random.Random, pool: Pool, sizes: tuple[int, int] = (2, 7)) -> Task:
+    count = rng.randint(*sizes)
     items = rng.sample(WORDS, count)
     return number_task({"items": commas(items)}, count, count + rng.choice((-1, 1)), shown={"items": items})
 
@@ -341,9 +347,9 @@ def count_items(rng: random.Random, pool: Pool) -> Task:
     "{n} {things} as bullet points",
     "{n} {things}, one bullet per line",
 )
-def bullet_list(rng: random.Random, pool: Pool) -> Task:
+def bullet_list(rng: random.Random, pool: Pool, sizes: tuple[int, int] = (2, 4)) -> Task:
     category = rng.choice(tuple(CATEGORIES))
-    n = rng.randint(2, 4)
+    n = rng.randint(*sizes)
     items = rng.sample(CATEGORIES[category], n + 1)
     check = {"kind": "list", "style": "bullet", "count": n, "pool": list(CATEGORIES[category])}
     return one_turn_task(
@@ -397,6 +403,20 @@ def one_word(rng: random.Random, pool: Pool) -> Task:
     check = {"kind": "one_word", "answers": SPELLINGS.get(category, [category])}
     slots = {"item": item, "options": f"{', '.join(options[:-1])} or {options[-1]}"}
     return one_turn_task(slots, category, wrong, check, shown={"options": options, "word": item})
+
+
+# ---------------------------------------------------------------- harder cases, for the RL and comparison prompts
+# Beyond what the demonstrations show: the longest suite words to count (7-10 letters; SFT's are mostly 4-6), lists
+# of 6-8 numbers (3-5), 7-8 words (5-6), 8-10 items to count (2-7), 5-6 bullet points (2-4; every category has 8+).
+HARDER = {
+    "count_letters": partial(count_letters, words=[word for word in WORDS if len(word) >= 7]),
+    "min_max": partial(min_max, sizes=(6, 8)),
+    "list_item": partial(list_item, sizes=(7, 8)),
+    "count_items": partial(count_items, sizes=(8, 10)),
+    "bullet_list": partial(bullet_list, sizes=(5, 6)),
+}
+for name, make in HARDER.items():
+    FAMILY_TABLE[name] = replace(FAMILY_TABLE[name], harder=make)
 
 
 # ---------------------------------------------------------------- compositions
