@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 from conftest import SMOKE_TRAINING, TEXT, tiny_config
+from test_ppo import ppo_trainer
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from hf_instruct import InstructGPTForCausalLM, InstructGPTForSequenceClassification
+from hf_instruct import InstructGPTForCausalLM, InstructGPTForSequenceClassification, PPOConfig
 from hf_instruct.model_card import read_history
 from hf_instruct.optimization import (
     MuonWithAdamW,
@@ -233,3 +234,34 @@ def test_bad_optimizer_and_schedule_settings_are_refused_naming_the_field(tmp_pa
         PretrainStageConfig(**common, lr_scheduler_type="cosine", lr_decay_steps=3, max_steps=10)
     with pytest.raises(ValueError, match="--optim muon needs a transformers model"):
         create_muon_optimizer(torch.nn.Linear(4, 4), muon_args(tmp_path))
+
+
+@dataclass
+class MuonPPOConfig(OptimizerArguments, PPOConfig):
+    """PPO's config with the optimizer fields, as the PPO stage's."""
+
+
+def test_ppo_gives_the_value_models_muon_group_value_learning_rate_over_learning_rate_times_muon_learning_rate(
+    tmp_path, tokenizer
+):
+    settings = dict(SMOKE_TRAINING, max_steps=2, per_device_train_batch_size=16, learning_rate=1e-3)
+    args = MuonPPOConfig(
+        **settings,
+        output_dir=str(tmp_path),
+        num_mini_batches=2,
+        response_length=12,
+        num_sample_completions=0,
+        optim="muon",
+        muon_learning_rate=0.02,
+        value_learning_rate=1e-2,
+    )
+    trainer = ppo_trainer(tokenizer, args)
+    trainer.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs(args)  # as the stages set it
+    optimizer = trainer.create_optimizer()
+    value_parameters = set(trainer.value_model.parameters())
+    rates = set()
+    for group in optimizer.param_groups:
+        (in_value_model,) = {parameter in value_parameters for parameter in group["params"]}
+        rates.add((group["muon"], in_value_model, round(group["lr"], 12)))
+    assert rates == {(False, False, 1e-3), (True, False, 0.02), (False, True, 1e-2), (True, True, 0.2)}
+    trainer.train()  # the Trainer steps the split groups (each optimizer's own)
