@@ -2,6 +2,7 @@
 which parameters Muon and AdamW get at which learning rate, that Muon's update is orthogonalised, the schedule's
 phases, exact resume of a stock Trainer with the Muon state, and clear errors for bad settings. fp32 throughout."""
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from hf_instruct.optimization import (
     orthogonalise,
     shape_scale,
 )
-from hf_instruct.stages import PretrainStageConfig, parse_config, run_pretrain
+from hf_instruct.stages import STAGES, PretrainStageConfig, parse_config, run_pretrain
 
 HIDDEN = [
     f"model.layers.{layer}.{name}.weight"
@@ -265,3 +266,33 @@ def test_ppo_gives_the_value_models_muon_group_value_learning_rate_over_learning
         rates.add((group["muon"], in_value_model, round(group["lr"], 12)))
     assert rates == {(False, False, 1e-3), (True, False, 0.02), (False, True, 1e-2), (True, True, 0.2)}
     trainer.train()  # the Trainer steps the split groups (each optimizer's own)
+
+
+class RecordOptimizer(TrainerCallback):
+    def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs):
+        self.optimizer, self.model = optimizer.optimizer, model  # the Trainer's, inside accelerate's wrapper
+
+
+@pytest.mark.parametrize(("stage", "head"), [("sft", "lm_head.weight"), ("reward", "score.weight"), ("dpo", None)])
+def test_every_stage_trains_with_optim_muon(tmp_path, tiny_model_dir, instructions, stage, head):
+    """The stages set the optimizer in `train_and_save`: also DPO's and GRPO's trainers, which take no
+    `optimizer_cls_and_kwargs`."""
+    pairs = tmp_path / "pairs.jsonl"
+    row = {"prompt": "Tell me about the sea.", "chosen": "Thank you, gladly.", "rejected": "Go away."}
+    pairs.write_text((json.dumps(row) + "\n") * 16)
+    config_class, run = STAGES[stage]
+    settings = dict(SMOKE_TRAINING, max_steps=2, max_length=64, eval_examples=0, muon_learning_rate=0.01)
+    config = config_class(
+        **{k: v for k, v in settings.items() if k != "use_cpu"},
+        model_name_or_path=str(tiny_model_dir),
+        train_files=[str(instructions if stage == "sft" else pairs)],
+        output_dir=str(tmp_path / stage),
+        optim="muon",
+    )
+    recorder = RecordOptimizer()
+    run(config, callbacks=[recorder])
+    assert isinstance(recorder.optimizer, MuonWithAdamW)
+    groups = groups_by_name(recorder.optimizer, recorder.model)
+    assert groups[-1][0] and groups[-1][3] == HIDDEN
+    assert recorder.optimizer.param_groups[-1]["initial_lr"] == 0.01  # the peak the schedule scales
+    assert head is None or head in groups[0][3]
