@@ -7,7 +7,8 @@ ones. It trains the modded-nanogpt speedrun records and nanochat in fewer tokens
 matrices inside the network (attention and MLP projections); embeddings, the LM or score head, norms and biases
 keep AdamW (the same reference implementations do it so). `torch.optim.Muon` runs the iteration in bfloat16, which a
 CPU without bf16 instructions emulates 50–80× slower than fp32 (1.6 s a step for the default model's 14 matrices
-against 37 ms in fp32), so here it runs in float32 on a CPU and in bfloat16 on a GPU, as torch's.
+against 37 ms in fp32, with the AVX2 code paths forced), so here it runs in float32 on a CPU and in bfloat16 on a GPU,
+as torch's. Muon does not run under DeepSpeed (ZeRO steps flattened shards of the weights): such a run is refused.
 
 The Trainer, its LR schedulers and its checkpoints expect one optimizer: `MuonWithAdamW` is one, whose param groups
 are marked `"muon": True` or False; the schedule scales every group's own learning rate alike.
@@ -84,6 +85,11 @@ class OptimizerArguments:
             )
         if optim.startswith("schedule_free") and importlib.util.find_spec("schedulefree") is None:
             raise ValueError(f"--optim {optim} needs the schedulefree package: pip install schedulefree.")
+        if optim == MUON and self.deepspeed:
+            raise ValueError(
+                "--optim muon does not run under DeepSpeed: ZeRO hands the optimizer flattened shards of the weights, "
+                "and Muon needs each matrix whole. Use DDP (torchrun), or another --optim."
+            )
         if self.muon_adjust_lr not in ADJUST_LR:
             raise ValueError(f"--muon_adjust_lr {self.muon_adjust_lr!r}: expected one of {', '.join(ADJUST_LR)}.")
         # TrainingArguments knows only its own names: it checks a stand-in, then the field says muon again

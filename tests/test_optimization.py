@@ -233,6 +233,8 @@ def test_bad_optimizer_and_schedule_settings_are_refused_naming_the_field(tmp_pa
         ValueError, match="--lr_decay_steps is for --lr_scheduler_type warmup_stable_decay, not cosine"
     ):
         PretrainStageConfig(**common, lr_scheduler_type="cosine", lr_decay_steps=3, max_steps=10)
+    with pytest.raises(ValueError, match="--optim muon does not run under DeepSpeed: ZeRO hands the optimizer"):
+        PretrainStageConfig(**common, optim="muon", deepspeed={"zero_optimization": {"stage": 2}})
     with pytest.raises(ValueError, match="--optim muon needs a transformers model"):
         create_muon_optimizer(torch.nn.Linear(4, 4), muon_args(tmp_path))
 
