@@ -31,6 +31,7 @@ from pathlib import Path
 
 import datasets
 import torch
+import yaml
 from transformers import TrainerCallback
 
 from hf_instruct.evaluation import evaluate_model
@@ -104,14 +105,27 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path, new_first: bool) -
         split: datasets.load_dataset("json", data_files=str(data[split]), split="train") for split in SUITE_SPLITS
     }
     run_pretrain(stage_config("pretrain", config, data, output_dir))
-    midtrain_settings = config.stages["midtrain"]
-    tokens_per_step = midtrain_settings["per_device_train_batch_size"] * midtrain_settings["block_size"]
+    new_recipe = {**NEW_RECIPE, "warmup_steps": args.warmup_steps, **args.new}
+    tokens_per_step = {
+        recipe: fields["per_device_train_batch_size"] * fields["block_size"]
+        for recipe, fields in (
+            ("today", config.stages["midtrain"]),
+            ("new", {**config.stages["midtrain"], **new_recipe}),
+        )
+    }
     rows = []
 
     def row(recipe: str, steps: int, seconds: float, run: str) -> None:
         scores = accuracy(output_dir / run, splits, args.limit)
         rows.append(
-            dict(seed=seed, recipe=recipe, steps=steps, tokens=steps * tokens_per_step, seconds=seconds, **scores)
+            dict(
+                seed=seed,
+                recipe=recipe,
+                steps=steps,
+                tokens=steps * tokens_per_step[recipe],
+                seconds=seconds,
+                **scores,
+            )
         )
         print(f"seed {seed}, {recipe}, {steps} steps: {seconds:.0f} s, mean accuracy {scores['mean']:.3f}", flush=True)
 
@@ -125,7 +139,6 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path, new_first: bool) -
         decays = {steps: max(1, round(args.decay_share * steps)) for steps in args.new_steps}
         starts = sorted(steps - decay for steps, decay in decays.items())
         clock = StepClock(starts)
-        new_recipe = {**NEW_RECIPE, "warmup_steps": args.warmup_steps}
         midtrain(
             config,
             data,
@@ -231,7 +244,7 @@ def report(rows: list[dict], args: argparse.Namespace, output_dir: Path) -> None
     )
     record = dict(
         recipe=str(args.recipe),
-        new_recipe=NEW_RECIPE,
+        new_recipe={**NEW_RECIPE, "warmup_steps": args.warmup_steps, **args.new},
         decay_share=args.decay_share,
         seeds=args.seeds,
         machine=machine,
@@ -282,12 +295,21 @@ def main() -> None:
     parser.add_argument("--new_steps", type=int, nargs="+", default=[750, 1500, 2250, 3000], help="New budgets.")
     parser.add_argument("--decay_share", type=float, default=0.2, help="Share of a new budget spent decaying.")
     parser.add_argument("--warmup_steps", type=int, default=NEW_RECIPE["warmup_steps"], help="The new warmup.")
+    parser.add_argument(
+        "--new",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="Midtrain fields of the new recipe over NEW_RECIPE's, to tune it: --new muon_learning_rate=0.03 "
+        "per_device_train_batch_size=32",
+    )
     parser.add_argument("--limit", type=int, default=None, help="Rows scored per split (default: every row).")
     parser.add_argument("--output_dir", type=Path, default=REPO / "benchmarks" / "results", help="Results go here.")
     parser.add_argument("--work_dir", type=Path, default=None, help="Keep the runs here (default: a temporary dir).")
     parser.add_argument("--quick", action="store_true", help="Tiny suite and model, one seed, ~2 minutes.")
     args = parser.parse_args()
     args.recipe, args.suite = RECIPE, {}
+    args.new = {name: yaml.safe_load(value) for name, value in (item.split("=", 1) for item in args.new)}
     if args.quick:
         args.recipe, args.seeds = QUICK_RECIPE, args.seeds[:1]
         args.today_steps, args.new_steps, args.limit = QUICK["today_steps"], QUICK["new_steps"], QUICK["limit"]
