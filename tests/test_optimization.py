@@ -221,6 +221,8 @@ def test_bad_optimizer_and_schedule_settings_are_refused_naming_the_field(tmp_pa
     config_file.write_text("train_files: [x.txt]\noptim: adam\n")
     with pytest.raises(ValueError, match=r"bad.yaml: optim: 'adam' is not valid: expected one of muon, adamw_torch"):
         parse_config(PretrainStageConfig, ["--config", str(config_file), "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--muon_learning_rate must be above 0, got 0"):
+        PretrainStageConfig(**common, optim="muon", muon_learning_rate=0)
     with pytest.raises(ValueError, match="needs the schedulefree package"):
         PretrainStageConfig(**common, optim="schedule_free_adamw")
     with pytest.raises(ValueError, match="warmup_stable_decay needs the decay's length: set --lr_decay_steps"):

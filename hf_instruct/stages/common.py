@@ -65,6 +65,7 @@ HINT_CUTOFF = 0.8
 # settings that make no sense at 0 or below: a run with them would train nothing, or crash inside torch
 POSITIVE_FIELDS = (
     "learning_rate",
+    "muon_learning_rate",
     "per_device_train_batch_size",
     "per_device_eval_batch_size",
     "gradient_accumulation_steps",
