@@ -204,6 +204,8 @@ def speedup(points: list[dict]) -> tuple[float, float, float | None]:
     each recipe (points sorted by budget)."""
     today = [p for p in points if p["recipe"] == "today"]
     target, today_seconds = today[-1]["mean"], today[-1]["seconds"]
+    if target <= 0:  # nothing to reach (the quick mode's tiny model)
+        return target, today_seconds, None
     return target, today_seconds, time_to_reach([p for p in points if p["recipe"] == "new"], target)
 
 
