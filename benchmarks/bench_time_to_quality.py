@@ -233,6 +233,8 @@ def report(rows: list[dict], args: argparse.Namespace, output_dir: Path) -> None
         f"The new recipe reaches today's mean accuracy {target:.3f} in {reached:.0f} s against {today_seconds:.0f} s: "
         f"**{ratio:.2f}×** as fast."
         if reached
+        else "Today's recipe scores 0 here: no time to compare."
+        if target <= 0
         else f"The new recipe does not reach today's mean accuracy {target:.3f} within its budgets."
     )
     each = ", ".join(f"seed {seed} {f'{r:.2f}×' if r else 'not reached'}" for seed, r in per_seed.items())
