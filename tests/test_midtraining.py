@@ -62,6 +62,10 @@ def test_mixture_holds_the_instruction_share_and_trains_only_answers(tokenizer):
     for share in (0.2, 0.5):
         with pytest.warns(UserWarning, match="do not fill"):
             blocks = pack_mixture(texts, CONVERSATIONS, tokenizer, 32, share=share, seed=0)
+        assert all(len(ids) == 32 for ids in blocks["input_ids"])  # full blocks: conversations packed, never padded
+        assert "attention_mask" not in blocks.column_names and tokenizer.pad_token_id not in sum(
+            blocks["input_ids"], []
+        )
         stream = [token for ids in blocks["input_ids"] for token in ids]
         labels = [label for ids in blocks["labels"] for label in ids]
         eos, instruction_tokens, start = tokenizer.eos_token_id, 0, 0

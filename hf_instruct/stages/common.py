@@ -52,6 +52,7 @@ from ..checkpoints import (
 )
 from ..hub import push_to_hub
 from ..model_card import RUN_FILE, plot_training_curves, read_history, stage_record, write_model_card, write_run_record
+from ..optimization import MUON, OptimizerArguments, optimizer_cls_and_kwargs
 from ..precision import default_bf16
 from ..staleness import input_fingerprints, lock_folder, recorded_run, run_settings, setting_changes
 
@@ -64,6 +65,7 @@ HINT_CUTOFF = 0.8
 # settings that make no sense at 0 or below: a run with them would train nothing, or crash inside torch
 POSITIVE_FIELDS = (
     "learning_rate",
+    "muon_learning_rate",
     "per_device_train_batch_size",
     "per_device_eval_batch_size",
     "gradient_accumulation_steps",
@@ -73,7 +75,7 @@ POSITIVE_FIELDS = (
 
 
 @dataclass
-class StageArguments:
+class StageArguments(OptimizerArguments):
     """The fields every stage adds to its stock trainer arguments: `class XStageConfig(StageArguments, XConfig)`."""
 
     model_name_or_path: str | None = field(
@@ -510,6 +512,8 @@ def train_and_save(
     """Train (resuming if asked), evaluate, save model + tokenizer + metrics + card, push if configured."""
     start = time.time()
     metrics = dict(extra_metrics or {})
+    if trainer.optimizer is None and (declared := optimizer_cls_and_kwargs(config)):
+        trainer.optimizer_cls_and_kwargs = declared  # `optim: muon`; DPO's and GRPO's trainers take no such argument
     if resume_from and (mismatch := shape_mismatch(Path(resume_from), getattr(trainer, "policy", trainer.model))):
         raise ValueError(
             f"{resume_from} holds a model of another shape than this run builds ({mismatch}): choose a new "
@@ -581,10 +585,15 @@ def push_if_asked(config: StageArguments, stage: str) -> None:
 
 
 def card_hyperparameters(config: TrainingArguments) -> dict:
-    """The settings a reader needs to reproduce the run (enums as their values; epochs only without max_steps)."""
+    """The settings a reader needs to reproduce the run (enums as their values; epochs only without max_steps; the
+    optimizer and Muon's settings only where it is Muon, the scheduler's arguments only where there are some)."""
     values = {name: getattr(config, name) for name in CARD_HYPERPARAMETERS if hasattr(config, name)}
     if config.max_steps > 0:
         values.pop("num_train_epochs")
+    if values.get("optim") != MUON:
+        values = {name: value for name, value in values.items() if name != "optim" and not name.startswith("muon_")}
+    if not values.get("lr_scheduler_kwargs"):
+        values.pop("lr_scheduler_kwargs", None)
     return {name: value.value if isinstance(value, Enum) else value for name, value in values.items()}
 
 
@@ -608,7 +617,12 @@ CARD_HYPERPARAMETERS = (
     "gradient_accumulation_steps",
     "max_steps",
     "num_train_epochs",
+    "optim",
+    "muon_learning_rate",
+    "muon_momentum",
+    "muon_weight_decay",
     "lr_scheduler_type",
+    "lr_scheduler_kwargs",
     "warmup_steps",
     "weight_decay",
     "seed",

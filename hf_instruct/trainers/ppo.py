@@ -1211,16 +1211,19 @@ class PPOTrainer(Trainer):
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's optimiser with the value model's parameters in param groups of their own, at
         value_learning_rate (OpenRLHF's critic_learning_rate): a critic often wants another step size than the
-        policy. Each of the Trainer's groups (with and without weight decay) is split in two."""
+        policy. Each of the Trainer's groups (with and without weight decay) is split in two. With `optim: muon` the
+        value model's Muon group runs at muon_learning_rate × value_learning_rate / learning_rate."""
         if self.optimizer is not None:
             return self.optimizer
         optimizer = super().create_optimizer(model)
-        value_lr = self.args.learning_rate if self.args.value_learning_rate is None else self.args.value_learning_rate
         value_parameters = set(self.value_model.parameters())
         groups = []
         for group in optimizer.param_groups:
             policy = [parameter for parameter in group["params"] if parameter not in value_parameters]
             value = [parameter for parameter in group["params"] if parameter in value_parameters]
+            value_lr = group["lr"] if self.args.value_learning_rate is None else self.args.value_learning_rate
+            if group.get("muon") and self.args.value_learning_rate is not None:
+                value_lr = group["lr"] * self.args.value_learning_rate / self.args.learning_rate
             for params, lr in ((policy, group["lr"]), (value, value_lr)):
                 if params:
                     groups.append({**group, "params": params, "lr": lr})
