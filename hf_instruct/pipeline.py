@@ -1,6 +1,6 @@
 """`hf-instruct pipeline`: the whole InstructGPT recipe on one machine, with baselines and a report.
 
-suite data → pretrain → midtrain → sft → reward → ppo (PPO-ptx) → ppo_no_ptx and dpo (the baselines) → evaluation
+suite data → pretrain → midtrain → sft → reward → ppo (PPO-ptx) → ppo_no_ptx, dpo, grpo (the baselines) → evaluation
 → report, each stage through the same `run_<stage>` function as its recipe, each output feeding the next. A stage's
 fields come from the pipeline YAML, which may start it from a stage recipe (`config: <stage YAML>`), and are parsed as
 `hf-instruct <stage> --config` parses its file: a typo fails before anything runs, naming the file and the stage.
@@ -13,7 +13,8 @@ on every row of the suite's held-out splits (instruction accuracy with its 95 % 
 answer rules reach, per split and per task family; the paired difference from the SFT model on the same prompts; the
 win rate over SFT as the suite's verifier judges it, the reward model's beside it) and on held-out pretraining text
 (perplexity: the "alignment tax"), and `report.md` with plots lands in the output folder; the comparison is computed
-again when a model or the evaluation settings changed.
+again when a model or the evaluation settings changed. With `evaluation: {best_of_n: N}` the SFT model is also
+scored answering with the best of N samples by the reward model, the simplest alternative to RL.
 """
 
 import dataclasses
@@ -21,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,8 @@ from .staleness import INPUT_FIELDS, lock_folder, recorded_run, value_changes, w
 from .utils import chat_rewards, markdown_table, table_cell
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
-# runs when the YAML configures it; the base model of the comparison is the plain pretrain run.
+# and grpo (a baseline: GRPO against the reward model) run when the YAML configures them; the base model of the
+# comparison is the plain pretrain run.
 RUNS = {
     "pretrain": "pretrain",
     "midtrain": "pretrain",
@@ -55,8 +58,10 @@ RUNS = {
     "ppo": "ppo",
     "ppo_no_ptx": "ppo",
     "dpo": "dpo",
+    "grpo": "grpo",
 }
-COMPARED = ("pretrain", "midtrain", "sft", "ppo_no_ptx", "ppo", "dpo")  # the models compared, base model first
+OPTIONAL_RUNS = ("midtrain", "grpo")  # run only when the YAML's `stages` names them
+COMPARED = ("pretrain", "midtrain", "sft", "ppo_no_ptx", "ppo", "dpo", "grpo")  # the models compared, base model first
 # pretrain fields that change how many tokens a baseline reads (a baseline that sets none reads the base's tokens)
 TOKEN_FIELDS = {
     "max_steps",
@@ -69,6 +74,8 @@ TOKEN_FIELDS = {
     "vocab_size",
 }
 FEW_SHOT = " (3-shot)"  # a base model asked with 3 solved examples of the same family before each question
+# the SFT model answering with the best of n samples by the reward model (`evaluation: {best_of_n: n}`)
+BEST_OF_N = " (best-of-{n})"
 # A base model (pretrain, a baseline) is asked in the plain question-and-answer text its corpus holds, not the chat
 # format it never saw, so that "the base cannot follow instructions" is measured, not a format artefact.
 BASE_PROMPT_FORMAT = "plain"
@@ -97,7 +104,8 @@ class PipelineConfig:
     # extra base models, e.g. 4x larger: run name -> pretrain fields that replace the pretrain stage's, so a baseline
     # sees the same corpus, tokenizer and tokens unless it says otherwise
     baselines: dict = field(default_factory=dict)
-    evaluation: dict = field(default_factory=dict)  # limit (default: every row), max_new_tokens, batch_size
+    # limit (default: every row), max_new_tokens, batch_size; best_of_n (default: no best-of-n row)
+    evaluation: dict = field(default_factory=dict)
     estimates: dict = field(default_factory=dict)  # run name or "evaluation" -> seconds it took on 2 CPU cores
     push_to_hub: bool = False  # push the final (PPO-ptx) model to the Hub when done
     hub_model_id: str | None = None  # "namespace/name" or "name" (the token's user); default: output_dir's name
@@ -115,6 +123,12 @@ class PipelineConfig:
             if unknown:
                 hint = did_you_mean(unknown[0], names)
                 raise ValueError(f"{self.source}: {section}: unknown run {unknown[0]!r}{f' ({hint})' if hint else ''}")
+        best_of_n = self.evaluation.get("best_of_n")
+        if best_of_n is not None and (not isinstance(best_of_n, int) or isinstance(best_of_n, bool) or best_of_n < 1):
+            raise ValueError(
+                f"{self.source}: evaluation: best_of_n: {best_of_n!r} is not valid: expected the samples per prompt "
+                "(an integer >= 1), or leave it out for no best-of-n row."
+            )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> "PipelineConfig":
@@ -184,20 +198,30 @@ def run_pipeline(config: PipelineConfig) -> Path:
 
 def runs(config: PipelineConfig) -> dict[str, str]:
     """Run name -> stage, in running order: the pipeline's runs with the config's baselines after pretraining."""
-    chosen = {name: stage for name, stage in RUNS.items() if name != "midtrain" or "midtrain" in config.stages}
+    chosen = {name: stage for name, stage in RUNS.items() if name not in OPTIONAL_RUNS or name in config.stages}
     return {"pretrain": "pretrain", **dict.fromkeys(config.baselines, "pretrain"), **chosen}
 
 
 def compared(config: PipelineConfig) -> tuple[str, ...]:
     """The rows of the comparison: each base model (the base, the baselines) asked zero-shot and then few-shot, then
-    the tuned models."""
+    the tuned models, SFT's best-of-n row (when the evaluation asks for one) after SFT."""
     bases = [row for base in (COMPARED[0], *config.baselines) for row in (base, f"{base}{FEW_SHOT}")]
-    return (*bases, *[name for name in COMPARED[1:] if name in runs(config)])
+    tuned = [name for name in COMPARED[1:] if name in runs(config)]
+    if row := best_of_n_row(config):
+        tuned.insert(tuned.index("sft") + 1, row)
+    return (*bases, *tuned)
+
+
+def best_of_n_row(config: PipelineConfig) -> str | None:
+    """The row of SFT answering with the best of `evaluation.best_of_n` samples ("sft (best-of-4)"); None without."""
+    n = config.evaluation.get("best_of_n")
+    return f"sft{BEST_OF_N.format(n=n)}" if n else None
 
 
 def model_of(row: str) -> str:
-    """The run whose model answers a row of the comparison ("pretrain (3-shot)" -> "pretrain")."""
-    return row.removesuffix(FEW_SHOT)
+    """The run whose model answers a row of the comparison ("pretrain (3-shot)" -> "pretrain", "sft (best-of-4)" ->
+    "sft")."""
+    return re.sub(r" \(best-of-\d+\)$", "", row.removesuffix(FEW_SHOT))
 
 
 def data_files(data_dir: Path) -> dict[str, Path]:
@@ -281,7 +305,10 @@ def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_d
             ptx_files=None,
         ),
         "dpo": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparisons"])]),
+        "grpo": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward")),
     }["pretrain" if run in config.baselines else run]
+    if run == "grpo":  # the prompts PPO reads, whichever they are: the two RL methods see the same prompts
+        inputs["train_files"] = run_inputs("ppo", config, data, output_dir)["train_files"]
     if run in config.baselines:  # the base model's tokenizer, so the baseline reads the very same tokens
         inputs["tokenizer_name_or_path"] = run_dir("pretrain")
     return inputs
@@ -407,6 +434,7 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
         name: fingerprint(output_dir / name) for name in dict.fromkeys([*map(model_of, compared(config)), "reward"])
     }
     evaluation = {"max_new_tokens": 32, "batch_size": 32, **config.evaluation}  # every row unless `limit` says
+    answering = {name: value for name, value in evaluation.items() if name != "best_of_n"}  # how every model answers
     key = {"schema": COMPARISON_SCHEMA, "models": models, "evaluation": evaluation}
     if {k: cached.get(k) for k in key} == key and list(cached.get("results", {})) == list(compared(config)):
         return cached["results"]  # the same models compared before, the same way
@@ -426,8 +454,13 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
         model_dir = output_dir / model_of(name)
         prompt_format = BASE_PROMPT_FORMAT if model_of(name) in (COMPARED[0], *config.baselines) else "chat"
         chosen = few_shot_splits if name.endswith(FEW_SHOT) else splits
-        scores = evaluate_model(model_dir, chosen, demonstrations=solved, prompt_format=prompt_format, **evaluation)
-        if name.endswith(FEW_SHOT):  # the zero-shot row's model: the same perplexity
+        best_of_n = {}  # n samples per prompt at temperature 1, the reward model keeps the best
+        if name == best_of_n_row(config):
+            best_of_n = dict(best_of_n=evaluation["best_of_n"], best_of_n_reward_model=reward_model, seed=config.seed)
+        scores = evaluate_model(
+            model_dir, chosen, demonstrations=solved, prompt_format=prompt_format, **answering, **best_of_n
+        )
+        if name != model_of(name):  # the plain row's model: the same perplexity
             text_perplexity = results[model_of(name)]["perplexity"]
         else:
             text_perplexity = perplexity.compute(predictions=held_out_text, model_id=str(model_dir), max_length=512)
@@ -476,6 +509,14 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
     """`report.md` and `accuracy.png`; the comparison also goes into the final (PPO-ptx) model's card."""
     write_if_changed(output_dir / "accuracy.png", plot_accuracy(results))
     lines = ["# hf-instruct pipeline report", "", *results_section(results)]
+    if row := best_of_n_row(config):
+        n = config.evaluation["best_of_n"]
+        lines += [
+            "",
+            f"{row}: the SFT model samples {n} answers to each prompt (temperature 1, seed {config.seed}) and the "
+            f'reward model keeps the one it scores highest, {n} samples per prompt (what "equal samples" means: '
+            "docs/evaluation.md).",
+        ]
     for name in config.baselines:
         lines += ["", headline(name, results, config.baselines[name])]
         lines += [headline(f"{name}{FEW_SHOT}", results, config.baselines[name])]

@@ -4,6 +4,7 @@ from their recipes, errors in a pipeline YAML, and the default setup's sizes as 
 
 import hashlib
 import json
+import re
 import subprocess
 
 import pytest
@@ -17,7 +18,7 @@ from hf_instruct.checkpoints import saved_model_problem
 from hf_instruct.cli import main
 from hf_instruct.evaluation.evaluator import SUITE_SPLITS
 from hf_instruct.models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
-from hf_instruct.pipeline import PipelineConfig, compared, fingerprint, headline, runs, stage_config
+from hf_instruct.pipeline import PipelineConfig, compared, fingerprint, headline, model_of, runs, stage_config
 
 PIPELINES = sorted(REPO.glob("recipes/*/pipeline.yaml"))
 
@@ -61,6 +62,24 @@ def test_a_baseline_is_the_pretrain_run_with_its_changes_on_the_same_tokens(tmp_
     assert midtrain.model_name_or_path == str(tmp_path / "pretrain") and midtrain.instruction_share == 0.3
     assert midtrain.instruction_files == [str(data["sft"])] and sft.model_name_or_path == str(tmp_path / "midtrain")
     assert baseline.output_dir == str(tmp_path / "base_4x")
+
+
+def test_grpo_runs_when_configured_from_sft_against_the_reward_model_on_ppos_prompts(tmp_path):
+    config = PipelineConfig(stages={"grpo": {"num_generations": 4, "max_steps": 2}}, evaluation={"best_of_n": 4})
+    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    assert list(runs(config)) == ["pretrain", "sft", "reward", "ppo", "ppo_no_ptx", "dpo", "grpo"]
+    assert compared(config) == (
+        *("pretrain", "pretrain (3-shot)", "sft", "sft (best-of-4)", "ppo_no_ptx", "ppo", "dpo", "grpo"),
+    )
+    assert model_of("sft (best-of-4)") == "sft" and model_of("pretrain (3-shot)") == "pretrain"
+    grpo, ppo = (stage_config(name, config, data, tmp_path) for name in ("grpo", "ppo"))
+    assert (grpo.model_name_or_path, grpo.reward_model_path) == (str(tmp_path / "sft"), str(tmp_path / "reward"))
+    assert grpo.train_files == ppo.train_files and (grpo.num_generations, grpo.max_steps) == (4, 2)
+    assert grpo.output_dir == str(tmp_path / "grpo") and grpo.seed == config.seed
+    assert "grpo" not in runs(PipelineConfig()) and "sft (best-of-4)" not in compared(PipelineConfig())
+    for bad in (0, "4", 2.5, True):
+        with pytest.raises(ValueError, match=f"evaluation: best_of_n: {re.escape(repr(bad))} is not valid"):
+            PipelineConfig(evaluation={"best_of_n": bad})
 
 
 def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_text(tmp_path):
