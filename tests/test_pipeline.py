@@ -170,10 +170,13 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
     config = PipelineConfig.from_yaml(REPO / "recipes/smoke/pipeline.yaml")
     assert list(comparison) == [
         *("pretrain", "pretrain (3-shot)", "base_4x", "base_4x (3-shot)"),
-        *("midtrain", "sft", "ppo_no_ptx", "ppo", "dpo"),
+        *("midtrain", "sft", "sft (best-of-4)", "ppo_no_ptx", "ppo", "dpo", "grpo"),
     ]
     assert list(comparison) == list(compared(config))
     assert comparison["base_4x"]["parameters"] >= 4 * comparison["ppo"]["parameters"]
+    best_of_4, sft = comparison["sft (best-of-4)"], comparison["sft"]  # the SFT model, answering otherwise
+    assert (best_of_4["parameters"], best_of_4["perplexity"]) == (sft["parameters"], sft["perplexity"])
+    assert any(best_of_4["splits"][s]["answers"] != sft["splits"][s]["answers"] for s in SUITE_SPLITS)
     floors = {split: comparison["sft"]["splits"][split]["floor"] for split in SUITE_SPLITS}
     for model in comparison.values():
         assert set(model["splits"]) == set(SUITE_SPLITS) and model["perplexity"] > 1.0
@@ -204,6 +207,8 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
     for family, rows in sft["family_examples"].items():  # each per-family figure shows the rows it rests on
         assert f"| {family} ({rows}) | {sft['floor_per_family'][family]['floor']:.2f} (" in report
     assert "The final model (PPO-ptx, " in report and "against base_4x (" in report
+    assert "sft (best-of-4): the SFT model samples 4 answers to each prompt (temperature 1, seed 42)" in report
+    assert "| grpo wall time |" in report
     assert "## Sample answers" in report and "| seed | 42 |" in report
     assert f"| suite | {config.suite_config().describe()} |" in report  # the suite's own seed and sizes
     card = ModelCard.load(output_dir / "ppo" / "README.md")
