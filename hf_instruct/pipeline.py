@@ -82,7 +82,8 @@ BASE_PROMPT_FORMAT = "plain"
 HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for the alignment-tax perplexity
 # comparison.json's layout and what it measures (docs/evaluation.md); a cached comparison of another is recomputed.
 # 3: the base rows asked in plain question-and-answer text, the floors' rules reading the checks' fields
-COMPARISON_SCHEMA = 3
+# 4: the best-of-n row's splits also hold "any_sample_correct"
+COMPARISON_SCHEMA = 4
 # what every stage of the pipeline does unless its fields say otherwise: frequent small checkpoints, a log every 10
 # steps and the trainers' progress bars, no trackers
 STAGE_DEFAULTS = dict(
@@ -104,7 +105,8 @@ class PipelineConfig:
     # extra base models, e.g. 4x larger: run name -> pretrain fields that replace the pretrain stage's, so a baseline
     # sees the same corpus, tokenizer and tokens unless it says otherwise
     baselines: dict = field(default_factory=dict)
-    # limit (default: every row), max_new_tokens, batch_size; best_of_n (default: no best-of-n row)
+    # limit (default: every row), max_new_tokens, batch_size; best_of_n (default: no best-of-n row) and
+    # best_of_n_temperature (default 1.0)
     evaluation: dict = field(default_factory=dict)
     estimates: dict = field(default_factory=dict)  # run name or "evaluation" -> seconds it took on 2 CPU cores
     push_to_hub: bool = False  # push the final (PPO-ptx) model to the Hub when done
@@ -128,6 +130,14 @@ class PipelineConfig:
             raise ValueError(
                 f"{self.source}: evaluation: best_of_n: {best_of_n!r} is not valid: expected the samples per prompt "
                 "(an integer >= 1), or leave it out for no best-of-n row."
+            )
+        temperature = self.evaluation.get("best_of_n_temperature")
+        if temperature is not None and (
+            best_of_n is None or not isinstance(temperature, int | float) or temperature <= 0
+        ):
+            raise ValueError(
+                f"{self.source}: evaluation: best_of_n_temperature: {temperature!r} is not valid: expected a number "
+                "> 0, with best_of_n set."
             )
 
     @classmethod
@@ -434,7 +444,9 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
         name: fingerprint(output_dir / name) for name in dict.fromkeys([*map(model_of, compared(config)), "reward"])
     }
     evaluation = {"max_new_tokens": 32, "batch_size": 32, **config.evaluation}  # every row unless `limit` says
-    answering = {name: value for name, value in evaluation.items() if name != "best_of_n"}  # how every model answers
+    # how every model answers, and how the best-of-n row samples
+    answering = {name: value for name, value in evaluation.items() if not name.startswith("best_of_n")}
+    sampling = {name: value for name, value in evaluation.items() if name.startswith("best_of_n")}
     key = {"schema": COMPARISON_SCHEMA, "models": models, "evaluation": evaluation}
     if {k: cached.get(k) for k in key} == key and list(cached.get("results", {})) == list(compared(config)):
         return cached["results"]  # the same models compared before, the same way
@@ -454,9 +466,9 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
         model_dir = output_dir / model_of(name)
         prompt_format = BASE_PROMPT_FORMAT if model_of(name) in (COMPARED[0], *config.baselines) else "chat"
         chosen = few_shot_splits if name.endswith(FEW_SHOT) else splits
-        best_of_n = {}  # n samples per prompt at temperature 1, the reward model keeps the best
+        best_of_n = {}  # n samples per prompt, the reward model keeps the best
         if name == best_of_n_row(config):
-            best_of_n = dict(best_of_n=evaluation["best_of_n"], best_of_n_reward_model=reward_model, seed=config.seed)
+            best_of_n = dict(**sampling, best_of_n_reward_model=reward_model, seed=config.seed)
         scores = evaluate_model(
             model_dir, chosen, demonstrations=solved, prompt_format=prompt_format, **answering, **best_of_n
         )
@@ -510,12 +522,14 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
     write_if_changed(output_dir / "accuracy.png", plot_accuracy(results))
     lines = ["# hf-instruct pipeline report", "", *results_section(results)]
     if row := best_of_n_row(config):
-        n = config.evaluation["best_of_n"]
+        n, temperature = config.evaluation["best_of_n"], config.evaluation.get("best_of_n_temperature", 1.0)
+        ceiling = " / ".join(f"{results[row]['splits'][split]['any_sample_correct']:.3f}" for split in SUITE_SPLITS)
         lines += [
             "",
-            f"{row}: the SFT model samples {n} answers to each prompt (temperature 1, seed {config.seed}) and the "
-            f'reward model keeps the one it scores highest, {n} samples per prompt (what "equal samples" means: '
-            "docs/evaluation.md).",
+            f"{row}: the SFT model samples {n} answers to each prompt (temperature {temperature}, seed {config.seed}) "
+            f'and the reward model keeps the one it scores highest, {n} samples per prompt (what "equal samples" '
+            f"means: docs/evaluation.md). A reward model that always picked a right sample would reach {ceiling} "
+            f"({', '.join(map(short, SUITE_SPLITS))}: the prompts with at least one right sample).",
         ]
     for name in config.baselines:
         lines += ["", headline(name, results, config.baselines[name])]

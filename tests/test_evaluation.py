@@ -15,7 +15,7 @@ from conftest import CLI_ENV, REPO
 
 from hf_instruct.cli import build_parser
 from hf_instruct.data import load_instruction_dataset
-from hf_instruct.data.suite import COMPOSITIONS, FAMILIES, SuiteConfig, build_suite
+from hf_instruct.data.suite import COMPOSITIONS, FAMILIES, SuiteConfig, build_suite, verify
 from hf_instruct.evaluation import (
     InstructionAccuracyCallback,
     best_of_n_answers,
@@ -120,14 +120,16 @@ def test_best_of_one_is_plain_sampling_with_the_same_seed(chain):
 def test_evaluate_model_scores_the_best_of_n_answers(chain, tiny_suite):
     splits = {split: tiny_suite[split] for split in SUITE_SPLITS[:1]}
     settings = dict(max_new_tokens=8, batch_size=8, limit=6)
-    results = evaluate_model(chain["sft"], splits, best_of_n=3, best_of_n_reward_model=chain["reward"], **settings)
-    scores = results["splits"][SUITE_SPLITS[0]]
+    picking = dict(best_of_n=3, best_of_n_reward_model=chain["reward"], best_of_n_temperature=0.7, seed=5)
+    scores = evaluate_model(chain["sft"], splits, **picking, **settings)["splits"][SUITE_SPLITS[0]]
     model, tokenizer = load_chat_model(chain["sft"])
     prompts = [messages[:-1] for messages in splits[SUITE_SPLITS[0]]["messages"][:6]]
-    chosen = best_of_n_answers(
-        model, tokenizer, *load_reward_model(chain["reward"]), prompts, 3, 8, 8, seed=0, show_progress=False
-    )
+    judge = load_reward_model(chain["reward"])
+    chosen = best_of_n_answers(model, tokenizer, *judge, prompts, 3, 8, 8, 0.7, seed=5, show_progress=False)
     assert scores["answers"] == [choice.answer for choice in chosen] and len(scores["correct"]) == 6
+    checks = splits[SUITE_SPLITS[0]]["check"][:6]
+    right = [any(verify(check, sample) for sample in c.samples) for check, c in zip(checks, chosen, strict=True)]
+    assert scores["any_sample_correct"] == sum(right) / 6 >= scores["accuracy"]
     with pytest.raises(ValueError, match="needs n >= 1, best_of_n_reward_model"):
         evaluate_model(chain["sft"], splits, best_of_n=3, **settings)
 

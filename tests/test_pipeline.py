@@ -80,6 +80,11 @@ def test_grpo_runs_when_configured_from_sft_against_the_reward_model_on_ppos_pro
     for bad in (0, "4", 2.5, True):
         with pytest.raises(ValueError, match=f"evaluation: best_of_n: {re.escape(repr(bad))} is not valid"):
             PipelineConfig(evaluation={"best_of_n": bad})
+    for evaluation in ({"best_of_n": 4, "best_of_n_temperature": 0}, {"best_of_n_temperature": 0.7}):
+        with pytest.raises(
+            ValueError, match="evaluation: best_of_n_temperature: .* expected a number > 0, with best_of_n"
+        ):
+            PipelineConfig(evaluation=evaluation)
 
 
 def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_text(tmp_path):
@@ -207,7 +212,11 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
     for family, rows in sft["family_examples"].items():  # each per-family figure shows the rows it rests on
         assert f"| {family} ({rows}) | {sft['floor_per_family'][family]['floor']:.2f} (" in report
     assert "The final model (PPO-ptx, " in report and "against base_4x (" in report
-    assert "sft (best-of-4): the SFT model samples 4 answers to each prompt (temperature 1, seed 42)" in report
+    assert "sft (best-of-4): the SFT model samples 4 answers to each prompt (temperature 1.0, seed 42)" in report
+    ceiling = " / ".join(f"{best_of_4['splits'][split]['any_sample_correct']:.3f}" for split in SUITE_SPLITS)
+    assert f"A reward model that always picked a right sample would reach {ceiling} (entities, " in report
+    for split in SUITE_SPLITS:  # the kept sample is one of the 4: right whenever no sample is, at most
+        assert best_of_4["splits"][split]["accuracy"] <= best_of_4["splits"][split]["any_sample_correct"]
     assert "| grpo wall time |" in report
     assert "## Sample answers" in report and "| seed | 42 |" in report
     assert f"| suite | {config.suite_config().describe()} |" in report  # the suite's own seed and sizes

@@ -38,6 +38,7 @@ METRICS = (
     "mean_reward",
     "win_rate_vs_reference",
     "win_rate_vs_baseline",
+    "any_sample_correct",
 )
 
 
@@ -72,6 +73,7 @@ def evaluate_model(
     prompt_format: str = "chat",
     best_of_n: int | None = None,
     best_of_n_reward_model: str | os.PathLike | None = None,
+    best_of_n_temperature: float = 1.0,
     seed: int = 0,
 ) -> dict:
     """Scores of `model_path` on each split (every row, or the first `limit`): {"model", "splits": {split: {metric:
@@ -80,8 +82,9 @@ def evaluate_model(
     per family) and, given the training `demonstrations`, "floor" and "floor_per_family" (`floors.py`).
     `prompt_format="plain"` asks a base model in the question-and-answer text its corpus holds ("Question:
     ...\nAnswer:") instead of the chat template; the baseline is asked the same way. `best_of_n` answers each prompt
-    with the best of that many samples by `best_of_n_reward_model` (`best_of_n_answers`, at temperature 1, seeded by
-    `seed`) instead of greedily."""
+    with the best of that many samples by `best_of_n_reward_model` (`best_of_n_answers`, at `best_of_n_temperature`,
+    seeded by `seed`) instead of greedily; where the checks decide, "any_sample_correct" is then the share of prompts
+    with at least one right sample (pass@n): what a reward model that always picks a right answer would reach."""
     if best_of_n is not None and (best_of_n < 1 or not best_of_n_reward_model or prompt_format != "chat"):
         raise ValueError(
             f"best_of_n={best_of_n}: needs n >= 1, best_of_n_reward_model (the reward model that picks the best "
@@ -102,7 +105,15 @@ def evaluate_model(
         references = [messages[-1]["content"] for messages in examples["messages"]]
         if judge:
             chosen = best_of_n_answers(
-                model, tokenizer, *judge, prompts, best_of_n, max_new_tokens, batch_size, seed=seed
+                model,
+                tokenizer,
+                *judge,
+                prompts,
+                best_of_n,
+                max_new_tokens,
+                batch_size,
+                temperature=best_of_n_temperature,
+                seed=seed,
             )
             answers = [choice.answer for choice in chosen]
         else:
@@ -126,6 +137,12 @@ def evaluate_model(
             if demonstrations is not None:
                 scores["floor_per_family"] = family_floors(examples, demonstrations)
                 scores["floor"] = split_floor(scores["floor_per_family"])
+            if judge:
+                right = [
+                    any(verify(check, sample) for sample in choice.samples)
+                    for check, choice in zip(examples["check"], chosen, strict=True)
+                ]
+                scores["any_sample_correct"] = sum(right) / len(right)
         scores.update(metrics["exact_match"].compute(predictions=answers, references=references))
         scores.update(metrics["rouge_l"].compute(predictions=answers, references=references))
         if reward_model:
