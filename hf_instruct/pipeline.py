@@ -19,6 +19,7 @@ scored answering with the best of N samples by the reward model, the simplest al
 
 import dataclasses
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -89,6 +90,17 @@ COMPARISON_SCHEMA = 4
 STAGE_DEFAULTS = dict(
     save_strategy="steps", save_steps=50, save_total_limit=1, report_to="none", disable_tqdm=False, logging_steps=10
 )
+# evaluate_model's arguments that the pipeline sets itself (the rest are the YAML's `evaluation:` keys)
+PIPELINE_SETS = (
+    "model_path",
+    "splits",
+    "reward_model",
+    "baseline_path",
+    "demonstrations",
+    "prompt_format",
+    "best_of_n_reward_model",
+    "seed",
+)
 PREVIOUS = "previous"  # where a stale run's folder is moved before it runs again (one generation kept)
 
 
@@ -125,6 +137,12 @@ class PipelineConfig:
             if unknown:
                 hint = did_you_mean(unknown[0], names)
                 raise ValueError(f"{self.source}: {section}: unknown run {unknown[0]!r}{f' ({hint})' if hint else ''}")
+        # the evaluation's keys are evaluate_model's settings the pipeline leaves to the YAML: a typo fails now, not
+        # after every stage has run
+        settings = [name for name in inspect.signature(evaluate_model).parameters if name not in PIPELINE_SETS]
+        if unknown := [name for name in self.evaluation if name not in settings]:
+            hint = did_you_mean(unknown[0], settings, f"expected some of {', '.join(settings)}")
+            raise ValueError(f"{self.source}: evaluation: unknown key {unknown[0]!r} ({hint})")
         best_of_n = self.evaluation.get("best_of_n")
         if best_of_n is not None and (not isinstance(best_of_n, int) or isinstance(best_of_n, bool) or best_of_n < 1):
             raise ValueError(

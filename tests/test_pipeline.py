@@ -85,6 +85,10 @@ def test_grpo_runs_when_configured_from_sft_against_the_reward_model_on_ppos_pro
             ValueError, match="evaluation: best_of_n_temperature: .* expected a number > 0, with best_of_n"
         ):
             PipelineConfig(evaluation=evaluation)
+    with pytest.raises(ValueError, match=r"evaluation: unknown key 'best_of_m' \(did you mean 'best_of_n'\?\)"):
+        PipelineConfig(evaluation={"best_of_m": 4})  # before anything runs, not when the comparison starts
+    with pytest.raises(ValueError, match=r"unknown key 'seed' \(expected some of max_new_tokens, batch_size, limit"):
+        PipelineConfig(evaluation={"seed": 4})  # the pipeline's own seed
 
 
 def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_text(tmp_path):
