@@ -18,7 +18,16 @@ from hf_instruct.checkpoints import saved_model_problem
 from hf_instruct.cli import main
 from hf_instruct.evaluation.evaluator import SUITE_SPLITS
 from hf_instruct.models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
-from hf_instruct.pipeline import PipelineConfig, compared, fingerprint, headline, model_of, runs, stage_config
+from hf_instruct.pipeline import (
+    PipelineConfig,
+    compared,
+    data_files,
+    fingerprint,
+    headline,
+    model_of,
+    runs,
+    stage_config,
+)
 
 PIPELINES = sorted(REPO.glob("recipes/*/pipeline.yaml"))
 
@@ -66,7 +75,7 @@ def test_a_baseline_is_the_pretrain_run_with_its_changes_on_the_same_tokens(tmp_
 
 def test_grpo_runs_when_configured_from_sft_against_the_reward_model_on_ppos_prompts(tmp_path):
     config = PipelineConfig(stages={"grpo": {"num_generations": 4, "max_steps": 2}}, evaluation={"best_of_n": 4})
-    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    data = data_files(tmp_path / "data")
     assert list(runs(config)) == ["pretrain", "sft", "reward", "ppo", "ppo_no_ptx", "dpo", "grpo"]
     assert compared(config) == (
         *("pretrain", "pretrain (3-shot)", "sft", "sft (best-of-4)", "ppo_no_ptx", "ppo", "dpo", "grpo"),
