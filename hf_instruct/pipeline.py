@@ -1,6 +1,6 @@
 """`hf-instruct pipeline`: the whole InstructGPT recipe on one machine, with baselines and a report.
 
-suite data → pretrain → midtrain → sft → reward → ppo (PPO-ptx) → ppo_no_ptx and dpo (the baselines) → evaluation
+suite data → pretrain → midtrain → sft → reward → ppo (PPO-ptx) → ppo_no_ptx, dpo, grpo (the baselines) → evaluation
 → report, each stage through the same `run_<stage>` function as its recipe, each output feeding the next. A stage's
 fields come from the pipeline YAML, which may start it from a stage recipe (`config: <stage YAML>`), and are parsed as
 `hf-instruct <stage> --config` parses its file: a typo fails before anything runs, naming the file and the stage.
@@ -13,14 +13,17 @@ on every row of the suite's held-out splits (instruction accuracy with its 95 % 
 answer rules reach, per split and per task family; the paired difference from the SFT model on the same prompts; the
 win rate over SFT as the suite's verifier judges it, the reward model's beside it) and on held-out pretraining text
 (perplexity: the "alignment tax"), and `report.md` with plots lands in the output folder; the comparison is computed
-again when a model or the evaluation settings changed.
+again when a model or the evaluation settings changed. With `evaluation: {best_of_n: N}` the SFT model is also
+scored answering with the best of N samples by the reward model, the simplest alternative to RL.
 """
 
 import dataclasses
 import hashlib
+import inspect
 import io
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +49,8 @@ from .staleness import INPUT_FIELDS, lock_folder, recorded_run, value_changes, w
 from .utils import chat_rewards, markdown_table, table_cell
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
-# runs when the YAML configures it; the base model of the comparison is the plain pretrain run.
+# and grpo (a baseline: GRPO against the reward model) run when the YAML configures them; the base model of the
+# comparison is the plain pretrain run.
 RUNS = {
     "pretrain": "pretrain",
     "midtrain": "pretrain",
@@ -55,8 +59,10 @@ RUNS = {
     "ppo": "ppo",
     "ppo_no_ptx": "ppo",
     "dpo": "dpo",
+    "grpo": "grpo",
 }
-COMPARED = ("pretrain", "midtrain", "sft", "ppo_no_ptx", "ppo", "dpo")  # the models compared, base model first
+OPTIONAL_RUNS = ("midtrain", "grpo")  # run only when the YAML's `stages` names them
+COMPARED = ("pretrain", "midtrain", "sft", "ppo_no_ptx", "ppo", "dpo", "grpo")  # the models compared, base model first
 # pretrain fields that change how many tokens a baseline reads (a baseline that sets none reads the base's tokens)
 TOKEN_FIELDS = {
     "max_steps",
@@ -69,17 +75,31 @@ TOKEN_FIELDS = {
     "vocab_size",
 }
 FEW_SHOT = " (3-shot)"  # a base model asked with 3 solved examples of the same family before each question
+# the SFT model answering with the best of n samples by the reward model (`evaluation: {best_of_n: n}`)
+BEST_OF_N = " (best-of-{n})"
 # A base model (pretrain, a baseline) is asked in the plain question-and-answer text its corpus holds, not the chat
 # format it never saw, so that "the base cannot follow instructions" is measured, not a format artefact.
 BASE_PROMPT_FORMAT = "plain"
 HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for the alignment-tax perplexity
 # comparison.json's layout and what it measures (docs/evaluation.md); a cached comparison of another is recomputed.
 # 3: the base rows asked in plain question-and-answer text, the floors' rules reading the checks' fields
-COMPARISON_SCHEMA = 3
+# 4: the best-of-n row's splits also hold "any_sample_correct"
+COMPARISON_SCHEMA = 4
 # what every stage of the pipeline does unless its fields say otherwise: frequent small checkpoints, a log every 10
 # steps and the trainers' progress bars, no trackers
 STAGE_DEFAULTS = dict(
     save_strategy="steps", save_steps=50, save_total_limit=1, report_to="none", disable_tqdm=False, logging_steps=10
+)
+# evaluate_model's arguments that the pipeline sets itself (the rest are the YAML's `evaluation:` keys)
+PIPELINE_SETS = (
+    "model_path",
+    "splits",
+    "reward_model",
+    "baseline_path",
+    "demonstrations",
+    "prompt_format",
+    "best_of_n_reward_model",
+    "seed",
 )
 PREVIOUS = "previous"  # where a stale run's folder is moved before it runs again (one generation kept)
 
@@ -97,7 +117,9 @@ class PipelineConfig:
     # extra base models, e.g. 4x larger: run name -> pretrain fields that replace the pretrain stage's, so a baseline
     # sees the same corpus, tokenizer and tokens unless it says otherwise
     baselines: dict = field(default_factory=dict)
-    evaluation: dict = field(default_factory=dict)  # limit (default: every row), max_new_tokens, batch_size
+    # limit (default: every row), max_new_tokens, batch_size; best_of_n (default: no best-of-n row) and
+    # best_of_n_temperature (default 1.0)
+    evaluation: dict = field(default_factory=dict)
     estimates: dict = field(default_factory=dict)  # run name or "evaluation" -> seconds it took on 2 CPU cores
     push_to_hub: bool = False  # push the final (PPO-ptx) model to the Hub when done
     hub_model_id: str | None = None  # "namespace/name" or "name" (the token's user); default: output_dir's name
@@ -115,6 +137,26 @@ class PipelineConfig:
             if unknown:
                 hint = did_you_mean(unknown[0], names)
                 raise ValueError(f"{self.source}: {section}: unknown run {unknown[0]!r}{f' ({hint})' if hint else ''}")
+        # the evaluation's keys are evaluate_model's settings the pipeline leaves to the YAML: a typo fails now, not
+        # after every stage has run
+        settings = [name for name in inspect.signature(evaluate_model).parameters if name not in PIPELINE_SETS]
+        if unknown := [name for name in self.evaluation if name not in settings]:
+            hint = did_you_mean(unknown[0], settings, f"expected some of {', '.join(settings)}")
+            raise ValueError(f"{self.source}: evaluation: unknown key {unknown[0]!r} ({hint})")
+        best_of_n = self.evaluation.get("best_of_n")
+        if best_of_n is not None and (not isinstance(best_of_n, int) or isinstance(best_of_n, bool) or best_of_n < 1):
+            raise ValueError(
+                f"{self.source}: evaluation: best_of_n: {best_of_n!r} is not valid: expected the samples per prompt "
+                "(an integer >= 1), or leave it out for no best-of-n row."
+            )
+        temperature = self.evaluation.get("best_of_n_temperature")
+        if temperature is not None and (
+            best_of_n is None or not isinstance(temperature, int | float) or temperature <= 0
+        ):
+            raise ValueError(
+                f"{self.source}: evaluation: best_of_n_temperature: {temperature!r} is not valid: expected a number "
+                "> 0, with best_of_n set."
+            )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> "PipelineConfig":
@@ -184,20 +226,30 @@ def run_pipeline(config: PipelineConfig) -> Path:
 
 def runs(config: PipelineConfig) -> dict[str, str]:
     """Run name -> stage, in running order: the pipeline's runs with the config's baselines after pretraining."""
-    chosen = {name: stage for name, stage in RUNS.items() if name != "midtrain" or "midtrain" in config.stages}
+    chosen = {name: stage for name, stage in RUNS.items() if name not in OPTIONAL_RUNS or name in config.stages}
     return {"pretrain": "pretrain", **dict.fromkeys(config.baselines, "pretrain"), **chosen}
 
 
 def compared(config: PipelineConfig) -> tuple[str, ...]:
     """The rows of the comparison: each base model (the base, the baselines) asked zero-shot and then few-shot, then
-    the tuned models."""
+    the tuned models, SFT's best-of-n row (when the evaluation asks for one) after SFT."""
     bases = [row for base in (COMPARED[0], *config.baselines) for row in (base, f"{base}{FEW_SHOT}")]
-    return (*bases, *[name for name in COMPARED[1:] if name in runs(config)])
+    tuned = [name for name in COMPARED[1:] if name in runs(config)]
+    if row := best_of_n_row(config):
+        tuned.insert(tuned.index("sft") + 1, row)
+    return (*bases, *tuned)
+
+
+def best_of_n_row(config: PipelineConfig) -> str | None:
+    """The row of SFT answering with the best of `evaluation.best_of_n` samples ("sft (best-of-4)"); None without."""
+    n = config.evaluation.get("best_of_n")
+    return f"sft{BEST_OF_N.format(n=n)}" if n else None
 
 
 def model_of(row: str) -> str:
-    """The run whose model answers a row of the comparison ("pretrain (3-shot)" -> "pretrain")."""
-    return row.removesuffix(FEW_SHOT)
+    """The run whose model answers a row of the comparison ("pretrain (3-shot)" -> "pretrain", "sft (best-of-4)" ->
+    "sft")."""
+    return re.sub(r" \(best-of-\d+\)$", "", row.removesuffix(FEW_SHOT))
 
 
 def data_files(data_dir: Path) -> dict[str, Path]:
@@ -282,7 +334,10 @@ def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_d
             ptx_files=None,
         ),
         "dpo": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparisons"])]),
+        "grpo": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward")),
     }["pretrain" if run in config.baselines else run]
+    if run == "grpo":  # the prompts PPO reads, whichever they are: the two RL methods see the same prompts
+        inputs["train_files"] = run_inputs("ppo", config, data, output_dir)["train_files"]
     if run in config.baselines:  # the base model's tokenizer, so the baseline reads the very same tokens
         inputs["tokenizer_name_or_path"] = run_dir("pretrain")
     return inputs
@@ -408,6 +463,9 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
         name: fingerprint(output_dir / name) for name in dict.fromkeys([*map(model_of, compared(config)), "reward"])
     }
     evaluation = {"max_new_tokens": 32, "batch_size": 32, **config.evaluation}  # every row unless `limit` says
+    # how every model answers, and how the best-of-n row samples
+    answering = {name: value for name, value in evaluation.items() if not name.startswith("best_of_n")}
+    sampling = {name: value for name, value in evaluation.items() if name.startswith("best_of_n")}
     key = {"schema": COMPARISON_SCHEMA, "models": models, "evaluation": evaluation}
     if {k: cached.get(k) for k in key} == key and list(cached.get("results", {})) == list(compared(config)):
         return cached["results"]  # the same models compared before, the same way
@@ -427,8 +485,13 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
         model_dir = output_dir / model_of(name)
         prompt_format = BASE_PROMPT_FORMAT if model_of(name) in (COMPARED[0], *config.baselines) else "chat"
         chosen = few_shot_splits if name.endswith(FEW_SHOT) else splits
-        scores = evaluate_model(model_dir, chosen, demonstrations=solved, prompt_format=prompt_format, **evaluation)
-        if name.endswith(FEW_SHOT):  # the zero-shot row's model: the same perplexity
+        best_of_n = {}  # n samples per prompt, the reward model keeps the best
+        if name == best_of_n_row(config):
+            best_of_n = dict(**sampling, best_of_n_reward_model=reward_model, seed=config.seed)
+        scores = evaluate_model(
+            model_dir, chosen, demonstrations=solved, prompt_format=prompt_format, **answering, **best_of_n
+        )
+        if name != model_of(name):  # the plain row's model: the same perplexity
             text_perplexity = results[model_of(name)]["perplexity"]
         else:
             text_perplexity = perplexity.compute(predictions=held_out_text, model_id=str(model_dir), max_length=512)
@@ -477,6 +540,16 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
     """`report.md` and `accuracy.png`; the comparison also goes into the final (PPO-ptx) model's card."""
     write_if_changed(output_dir / "accuracy.png", plot_accuracy(results))
     lines = ["# hf-instruct pipeline report", "", *results_section(results)]
+    if row := best_of_n_row(config):
+        n, temperature = config.evaluation["best_of_n"], config.evaluation.get("best_of_n_temperature", 1.0)
+        ceiling = " / ".join(f"{results[row]['splits'][split]['any_sample_correct']:.3f}" for split in SUITE_SPLITS)
+        lines += [
+            "",
+            f"{row}: the SFT model samples {n} answers to each prompt (temperature {temperature}, seed {config.seed}) "
+            f'and the reward model keeps the one it scores highest, {n} samples per prompt (what "equal samples" '
+            f"means: docs/evaluation.md). A reward model that always picked a right sample would reach {ceiling} "
+            f"({', '.join(map(short, SUITE_SPLITS))}: the prompts with at least one right sample).",
+        ]
     for name in config.baselines:
         lines += ["", headline(name, results, config.baselines[name])]
         lines += [headline(f"{name}{FEW_SHOT}", results, config.baselines[name])]

@@ -54,21 +54,40 @@ def reward_scores(
     return torch.cat(scores)
 
 
-def chat_rewards(
-    model_path: str | os.PathLike, prompts: list, answers: list[str], batch_size: int = 16
-) -> list[float]:
-    """The reward of each (prompt, answer) by the reward model saved in `model_path`, rendered as the chat it was
-    trained on: a prompt is a list of messages (the answer becomes the assistant turn) or a user turn's text."""
+def load_reward_model(
+    model_path: str | os.PathLike,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The reward model saved in `model_path` and its tokenizer, ready for batched scoring: in eval mode, on the GPU
+    when there is one, with a pad token (batched scoring finds the last real token of padded rows)."""
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSequenceClassification.from_pretrained(model_path).to(device).eval()
-    if model.config.pad_token_id is None:  # batched scoring finds the last real token of padded rows
+    if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def score_chats(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list,
+    answers: list[str],
+    batch_size: int = 16,
+) -> list[float]:
+    """The reward of each (prompt, answer), rendered as the chat the reward model was trained on: a prompt is a list
+    of messages (the answer becomes the assistant turn) or a user turn's text."""
     texts = []
     for prompt, answer in zip(prompts, answers, strict=True):
         messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         messages.append({"role": "assistant", "content": answer})
         texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
     return reward_scores(model, tokenizer, texts, batch_size).tolist()
+
+
+def chat_rewards(
+    model_path: str | os.PathLike, prompts: list, answers: list[str], batch_size: int = 16
+) -> list[float]:
+    """`score_chats` by the reward model saved in `model_path`."""
+    return score_chats(*load_reward_model(model_path), prompts, answers, batch_size)

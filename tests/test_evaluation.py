@@ -10,15 +10,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CLI_ENV, REPO
 
 from hf_instruct.cli import build_parser
 from hf_instruct.data import load_instruction_dataset
-from hf_instruct.data.suite import COMPOSITIONS, FAMILIES, SuiteConfig, build_suite
-from hf_instruct.evaluation import InstructionAccuracyCallback, generate_answers, load_chat_model
-from hf_instruct.evaluation.evaluator import results_markdown
+from hf_instruct.data.suite import COMPOSITIONS, FAMILIES, SuiteConfig, build_suite, verify
+from hf_instruct.evaluation import (
+    InstructionAccuracyCallback,
+    best_of_n_answers,
+    evaluate_model,
+    generate_answers,
+    load_chat_model,
+)
+from hf_instruct.evaluation.evaluator import SUITE_SPLITS, results_markdown
 from hf_instruct.stages import SFTStageConfig, run_sft
-from hf_instruct.utils import markdown_table, table_cell
+from hf_instruct.utils import chat_rewards, load_reward_model, markdown_table, table_cell
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +68,70 @@ def test_batched_generation_equals_one_conversation_at_a_time(chain):
     batched = generate_answers(model, tokenizer, conversations, max_new_tokens=12, batch_size=3, show_progress=False)
     alone = [generate_answers(model, tokenizer, [c], max_new_tokens=12, show_progress=False)[0] for c in conversations]
     assert batched == alone and all(len(answers) == 1 for answers in batched)
+
+
+CONVERSATIONS = [[{"role": "user", "content": text}] for text in ("Hi", "Tell me about the fox.", "Say dog.", "?")]
+
+
+def test_best_of_n_keeps_the_sample_the_reward_model_scores_highest(chain):
+    model, tokenizer = load_chat_model(chain["sft"])
+    judge = load_reward_model(chain["reward"])
+    chosen = best_of_n_answers(
+        model, tokenizer, *judge, CONVERSATIONS, n=5, max_new_tokens=8, batch_size=8, seed=3, show_progress=False
+    )
+    assert len(chosen) == len(CONVERSATIONS)
+    for conversation, choice in zip(CONVERSATIONS, chosen, strict=True):
+        assert len(choice.samples) == len(choice.rewards) == 5
+        # the scores are the reward model's for each (prompt, sample) chat, scored apart from the batch
+        expected = chat_rewards(chain["reward"], [conversation] * 5, choice.samples, batch_size=1)
+        assert choice.rewards == pytest.approx(expected, abs=1e-5)
+        assert choice.reward == max(choice.rewards) and choice.answer == choice.samples[expected.index(max(expected))]
+    assert any(choice.answer != choice.samples[0] for choice in chosen)  # a real choice among different samples
+    again = best_of_n_answers(
+        model, tokenizer, *judge, CONVERSATIONS, n=5, max_new_tokens=8, batch_size=8, seed=3, show_progress=False
+    )
+    assert again == chosen  # seeded: the same samples and choices
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        best_of_n_answers(model, tokenizer, *judge, CONVERSATIONS, n=0)
+
+
+def test_best_of_one_is_plain_sampling_with_the_same_seed(chain):
+    model, tokenizer = load_chat_model(chain["sft"])
+    torch.manual_seed(7)
+    sampled = generate_answers(
+        model, tokenizer, CONVERSATIONS, max_new_tokens=8, batch_size=3, do_sample=True, show_progress=False
+    )
+    chosen = best_of_n_answers(
+        model,
+        tokenizer,
+        *load_reward_model(chain["reward"]),
+        CONVERSATIONS,
+        n=1,
+        max_new_tokens=8,
+        batch_size=3,
+        seed=7,
+        show_progress=False,
+    )
+    assert [[choice.answer] for choice in chosen] == sampled
+    greedy = generate_answers(model, tokenizer, CONVERSATIONS, max_new_tokens=8, show_progress=False)
+    assert sampled != greedy  # sampling, not the greedy answers
+
+
+def test_evaluate_model_scores_the_best_of_n_answers(chain, tiny_suite):
+    splits = {split: tiny_suite[split] for split in SUITE_SPLITS[:1]}
+    settings = dict(max_new_tokens=8, batch_size=8, limit=6)
+    picking = dict(best_of_n=3, best_of_n_reward_model=chain["reward"], best_of_n_temperature=0.7, seed=5)
+    scores = evaluate_model(chain["sft"], splits, **picking, **settings)["splits"][SUITE_SPLITS[0]]
+    model, tokenizer = load_chat_model(chain["sft"])
+    prompts = [messages[:-1] for messages in splits[SUITE_SPLITS[0]]["messages"][:6]]
+    judge = load_reward_model(chain["reward"])
+    chosen = best_of_n_answers(model, tokenizer, *judge, prompts, 3, 8, 8, 0.7, seed=5, show_progress=False)
+    assert scores["answers"] == [choice.answer for choice in chosen] and len(scores["correct"]) == 6
+    checks = splits[SUITE_SPLITS[0]]["check"][:6]
+    right = [any(verify(check, sample) for sample in c.samples) for check, c in zip(checks, chosen, strict=True)]
+    assert scores["any_sample_correct"] == sum(right) / 6 >= scores["accuracy"]
+    with pytest.raises(ValueError, match="needs n >= 1, best_of_n_reward_model"):
+        evaluate_model(chain["sft"], splits, best_of_n=3, **settings)
 
 
 def test_evaluate_a_tiny_model_on_the_suite_prints_per_family_accuracy(chain, tmp_path):

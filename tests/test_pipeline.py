@@ -4,6 +4,7 @@ from their recipes, errors in a pipeline YAML, and the default setup's sizes as 
 
 import hashlib
 import json
+import re
 import subprocess
 
 import pytest
@@ -17,7 +18,16 @@ from hf_instruct.checkpoints import saved_model_problem
 from hf_instruct.cli import main
 from hf_instruct.evaluation.evaluator import SUITE_SPLITS
 from hf_instruct.models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
-from hf_instruct.pipeline import PipelineConfig, compared, data_files, fingerprint, headline, runs, stage_config
+from hf_instruct.pipeline import (
+    PipelineConfig,
+    compared,
+    data_files,
+    fingerprint,
+    headline,
+    model_of,
+    runs,
+    stage_config,
+)
 
 PIPELINES = sorted(REPO.glob("recipes/*/pipeline.yaml"))
 
@@ -61,6 +71,33 @@ def test_a_baseline_is_the_pretrain_run_with_its_changes_on_the_same_tokens(tmp_
     assert midtrain.model_name_or_path == str(tmp_path / "pretrain") and midtrain.instruction_share == 0.3
     assert midtrain.instruction_files == [str(data["sft"])] and sft.model_name_or_path == str(tmp_path / "midtrain")
     assert baseline.output_dir == str(tmp_path / "base_4x")
+
+
+def test_grpo_runs_when_configured_from_sft_against_the_reward_model_on_ppos_prompts(tmp_path):
+    config = PipelineConfig(stages={"grpo": {"num_generations": 4, "max_steps": 2}}, evaluation={"best_of_n": 4})
+    data = data_files(tmp_path / "data")
+    assert list(runs(config)) == ["pretrain", "sft", "reward", "ppo", "ppo_no_ptx", "dpo", "grpo"]
+    assert compared(config) == (
+        *("pretrain", "pretrain (3-shot)", "sft", "sft (best-of-4)", "ppo_no_ptx", "ppo", "dpo", "grpo"),
+    )
+    assert model_of("sft (best-of-4)") == "sft" and model_of("pretrain (3-shot)") == "pretrain"
+    grpo, ppo = (stage_config(name, config, data, tmp_path) for name in ("grpo", "ppo"))
+    assert (grpo.model_name_or_path, grpo.reward_model_path) == (str(tmp_path / "sft"), str(tmp_path / "reward"))
+    assert grpo.train_files == ppo.train_files and (grpo.num_generations, grpo.max_steps) == (4, 2)
+    assert grpo.output_dir == str(tmp_path / "grpo") and grpo.seed == config.seed
+    assert "grpo" not in runs(PipelineConfig()) and "sft (best-of-4)" not in compared(PipelineConfig())
+    for bad in (0, "4", 2.5, True):
+        with pytest.raises(ValueError, match=f"evaluation: best_of_n: {re.escape(repr(bad))} is not valid"):
+            PipelineConfig(evaluation={"best_of_n": bad})
+    for evaluation in ({"best_of_n": 4, "best_of_n_temperature": 0}, {"best_of_n_temperature": 0.7}):
+        with pytest.raises(
+            ValueError, match="evaluation: best_of_n_temperature: .* expected a number > 0, with best_of_n"
+        ):
+            PipelineConfig(evaluation=evaluation)
+    with pytest.raises(ValueError, match=r"evaluation: unknown key 'best_of_m' \(did you mean 'best_of_n'\?\)"):
+        PipelineConfig(evaluation={"best_of_m": 4})  # before anything runs, not when the comparison starts
+    with pytest.raises(ValueError, match=r"unknown key 'seed' \(expected some of max_new_tokens, batch_size, limit"):
+        PipelineConfig(evaluation={"seed": 4})  # the pipeline's own seed
 
 
 def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_text(tmp_path):
@@ -155,10 +192,13 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
     config = PipelineConfig.from_yaml(REPO / "recipes/smoke/pipeline.yaml")
     assert list(comparison) == [
         *("pretrain", "pretrain (3-shot)", "base_4x", "base_4x (3-shot)"),
-        *("midtrain", "sft", "ppo_no_ptx", "ppo", "dpo"),
+        *("midtrain", "sft", "sft (best-of-4)", "ppo_no_ptx", "ppo", "dpo", "grpo"),
     ]
     assert list(comparison) == list(compared(config))
     assert comparison["base_4x"]["parameters"] >= 4 * comparison["ppo"]["parameters"]
+    best_of_4, sft = comparison["sft (best-of-4)"], comparison["sft"]  # the SFT model, answering otherwise
+    assert (best_of_4["parameters"], best_of_4["perplexity"]) == (sft["parameters"], sft["perplexity"])
+    assert any(best_of_4["splits"][s]["answers"] != sft["splits"][s]["answers"] for s in SUITE_SPLITS)
     floors = {split: comparison["sft"]["splits"][split]["floor"] for split in SUITE_SPLITS}
     for model in comparison.values():
         assert set(model["splits"]) == set(SUITE_SPLITS) and model["perplexity"] > 1.0
@@ -189,6 +229,12 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
     for family, rows in sft["family_examples"].items():  # each per-family figure shows the rows it rests on
         assert f"| {family} ({rows}) | {sft['floor_per_family'][family]['floor']:.2f} (" in report
     assert "The final model (PPO-ptx, " in report and "against base_4x (" in report
+    assert "sft (best-of-4): the SFT model samples 4 answers to each prompt (temperature 1.0, seed 42)" in report
+    ceiling = " / ".join(f"{best_of_4['splits'][split]['any_sample_correct']:.3f}" for split in SUITE_SPLITS)
+    assert f"A reward model that always picked a right sample would reach {ceiling} (entities, " in report
+    for split in SUITE_SPLITS:  # the kept sample is one of the 4: right whenever no sample is, at most
+        assert best_of_4["splits"][split]["accuracy"] <= best_of_4["splits"][split]["any_sample_correct"]
+    assert "| grpo wall time |" in report
     assert "## Sample answers" in report and "| seed | 42 |" in report
     assert f"| suite | {config.suite_config().describe()} |" in report  # the suite's own seed and sizes
     card = ModelCard.load(output_dir / "ppo" / "README.md")

@@ -20,7 +20,8 @@ import datasets
 from ..data.instructions import to_messages
 from ..data.records import OnBadRecord, normalize_records
 from ..data.suite import SuiteConfig, build_suite, verify
-from ..utils import markdown_table, table_cell
+from ..utils import load_reward_model, markdown_table, table_cell
+from .best_of_n import best_of_n_answers
 from .floors import family_floors, split_floor
 from .generation import generate_answers, load_chat_model
 from .metric_modules import load_metric
@@ -37,6 +38,7 @@ METRICS = (
     "mean_reward",
     "win_rate_vs_reference",
     "win_rate_vs_baseline",
+    "any_sample_correct",
 )
 
 
@@ -69,14 +71,27 @@ def evaluate_model(
     limit: int | None = None,
     demonstrations: datasets.Dataset | None = None,
     prompt_format: str = "chat",
+    best_of_n: int | None = None,
+    best_of_n_reward_model: str | os.PathLike | None = None,
+    best_of_n_temperature: float = 1.0,
+    seed: int = 0,
 ) -> dict:
     """Scores of `model_path` on each split (every row, or the first `limit`): {"model", "splits": {split: {metric:
     value, "per_family": {...}, "answers": [...], "samples": [...]}}}. Where the examples carry the suite's checks,
     also "interval" (the accuracy's 95 % Wilson interval), "correct" (each row's verdict), "family_examples" (rows
     per family) and, given the training `demonstrations`, "floor" and "floor_per_family" (`floors.py`).
     `prompt_format="plain"` asks a base model in the question-and-answer text its corpus holds ("Question:
-    ...\nAnswer:") instead of the chat template; the baseline is asked the same way."""
+    ...\nAnswer:") instead of the chat template; the baseline is asked the same way. `best_of_n` answers each prompt
+    with the best of that many samples by `best_of_n_reward_model` (`best_of_n_answers`, at `best_of_n_temperature`,
+    seeded by `seed`) instead of greedily; where the checks decide, "any_sample_correct" is then the share of prompts
+    with at least one right sample (pass@n): what a reward model that always picks a right answer would reach."""
+    if best_of_n is not None and (best_of_n < 1 or not best_of_n_reward_model or prompt_format != "chat"):
+        raise ValueError(
+            f"best_of_n={best_of_n}: needs n >= 1, best_of_n_reward_model (the reward model that picks the best "
+            f"answer) and the chat prompt format (got {prompt_format!r}), as the reward model reads chats."
+        )
     model, tokenizer = load_chat_model(model_path)
+    judge = load_reward_model(best_of_n_reward_model) if best_of_n else None
     baseline = load_chat_model(baseline_path) if baseline_path else None
     results = {"model": str(model_path), "splits": {}}
     names = ("instruction_accuracy", "exact_match", "rouge_l") + (("win_rate",) if reward_model else ())
@@ -88,12 +103,26 @@ def evaluate_model(
             raise ValueError(f"The evaluation split {name!r} has no examples.")
         prompts = [messages[:-1] for messages in examples["messages"]]
         references = [messages[-1]["content"] for messages in examples["messages"]]
-        answers = [
-            a[0]
-            for a in generate_answers(
-                model, tokenizer, prompts, max_new_tokens, batch_size, prompt_format=prompt_format
+        if judge:
+            chosen = best_of_n_answers(
+                model,
+                tokenizer,
+                *judge,
+                prompts,
+                best_of_n,
+                max_new_tokens,
+                batch_size,
+                temperature=best_of_n_temperature,
+                seed=seed,
             )
-        ]
+            answers = [choice.answer for choice in chosen]
+        else:
+            answers = [
+                a[0]
+                for a in generate_answers(
+                    model, tokenizer, prompts, max_new_tokens, batch_size, prompt_format=prompt_format
+                )
+            ]
         scores = {"examples": len(answers)}
         if any(examples["check"]):
             accuracy = metrics["instruction_accuracy"].compute(
@@ -108,6 +137,12 @@ def evaluate_model(
             if demonstrations is not None:
                 scores["floor_per_family"] = family_floors(examples, demonstrations)
                 scores["floor"] = split_floor(scores["floor_per_family"])
+            if judge:
+                right = [
+                    any(verify(check, sample) for sample in choice.samples)
+                    for check, choice in zip(examples["check"], chosen, strict=True)
+                ]
+                scores["any_sample_correct"] = sum(right) / len(right)
         scores.update(metrics["exact_match"].compute(predictions=answers, references=references))
         scores.update(metrics["rouge_l"].compute(predictions=answers, references=references))
         if reward_model:
