@@ -12,7 +12,7 @@ suite's prompts, whose `check` (the JSON spec `verify` reads) says exactly which
    - among failing answers, a *well-formed* one (the shape the prompt asked for: a number where a number was asked,
      one word, yes or no, a JSON object with the asked keys, a list of the asked style and length, the reference's
      word count and case) ranks above one that ignores the asked format, answers with a preamble or rambles; then the
-     shorter wins, and an empty answer ranks last. A wrong value in the asked form is the nearer miss: the labeler
+     shorter wins. A wrong value in the asked form is the nearer miss: the labeler
      guidelines put following the instruction's explicit constraints first;
    - what is still tied (two wrong numbers) is ordered at random (seeded).
 3. **People disagree.** Each pairwise judgement is flipped with probability `disagreement`: the pair says the worse
@@ -23,7 +23,8 @@ suite's prompts, whose `check` (the JSON spec `verify` reads) says exactly which
    upper end of the noise a real labeler adds; with a measured agreement rate a, use (1 − √(2a − 1)) / 2.
 
 Identical answers (the same text after stripping surrounding whitespace) are ranked once, so they give no pair: a
-prompt whose K answers hold D distinct ones gives C(D, 2) comparisons.
+prompt whose K answers hold D distinct ones gives C(D, 2) comparisons. An empty answer (the model ended its turn at
+once) is left out: there is nothing to read, and the comparison loaders refuse an empty answer.
 
 With real labelers, replace this function (`run_collect_comparisons(config, labeler=...)`) or skip the stage and
 give `hf-instruct reward` your comparisons file; it reads the same columns.
@@ -82,15 +83,15 @@ def well_formed(check: dict, answer: str) -> bool:
 
 
 def rank_answers(answers: list[str], check: str | dict, rng: random.Random) -> list[RankedAnswer]:
-    """The distinct answers, best first: passing above failing, then the preferences of the module docstring, then
-    one draw of `rng` per distinct answer (in the order they first appear) for what is still tied."""
+    """The distinct non-empty answers, best first: passing above failing, then the preferences of the module docstring,
+    then one draw of `rng` per distinct answer (in the order they first appear) for what is still tied."""
     check = json.loads(check) if isinstance(check, str) else check
-    distinct = list(dict.fromkeys(answer.strip() for answer in answers))
+    distinct = [text for text in dict.fromkeys(answer.strip() for answer in answers) if text]
     keys = []
     for text in distinct:
         passes = verify(check, text)
         shaped = passes or well_formed(check, text)
-        tier = 0 if passes else 1 if shaped else 2 if text else 3
+        tier = 0 if passes else 1 if shaped else 2
         keys.append((tier, len(" ".join(text.split())), rng.random(), text, passes, shaped))
     return [
         RankedAnswer(text=text, rank=rank, passes=passes, well_formed=shaped)

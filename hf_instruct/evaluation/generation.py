@@ -57,9 +57,9 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 class SeededSampling(LogitsProcessor):
     """Samples each row's next token from softmax(scores / temperature) with that row's own `torch.Generator`, and
-    leaves only that token possible, so `generate`'s own sampling (at temperature 1) picks it. An answer then depends on its seed alone, not on
-    the process's RNG or on which other prompts share its batch (`generate`'s sampling draws every row from the one
-    global generator)."""
+    leaves only that token possible, so `generate`'s own sampling (at temperature 1) picks it. An answer then depends
+    on its seed, not on the process's RNG or on the other prompts of its batch (`generate`'s sampling draws every row
+    from the one global generator); only the padding its batch adds can move a probability by a rounding error."""
 
     def __init__(self, seeds: list[int], temperature: float = 1.0):
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]

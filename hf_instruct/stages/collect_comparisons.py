@@ -148,7 +148,8 @@ def read_state(output_dir: Path) -> dict:
         if comparisons.is_file() and comparisons.stat().st_size >= state["bytes"]:
             return state
         logger.warning(f"{comparisons} lacks rows that {path} counts as written: collecting from the first prompt.")
-    counts = ("prompts_done", "bytes", "answers", "passing_answers", "distinct_answers", "comparisons", "flipped")
+    counts = ("prompts_done", "bytes", "answers", "passing_answers", "empty_answers", "distinct_answers")
+    counts += ("comparisons", "flipped")
     return dict.fromkeys(counts, 0)
 
 
@@ -233,7 +234,8 @@ def run_collect_comparisons(config: CollectComparisonsConfig, labeler: Labeler =
                 lines += [json.dumps(comparison_row(prompt, group, c), ensure_ascii=False) + "\n" for c in comparisons]
                 state["answers"] += len(texts)
                 state["passing_answers"] += sum(verify(prompt["check"], text) for text in texts)
-                state["distinct_answers"] += len({text.strip() for text in texts})
+                state["distinct_answers"] += len({text.strip() for text in texts} - {""})
+                state["empty_answers"] += sum(not text.strip() for text in texts)
                 state["comparisons"] += len(comparisons)
                 state["flipped"] += sum(c.flipped for c in comparisons)
             data = "".join(lines).encode()
@@ -269,12 +271,14 @@ def run_collect_comparisons(config: CollectComparisonsConfig, labeler: Labeler =
 
 
 def collection_metrics(state: dict) -> dict:
-    """What the collection made: prompts, pairs, how many sampled answers pass their check, flips."""
+    """What the collection made: prompts, pairs, distinct non-empty answers, the shares of sampled answers that pass
+    their check and that are empty (left out of the pairs), the share of flipped judgements."""
     return {
         "prompts": state["prompts_done"],
         "comparisons": state["comparisons"],
         "comparisons_per_prompt": state["comparisons"] / max(state["prompts_done"], 1),
         "distinct_answers_per_prompt": state["distinct_answers"] / max(state["prompts_done"], 1),
         "answers_passing": state["passing_answers"] / max(state["answers"], 1),
+        "answers_empty": state["empty_answers"] / max(state["answers"], 1),
         "flipped": state["flipped"] / max(state["comparisons"], 1),
     }
