@@ -184,7 +184,7 @@ def run_collect_comparisons(config: CollectComparisonsConfig, labeler: Labeler =
     started = time.time()
     if config.world_size > 1:
         raise ValueError(f"{STAGE} runs in one process: start it without torchrun or accelerate launch.")
-    start = start_run(config, STAGE, finished=is_collected)
+    start = start_run(config, STAGE, finished=is_collected, more="raise --max_prompts to collect more")
     if start.finished:
         return leave_finished_run(config, STAGE)
     output_dir = Path(config.output_dir)

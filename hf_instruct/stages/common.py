@@ -436,12 +436,16 @@ class RunStart:
 
 
 def start_run(
-    config: TrainingArguments, stage: str, finished: Callable[[TrainingArguments, Path], bool] | None = None
+    config: TrainingArguments,
+    stage: str,
+    finished: Callable[[TrainingArguments, Path], bool] | None = None,
+    more: str = "raise --max_steps or --num_train_epochs to train on",
 ) -> RunStart:
     """Seed every RNG (the model is built before the Trainer seeds), keep freed memory in the process
     (`keep_freed_memory`), refuse an output dir that holds another run, leave a finished run as it is (`finished`:
-    whether the output dir holds a run that `config` asks no more of; default `is_finished`, a trained model), and
-    find the newest complete checkpoint to resume from. Writes nothing but the run marker of a new output dir."""
+    whether the output dir holds a run that `config` asks no more of; default `is_finished`, a trained model; `more`
+    says how to ask for more), and find the newest complete checkpoint to resume from. Writes nothing but the run
+    marker of a new output dir."""
     set_seed(config.seed)
     if config.keep_freed_memory:
         config.allocator = keep_freed_memory()
@@ -465,8 +469,8 @@ def start_run(
             if (finished or is_finished)(config, output_dir):
                 differ = f"; its settings differ from this command's ({', '.join(changes)})" if changes else ""
                 logger.warning(
-                    f"{stage}: {output_dir} holds a finished {stage} run{differ}; nothing to do (raise --max_steps or "
-                    "--num_train_epochs to train on, or choose a new --output_dir to train with other settings)."
+                    f"{stage}: {output_dir} holds a finished {stage} run{differ}; nothing to do ({more}, or choose a "
+                    "new --output_dir to run with other settings)."
                 )
                 return RunStart(finished=True)
             if changes := [change for change in changes if not change.startswith(("max_steps ", "num_train_epochs "))]:
