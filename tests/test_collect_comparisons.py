@@ -21,6 +21,7 @@ from hf_instruct.cli import main
 from hf_instruct.data import load_preference_dataset
 from hf_instruct.data.labeler import rank_answers, simulated_labeler, well_formed
 from hf_instruct.data.suite import SuiteConfig, build_suite
+from hf_instruct.evaluation.generation import SeededSampling
 from hf_instruct.pipeline import PipelineConfig, reads_from, runs, stage_config
 from hf_instruct.stages import CollectComparisonsConfig, RewardStageConfig, parse_config, run_collect_comparisons
 from hf_instruct.stages.collect_comparisons import COMPARISONS_FILE, STATE_FILE
@@ -266,3 +267,18 @@ def test_the_pipeline_collects_between_sft_and_reward_when_configured(tmp_path):
     unconfigured = PipelineConfig()  # the suite's synthetic comparisons, as before
     assert "collect_comparisons" not in runs(unconfigured)
     assert stage_config("reward", unconfigured, data, tmp_path).train_files == [str(data["comparisons"])]
+
+
+def test_seeded_sampling_draws_from_softmax_over_temperature_one_generator_per_row():
+    probabilities = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    scores = probabilities.log().expand(20000, 4)
+    for temperature in (1.0, 2.0):
+        drawn = SeededSampling(list(range(20000)), temperature)(None, scores)
+        assert (drawn.isfinite().sum(dim=1) == 1).all()  # one token left possible per row
+        tokens = drawn.argmax(dim=1)
+        expected = torch.softmax(scores[0] / temperature, dim=0)
+        tolerance = 4 * (expected * (1 - expected) / 20000).sqrt()  # 4 binomial standard deviations
+        assert ((torch.bincount(tokens, minlength=4) / 20000 - expected).abs() <= tolerance).all()
+        assert not (tokens == 1).any()  # never a token of probability 0
+    again = SeededSampling([7, 8], 1.0)(None, scores[:2]).argmax(dim=1)
+    assert torch.equal(again, SeededSampling([7, 8], 1.0)(None, scores[:2]).argmax(dim=1))

@@ -66,11 +66,12 @@ class SeededSampling(LogitsProcessor):
         self.temperature = temperature
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        probabilities = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()
-        rows = zip(probabilities, self.generators, strict=True)
-        tokens = [torch.multinomial(row, 1, generator=generator) for row, generator in rows]
+        # inverse transform sampling: one uniform draw per row (a `multinomial` per row is 15x slower)
+        cumulative = torch.softmax(scores.double() / self.temperature, dim=-1).cumsum(dim=-1).cpu()
+        draws = torch.cat([torch.rand(1, generator=generator, dtype=torch.float64) for generator in self.generators])
+        tokens = torch.searchsorted(cumulative, (draws * cumulative[:, -1]).unsqueeze(1), right=True)
         chosen = torch.full_like(scores, float("-inf"))
-        chosen[torch.arange(len(scores)), torch.cat(tokens).to(scores.device)] = 0.0
+        chosen[torch.arange(len(scores)), tokens.squeeze(1).clamp(max=scores.shape[-1] - 1).to(scores.device)] = 0.0
         return chosen
 
 
