@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from conftest import SMOKE_TRAINING
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 from trl import RewardConfig, RewardTrainer
 
 from hf_instruct.cli import main
@@ -23,7 +24,13 @@ from hf_instruct.data.labeler import rank_answers, simulated_labeler, well_forme
 from hf_instruct.data.suite import SuiteConfig, build_suite
 from hf_instruct.evaluation.generation import SeededSampling
 from hf_instruct.pipeline import PipelineConfig, reads_from, runs, stage_config
-from hf_instruct.stages import CollectComparisonsConfig, RewardStageConfig, parse_config, run_collect_comparisons
+from hf_instruct.stages import (
+    CollectComparisonsConfig,
+    RewardStageConfig,
+    parse_config,
+    run_collect_comparisons,
+    run_reward,
+)
 from hf_instruct.stages.collect_comparisons import COMPARISONS_FILE, STATE_FILE
 from hf_instruct.stages.common import load_held_out
 from hf_instruct.trainers import GroupedBatchSampler, GroupedRewardTrainer
@@ -282,3 +289,28 @@ def test_seeded_sampling_draws_from_softmax_over_temperature_one_generator_per_r
         assert not (tokens == 1).any()  # never a token of probability 0
     again = SeededSampling([7, 8], 1.0)(None, scores[:2]).argmax(dim=1)
     assert torch.equal(again, SeededSampling([7, 8], 1.0)(None, scores[:2]).argmax(dim=1))
+
+
+def test_grouped_reward_training_interrupted_resumes_to_the_same_weights(tiny_model_dir, prompts, tmp_path, caplog):
+    """Interrupted after its checkpoint in the first epoch and run again, a grouped reward run ends with the weights of
+    an uninterrupted one: the resumed run skips the batches it trained, and the next epoch's are dealt the same."""
+    comparisons = collect(tiny_model_dir, prompts, tmp_path / "collected", max_prompts=10)
+    fields = dict(model_name_or_path=str(tiny_model_dir), train_files=[str(comparisons)], eval_examples=0)
+    fields.update(SMOKE_TRAINING, max_steps=12, save_strategy="steps", save_steps=5, per_device_train_batch_size=8)
+
+    class StopAtStep7(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 7:
+                raise KeyboardInterrupt
+
+    run_reward(RewardStageConfig(output_dir=str(tmp_path / "whole"), **fields))
+    with pytest.raises(KeyboardInterrupt):
+        run_reward(RewardStageConfig(output_dir=str(tmp_path / "resumed"), **fields), callbacks=[StopAtStep7()])
+    caplog.clear()
+    run_reward(RewardStageConfig(output_dir=str(tmp_path / "resumed"), **fields))
+    assert f"reward: resuming from {tmp_path / 'resumed' / 'checkpoint-5'}" in caplog.text
+    state = json.loads((tmp_path / "whole" / "trainer_state.json").read_text())
+    assert state["epoch"] > 1  # the run crossed an epoch
+    expected, actual = (load_file(tmp_path / name / "model.safetensors") for name in ("whole", "resumed"))
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, atol=1e-6, rtol=0, msg=name)
