@@ -23,7 +23,7 @@ from hf_instruct.data import load_preference_dataset
 from hf_instruct.data.labeler import rank_answers, simulated_labeler, well_formed
 from hf_instruct.data.suite import SuiteConfig, build_suite
 from hf_instruct.evaluation.generation import SeededSampling
-from hf_instruct.pipeline import PipelineConfig, reads_from, runs, stage_config
+from hf_instruct.pipeline import PipelineConfig, data_files, reads_from, runs, stage_config
 from hf_instruct.stages import (
     CollectComparisonsConfig,
     RewardStageConfig,
@@ -262,7 +262,7 @@ def test_hf_instruct_reward_trains_on_the_collected_comparisons_by_groups(tiny_m
 
 
 def test_the_pipeline_collects_between_sft_and_reward_when_configured(tmp_path):
-    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    data = data_files(tmp_path / "data")
     config = PipelineConfig(stages={"collect_comparisons": {"max_prompts": 8}})
     assert list(runs(config)) == ["pretrain", "sft", "collect_comparisons", "reward", "ppo", "ppo_no_ptx", "dpo"]
     configs = {name: stage_config(name, config, data, tmp_path) for name in runs(config)}
