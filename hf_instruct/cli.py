@@ -2,6 +2,7 @@
 
 hf-instruct pretrain --config recipes/tiny/pretrain/config.yaml [--field value ...]
 hf-instruct sft --config recipes/tiny/sft/config.yaml --model_name_or_path <pretrained dir> [...]
+hf-instruct collect_comparisons --model_name_or_path <sft dir> --train_files <prompts with checks> --output_dir d
 hf-instruct <stage> --help     # every field of the stage's config
 hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [--seed n]
                      [--push_to_hub] [--hub_model_id namespace/name]
@@ -202,7 +203,8 @@ def run_command(argv: list[str]) -> int:
     if argv and argv[0] in STAGES:
         config_class, run = STAGES[argv[0]]
         output_dir = run(parse_config(config_class, argv[1:], prog=f"hf-instruct {argv[0]}"))
-        print(f"{argv[0]}: done, model in {output_dir}")
+        made = "comparisons" if argv[0] == "collect_comparisons" else "model"
+        print(f"{argv[0]}: done, {made} in {output_dir}")
         return 0
     if argv and argv[0] == "serve":  # its own parser, in serving.py
         from .serving import serve

@@ -43,25 +43,28 @@ from .evaluation.evaluator import SUITE_SPLITS, few_shot
 from .evaluation.statistics import paired_difference, pairwise_win_rates
 from .hub import push_to_hub
 from .model_card import RUN_FILE, hardware, read_history, render_model_card
-from .stages import STAGES
+from .stages import STAGES, CollectComparisonsConfig
+from .stages.collect_comparisons import COMPARISONS_FILE, collection_problem
 from .stages.common import did_you_mean, parse_fields, read_config_file
 from .staleness import INPUT_FIELDS, lock_folder, recorded_run, value_changes, why_stale
 from .utils import chat_rewards, markdown_table, table_cell
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
-# and grpo (a baseline: GRPO against the reward model) run when the YAML configures them; the base model of the
-# comparison is the plain pretrain run.
+# collect_comparisons (the SFT model's answers ranked by the simulated labeler, which reward and dpo then read instead
+# of the suite's synthetic comparisons) and grpo (a baseline: GRPO against the reward model) run when the YAML
+# configures them; the base model of the comparison is the plain pretrain run.
 RUNS = {
     "pretrain": "pretrain",
     "midtrain": "pretrain",
     "sft": "sft",
+    "collect_comparisons": "collect_comparisons",
     "reward": "reward",
     "ppo": "ppo",
     "ppo_no_ptx": "ppo",
     "dpo": "dpo",
     "grpo": "grpo",
 }
-OPTIONAL_RUNS = ("midtrain", "grpo")  # run only when the YAML's `stages` names them
+OPTIONAL_RUNS = ("midtrain", "collect_comparisons", "grpo")  # run only when the pipeline YAML's `stages` names them
 COMPARED = ("pretrain", "midtrain", "sft", "ppo_no_ptx", "ppo", "dpo", "grpo")  # the models compared, base model first
 # pretrain fields that change how many tokens a baseline reads (a baseline that sets none reads the base's tokens)
 TOKEN_FIELDS = {
@@ -311,13 +314,18 @@ def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_d
     tuned = run_dir("midtrain" if "midtrain" in config.stages else "pretrain")  # where instruction tuning starts
     corpus = (config.stages.get("pretrain") or {}).get("train_files") or [str(data["pretrain"])]
     instructions = (config.stages.get("sft") or {}).get("train_files") or [str(data["sft"])]
+    # the comparisons reward and dpo learn from: the collected ones when collect_comparisons runs, else the suite's
+    collected = "collect_comparisons" in config.stages
+    comparisons = str(output_dir / "collect_comparisons" / COMPARISONS_FILE) if collected else str(data["comparisons"])
     inputs = {  # the tokenizer also learns the SFT data's words; only midtrain trains on them
         "pretrain": dict(train_files=[str(data["pretrain"])], instruction_files=instructions),
         "midtrain": dict(model_name_or_path=run_dir("pretrain"), train_files=corpus, instruction_files=instructions),
         "sft": dict(model_name_or_path=tuned, train_files=[str(data["sft"])]),
+        # its prompts: the suite's comparison prompts (they carry the checks the simulated labeler ranks by)
+        "collect_comparisons": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparison_prompts"])]),
         "reward": dict(
             model_name_or_path=run_dir("sft"),
-            train_files=[str(data["comparisons"])],
+            train_files=[comparisons],
             demonstration_files=[str(data["sft"])],
         ),
         "ppo": dict(
@@ -333,7 +341,7 @@ def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_d
             ptx_coef=0.0,
             ptx_files=None,
         ),
-        "dpo": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparisons"])]),
+        "dpo": dict(model_name_or_path=run_dir("sft"), train_files=[comparisons]),
         "grpo": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward")),
     }["pretrain" if run in config.baselines else run]
     if run == "grpo":  # the prompts PPO reads, whichever they are: the two RL methods see the same prompts
@@ -374,12 +382,13 @@ def plan_runs(configs: dict) -> dict[str, RunPlan]:
 
 
 def reads_from(config, configs: dict) -> list[str]:
-    """The runs whose output folder `config` reads (its model, tokenizer, reward model)."""
+    """The runs whose output folder, or a file in it, `config` reads (its model, tokenizer, reward model, data)."""
     values = [getattr(config, field, None) for field in INPUT_FIELDS]
     read = {
         os.path.normpath(path) for value in values if value for path in ([value] if isinstance(value, str) else value)
     }
-    return [name for name, other in configs.items() if os.path.normpath(other.output_dir) in read]
+    folders = {name: os.path.normpath(other.output_dir) for name, other in configs.items()}
+    return [name for name, folder in folders.items() if any(folder in (path, os.path.dirname(path)) for path in read)]
 
 
 def plan_run(config, check_inputs: bool = True) -> RunPlan:
@@ -389,7 +398,7 @@ def plan_run(config, check_inputs: bool = True) -> RunPlan:
         return RunPlan("run", "not run yet")
     if reason := why_stale(recorded_run(config.output_dir), config, check_inputs):
         return RunPlan("re-run", reason)
-    if problem := unfinished(config.output_dir):
+    if problem := (collection_problem if is_collection(config) else unfinished)(config.output_dir):
         return RunPlan("resume", f"incomplete ({problem})")
     return RunPlan("skip")
 
@@ -407,7 +416,11 @@ def print_plan(config: PipelineConfig, configs: dict, plans: dict[str, RunPlan],
         else:
             status = f"~{estimate / 60:.1f} min" if estimate else "?"
             left += estimate or 0
-        rows.append([name, str(stage.max_steps if stage.max_steps > 0 else "epochs"), status])
+        if is_collection(stage):  # no training steps: how many prompts it answers
+            steps = f"{stage.max_prompts or 'all'} prompts"
+        else:
+            steps = str(stage.max_steps if stage.max_steps > 0 else "epochs")
+        rows.append([name, steps, status])
     rows.append(["evaluation", "", f"~{evaluation / 60:.1f} min"])
     lines = ["pipeline plan (times measured on 2 CPU cores):", *markdown_table(["stage", "steps", "estimated"], rows)]
     if data_changed:
@@ -418,6 +431,11 @@ def print_plan(config: PipelineConfig, configs: dict, plans: dict[str, RunPlan],
             reasons.setdefault(f"{plan.reason}: {'resume' if plan.action == 'resume' else 're-run'}", []).append(name)
     lines += [f"{', '.join(names)}: {reason}" for reason, names in reasons.items()]
     print("\n".join(lines) + f"\ntotal ≈ {left / 60:.1f} min\n")
+
+
+def is_collection(stage_config) -> bool:
+    """Whether a run writes comparisons (data), not a model."""
+    return isinstance(stage_config, CollectComparisonsConfig)
 
 
 def unfinished(run_dir: str | os.PathLike) -> str | None:

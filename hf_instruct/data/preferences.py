@@ -44,9 +44,32 @@ def load_preference_dataset(
     source: str | os.PathLike | Iterable[str | os.PathLike] | datasets.Dataset,
     on_bad_record: OnBadRecord = "error",
     split: str = "train",
+    keep_groups: bool = False,
 ) -> datasets.Dataset:
-    """Local .jsonl/.json/.parquet files, folders, globs, a Hub dataset name or a Dataset -> prompt/chosen/rejected."""
-    return normalize_records(source, to_preference, on_bad_record, split, desc="Normalising comparisons")
+    """Local .jsonl/.json/.parquet files, folders, globs, a Hub dataset name or a Dataset -> prompt/chosen/rejected;
+    with `keep_groups`, also `group` (the prompt a comparison belongs to, as `hf-instruct collect_comparisons` writes
+    it) when the records have one: all of them or none."""
+    if not keep_groups:
+        return normalize_records(source, to_preference, on_bad_record, split, desc="Normalising comparisons")
+    pairs = normalize_records(source, to_grouped_preference, on_bad_record, split, desc="Normalising comparisons")
+    missing = pairs["group"].count(None)
+    if missing == len(pairs):
+        return pairs.remove_columns("group")
+    if missing:
+        raise ValueError(
+            f"{source}: {missing} of {len(pairs)} comparisons have no 'group' while the others have one: give every "
+            "comparison its prompt's group (an integer), or none."
+        )
+    return pairs
+
+
+def to_grouped_preference(record: dict) -> dict:
+    """`to_preference` plus the record's `group` (None when it has none); BadRecordError for a group that is not an
+    integer."""
+    group = record.get("group")
+    if group is not None and (not isinstance(group, int) or isinstance(group, bool)):
+        raise BadRecordError(f"field 'group' must be an integer (the index of the comparison's prompt), got {group!r}")
+    return {**to_preference(record), "group": group}
 
 
 def parse_hh_transcript(text: str) -> list[dict[str, str]]:

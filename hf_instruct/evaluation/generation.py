@@ -7,7 +7,14 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from ..checkpoints import NO_SUCH_FOLDER, missing_folder, saved_model_problem
 from ..data.suite import plain_dialogue
@@ -48,6 +55,26 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return sorted({*configured, tokenizer.eos_token_id, end_of_turn_token_id(tokenizer)} - {None})
 
 
+class SeededSampling(LogitsProcessor):
+    """Samples each row's next token from softmax(scores / temperature) with that row's own `torch.Generator`, and
+    leaves only that token possible, so `generate`'s own sampling (at temperature 1) picks it. An answer then depends
+    on its seed, not on the process's RNG or on the other prompts of its batch (`generate`'s sampling draws every row
+    from the one global generator); only the padding its batch adds can move a probability by a rounding error."""
+
+    def __init__(self, seeds: list[int], temperature: float = 1.0):
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # inverse transform sampling: one uniform draw per row (a `multinomial` per row is 15x slower)
+        cumulative = torch.softmax(scores.double() / self.temperature, dim=-1).cumsum(dim=-1).cpu()
+        draws = torch.cat([torch.rand(1, generator=generator, dtype=torch.float64) for generator in self.generators])
+        tokens = torch.searchsorted(cumulative, (draws * cumulative[:, -1]).unsqueeze(1), right=True)
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen[torch.arange(len(scores)), tokens.squeeze(1).clamp(max=scores.shape[-1] - 1).to(scores.device)] = 0.0
+        return chosen
+
+
 @torch.no_grad()
 def generate_answers(
     model: PreTrainedModel,
@@ -60,11 +87,16 @@ def generate_answers(
     temperature: float = 1.0,
     show_progress: bool = True,
     prompt_format: str = "chat",
+    seeds: list[int] | None = None,
 ) -> list[list[str]]:
     """The assistant's next turn for each conversation (`num_return_sequences` answers each), greedy by default;
-    `prompt_format="plain"` asks in question-and-answer text (see `plain_dialogue`) instead of the chat template."""
+    `prompt_format="plain"` asks in question-and-answer text (see `plain_dialogue`) instead of the chat template.
+    With `seeds` (one per answer, conversation-major) each answer is sampled at `temperature` from its own seeded
+    generator (`SeededSampling`): an answer depends on its seed and batch, not on what the process sampled before."""
     if prompt_format not in ("chat", "plain"):
         raise ValueError(f"prompt_format must be 'chat' or 'plain', got {prompt_format!r}.")
+    if seeds is not None and len(seeds) != len(conversations) * num_return_sequences:
+        raise ValueError(f"seeds: one per answer ({len(conversations) * num_return_sequences}), got {len(seeds)}.")
     stops = stop_token_ids(model, tokenizer)
     answers = []
     batches = range(0, len(conversations), batch_size)
@@ -76,11 +108,16 @@ def generate_answers(
             for conversation in conversations[start : start + batch_size]
         ]
         inputs = tokenizer(prompts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
+        sampling = None
+        if seeds is not None:  # `generate` samples the one token `SeededSampling` left, at temperature 1
+            rows = slice(start * num_return_sequences, (start + batch_size) * num_return_sequences)
+            sampling = LogitsProcessorList([SeededSampling(seeds[rows], temperature)])
         output = model.generate(
             **inputs.to(model.device),
             max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature if do_sample else None,
+            do_sample=do_sample or sampling is not None,
+            logits_processor=sampling,
+            temperature=(1.0 if sampling is not None else temperature) if do_sample or sampling else None,
             top_p=None,
             top_k=None,
             num_return_sequences=num_return_sequences,

@@ -13,9 +13,11 @@ import importlib.util
 import json
 import math
 import os
+import random
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -262,18 +264,41 @@ def load_trainable(auto_class: type, path: str, **kwargs) -> PreTrainedModel:
 
 def load_held_out(config: TuningArguments, load: Callable[..., Dataset]) -> tuple[Dataset, Dataset | None]:
     """(train, eval) records of `config.data_source` normalised by `load` (a `hf_instruct.data` loader; the main
-    process first), with `config.eval_examples` of them held out at random (seeded)."""
+    process first), with `config.eval_examples` of them held out at random (seeded). Records with a `group` column
+    (the comparisons of one prompt) are held out by whole groups, until at least `eval_examples` records are."""
     with config.main_process_first(desc="normalising records"):
         records = load(config.data_source, config.on_bad_record, config.dataset_split)
     if not config.eval_examples:
         return records, None
-    if config.eval_examples >= len(records):
+    groups = records["group"] if "group" in records.column_names else None
+    taken = held_out_groups(groups, config.eval_examples, config.seed) if groups else set()
+    if config.eval_examples >= len(records) or (groups and taken == set(groups)):
         raise ValueError(
             f"--eval_examples {config.eval_examples} would hold out all {len(records)} records of "
             f"{config.data_source}: lower it (0: no held-out set)."
         )
+    if groups:
+        held_out = [group in taken for group in groups]
+        return (
+            records.select([i for i, held in enumerate(held_out) if not held]),
+            records.select([i for i, held in enumerate(held_out) if held]),
+        )
     split = records.train_test_split(test_size=config.eval_examples, seed=config.seed)
     return split["train"], split["test"]
+
+
+def held_out_groups(groups: Sequence[int], count: int, seed: int) -> set[int]:
+    """Groups drawn at random (seeded) until their records number at least `count`."""
+    sizes = Counter(groups)
+    order = sorted(sizes)
+    random.Random(seed).shuffle(order)
+    taken, records = set(), 0
+    for group in order:
+        if records >= count:
+            break
+        taken.add(group)
+        records += sizes[group]
+    return taken
 
 
 def count_kept(trainer: Trainer, records: Dataset, stage: str, noun: str, why: str) -> None:
@@ -412,10 +437,17 @@ class RunStart:
     resume_from: str | None = None
 
 
-def start_run(config: TrainingArguments, stage: str) -> RunStart:
+def start_run(
+    config: TrainingArguments,
+    stage: str,
+    finished: Callable[[TrainingArguments, Path], bool] | None = None,
+    more: str = "raise --max_steps or --num_train_epochs to train on",
+) -> RunStart:
     """Seed every RNG (the model is built before the Trainer seeds), keep freed memory in the process
-    (`keep_freed_memory`), refuse an output dir that holds another run, leave a finished run as it is, and find the
-    newest complete checkpoint to resume from. Writes nothing but the run marker of a new output dir."""
+    (`keep_freed_memory`), refuse an output dir that holds another run, leave a finished run as it is (`finished`:
+    whether the output dir holds a run that `config` asks no more of; default `is_finished`, a trained model; `more`
+    says how to ask for more), and find the newest complete checkpoint to resume from. Writes nothing but the run
+    marker of a new output dir."""
     set_seed(config.seed)
     if config.keep_freed_memory:
         config.allocator = keep_freed_memory()
@@ -436,11 +468,11 @@ def start_run(config: TrainingArguments, stage: str) -> RunStart:
                 )
             recorded = recorded_run(output_dir).get("settings")
             changes = setting_changes(recorded, run_settings(config), type(config)) if recorded is not None else []
-            if is_finished(config, output_dir):
+            if (finished or is_finished)(config, output_dir):
                 differ = f"; its settings differ from this command's ({', '.join(changes)})" if changes else ""
                 logger.warning(
-                    f"{stage}: {output_dir} holds a finished {stage} run{differ}; nothing to do (raise --max_steps or "
-                    "--num_train_epochs to train on, or choose a new --output_dir to train with other settings)."
+                    f"{stage}: {output_dir} holds a finished {stage} run{differ}; nothing to do ({more}, or choose a "
+                    "new --output_dir to run with other settings)."
                 )
                 return RunStart(finished=True)
             if changes := [change for change in changes if not change.startswith(("max_steps ", "num_train_epochs "))]:

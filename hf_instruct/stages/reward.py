@@ -1,17 +1,21 @@
 """Stage 2: a reward model learned from human comparisons (InstructGPT step 2).
 
-The stock TRL `RewardTrainer` trains a sequence classifier with one output, initialised from the SFT checkpoint's
-backbone (a new `score` head), on comparisons in any shape `hf_instruct.data` knows. Held-out pairwise accuracy is
+TRL's `RewardTrainer` trains a sequence classifier with one output, initialised from the SFT checkpoint's backbone (a
+new `score` head), on comparisons in any shape `hf_instruct.data` knows. Comparisons with a `group` (the prompt's
+index, as `hf-instruct collect_comparisons` writes them) train a prompt's pairs together, each prompt weighing the same
+(`hf_instruct.trainers.GroupedRewardTrainer`), and are held out by whole prompts. Held-out pairwise accuracy is
 reported. As in the paper, rewards are then shifted so that the SFT demonstrations score 0 on average: the shift is
 stored in the saved config as `reward_shift`, for the RL stage to subtract.
 """
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from transformers import AutoModelForSequenceClassification, TrainerCallback
-from trl import RewardConfig, RewardTrainer
+from trl import RewardConfig
 
 from ..data import load_instruction_dataset, load_preference_dataset
+from ..trainers.reward import GroupedRewardTrainer
 from ..utils import reward_scores
 from .common import (
     TuningArguments,
@@ -44,7 +48,7 @@ def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | Non
 
     # ---- tokenizer and comparisons, with held-out pairs
     tokenizer = load_tokenizer(config)
-    train_pairs, eval_pairs = load_held_out(config, load_preference_dataset)
+    train_pairs, eval_pairs = load_held_out(config, partial(load_preference_dataset, keep_groups=True))
     # the demonstrations that centre the rewards, read now: a bad file fails before training, not after it
     demonstrations = None
     if config.demonstration_files:
@@ -55,7 +59,7 @@ def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | Non
     model.config.pad_token_id = tokenizer.pad_token_id
 
     # ---- train, centre the rewards on the demonstrations, save, card
-    trainer = RewardTrainer(
+    trainer = GroupedRewardTrainer(
         model=model,
         args=config,
         train_dataset=train_pairs,

@@ -56,18 +56,22 @@ def _yes_no(check: dict, response: str) -> bool:
     return normalise(response) == check["answer"]
 
 
-def _json(check: dict, response: str) -> bool:
+def json_object(response: str) -> dict | None:
+    """The JSON object a response holds (a code fence around it is fine), else None."""
     text = response.strip()
     fenced = FENCE.match(text)
     try:
         value = json.loads(fenced.group(1) if fenced else text)
     except json.JSONDecodeError:
-        return False
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _json(check: dict, response: str) -> bool:
+    value = json_object(response)
     expected = check["answer"]
     return (
-        isinstance(value, dict)
-        and value.keys() == expected.keys()
-        and all(_same(value[k], expected[k]) for k in expected)
+        value is not None and value.keys() == expected.keys() and all(_same(value[k], expected[k]) for k in expected)
     )
 
 
