@@ -1,24 +1,39 @@
 """Whether to train in bf16 by default: only where it is fast, never merely because it is supported.
 
-On a GPU with bf16 support, yes. On a CPU it depends on the processor: with AMX or AVX-512 BF16 instructions a bf16
-matmul runs several times faster than fp32 (measured 865 against 215 GFLOP/s on 2 Intel cores), but on a CPU with
-AVX2 only, every bf16 matmul is emulated and runs 50-80x *slower* (1-2 against 85 GFLOP/s on 2 AMD EPYC cores; tiny
-pretraining took 314 s instead of 26 s). `torch` reports bf16 as "supported" on both. So a CPU gets bf16 when it has
-the instructions, else when a short matmul probe shows bf16 clearly faster, else fp32; the choice and its reason go
-into the run record. `HF_INSTRUCT_BF16=1` (or `0`) overrides the decision for a whole process tree, e.g. to run the
-test suite as it runs on the other kind of CPU.
+On a GPU with bf16 support, yes. On a CPU no rule of thumb holds: with AVX2 only, every bf16 matmul is emulated and
+tiny pretraining took 314 s instead of 26 s; with AMX or AVX-512 BF16, bf16 autocast trained the default model 2.6x
+faster on one machine, yet the same machine's plain 128 x 128 bf16 matmul ran at 26 GFLOP/s against 158 in fp32.
+`torch` calls bf16 "supported" on all of them. So a CPU decides by a short probe at the model's own shapes: a
+forward and backward pass of a model of the same width, depth and vocabulary on a batch of the size it trains on,
+timed in fp32 and under bf16 autocast (well under a second for the default model); bf16 when it trains at least
+`PROBE_SPEEDUP` times as many tokens per second. The probe runs once per process and shape set; the choice, its
+reason and the measured speeds go into the run record. `HF_INSTRUCT_BF16=1` (or `0`) overrides the decision for a
+whole process tree, e.g. to run the test suite as it runs on the other kind of CPU.
+
+`python -m hf_instruct.precision` prints the probe at the default model's shapes: the figure to record as a pipeline's
+`estimates.reference_speed` wherever its estimates are measured (`hf_instruct.pipeline` scales them by it).
 """
 
 import functools
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 
 import torch
+from transformers.utils import logging
+
+from .models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
+
+logger = logging.get_logger(__name__)
 
 PROBE_SPEEDUP = 1.2  # bf16 must beat fp32 by this factor in the probe to be worth its rounding
+PROBE_SECONDS = 0.2  # timed per precision, after one warm-up pass
+PROBE_PASSES = 5  # at most, so that a tiny model's probe takes milliseconds
+GIVE_UP = 10  # a bf16 warm-up pass this many times slower than an fp32 pass ends the probe (emulated bf16: ~12x)
 FORCE_VARIABLE = "HF_INSTRUCT_BF16"
 FORCE_VALUES = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}
+SET_IN_CONFIG = "set in the config"  # the reason of a bf16 the config chose (not the machine)
 
 
 @dataclass(frozen=True)
@@ -27,41 +42,124 @@ class PrecisionChoice:
     reason: str
 
 
-def decide_bf16(
-    *,
-    cuda: bool,
-    cuda_bf16: bool = False,
-    cpu_capabilities: dict | None = None,
-    probe: tuple[float, float] | None = None,
-) -> PrecisionChoice:
-    """The decision alone, from what was found out: a GPU and its bf16 support, the CPU's instruction sets
-    (`torch.cpu.get_capabilities()`), and the probe's (fp32, bf16) matmul throughputs in GFLOP/s."""
+@dataclass(frozen=True)
+class ProbeShapes:
+    """The model and batch the probe trains; the defaults are the default pipeline's model (0.66 M parameters) and
+    batch (16 x 128 tokens), the shapes `estimates.reference_speed` is measured at."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vocab_size: int = 2048
+    batch_size: int = 16
+    sequence_length: int = 128
+
+    @classmethod
+    def of(cls, model_config: Mapping, batch_size: int, sequence_length: int) -> "ProbeShapes":
+        """The shapes of a model config (a dict of Llama-style fields, e.g. a config.json; a field it lacks keeps the
+        default model's) training on `batch_size` rows of `sequence_length` tokens."""
+        model = {f.name: model_config[f.name] for f in fields(cls) if model_config.get(f.name) is not None}
+        if "num_attention_heads" in model and "num_key_value_heads" not in model:
+            model["num_key_value_heads"] = model["num_attention_heads"]
+        return cls(**{**model, "batch_size": batch_size, "sequence_length": sequence_length})
+
+    def __str__(self) -> str:
+        return (
+            f"hidden {self.hidden_size}, intermediate {self.intermediate_size}, {self.num_hidden_layers} layers, "
+            f"vocabulary {self.vocab_size}, {self.batch_size} x {self.sequence_length} tokens"
+        )
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Training tokens per second (forward and backward) in fp32 and under bf16 autocast, and the probe's wall time."""
+
+    fp32: float
+    bf16: float
+    seconds: float
+
+    def speed(self, bf16: bool) -> float:
+        return self.bf16 if bf16 else self.fp32
+
+
+def decide_bf16(*, cuda: bool, cuda_bf16: bool = False, probe: ProbeResult | None = None) -> PrecisionChoice:
+    """The decision alone, from what was found out: a GPU and its bf16 support, else the CPU probe's speeds."""
     if cuda:
         return PrecisionChoice(cuda_bf16, "GPU with bf16 support" if cuda_bf16 else "GPU without bf16 support")
-    capabilities = cpu_capabilities or {}
-    fast = [name for name in ("amx_bf16", "avx512_bf16") if capabilities.get(name)]
-    if fast:
-        return PrecisionChoice(True, f"CPU with {' and '.join(fast)} instructions")
     if probe is None:
-        return PrecisionChoice(False, "CPU without AMX or AVX-512 BF16 instructions, not probed")
-    fp32, bf16 = probe
-    verdict = "faster" if bf16 >= PROBE_SPEEDUP * fp32 else "not faster"
+        return PrecisionChoice(False, "CPU, not probed")
+    ratio = probe.bf16 / probe.fp32
+    faster = ratio >= PROBE_SPEEDUP
     return PrecisionChoice(
-        bf16 >= PROBE_SPEEDUP * fp32,
-        f"CPU without AMX or AVX-512 BF16; a matmul probe found bf16 {verdict} ({bf16:.0f} against {fp32:.0f} "
-        "GFLOP/s in fp32)",
+        faster,
+        f"CPU; a {probe.seconds:.1f} s training probe found bf16 {'' if faster else 'not '}faster: "
+        f"{probe.bf16 / 1e3:.1f} k tokens/s against {probe.fp32 / 1e3:.1f} k in fp32 ({ratio:.2f}x, "
+        f"bf16 needs {PROBE_SPEEDUP}x)",
     )
 
 
-def matmul_gflops(dtype: torch.dtype, size: int = 256, seconds: float = 0.25) -> float:
-    """Throughput of (size x size) matmuls in `dtype` on the CPU, run for about `seconds`."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm-up: the first call may pick and load a kernel
-    calls, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        a @ b
-        calls += 1
-    return 2 * size**3 * calls / elapsed / 1e9
+def probe_model(shapes: ProbeShapes) -> tuple[InstructGPTForCausalLM, torch.Tensor]:
+    """A model of `shapes` (fresh weights) and a batch of random tokens for it; the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = InstructGPTForCausalLM(
+            InstructGPTConfig(
+                hidden_size=shapes.hidden_size,
+                intermediate_size=shapes.intermediate_size,
+                num_hidden_layers=shapes.num_hidden_layers,
+                num_attention_heads=shapes.num_attention_heads,
+                num_key_value_heads=shapes.num_key_value_heads,
+                vocab_size=shapes.vocab_size,
+                max_position_embeddings=max(1024, shapes.sequence_length),
+                use_cache=False,
+            )
+        )
+        return model, torch.randint(shapes.vocab_size, (shapes.batch_size, shapes.sequence_length))
+
+
+def training_speed(
+    shapes: ProbeShapes, bf16: bool, seconds: float = PROBE_SECONDS, give_up_after: float | None = None
+) -> float:
+    """Tokens per second of a forward and backward pass of a model of `shapes` on the CPU, in fp32 or under bf16
+    autocast: the fastest of the passes (at least one, at most `PROBE_PASSES`) run in about `seconds` after a warm-up
+    pass (the fastest, as a stall only slows a pass down). A warm-up pass longer than `give_up_after` seconds is
+    measured alone."""
+    model, batch = probe_model(shapes)
+
+    def one_pass() -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    tokens, warm_up = batch.numel(), one_pass()  # the first pass picks and builds its kernels
+    if give_up_after is not None and warm_up > give_up_after:
+        return tokens / warm_up
+    times, start = [], time.perf_counter()
+    while not times or (time.perf_counter() - start < seconds and len(times) < PROBE_PASSES):
+        times.append(one_pass())
+    return tokens / min(times)
+
+
+def probe_speeds(
+    shapes: ProbeShapes, measure: Callable[..., float] = training_speed, clock: Callable[[], float] = time.perf_counter
+) -> ProbeResult:
+    """fp32's speed, then bf16's, at `shapes` (`measure` is `training_speed` or a stand-in with its arguments); bf16
+    stops after its warm-up pass when that alone is `GIVE_UP` times as slow as fp32 (emulated bf16)."""
+    start = clock()
+    fp32 = measure(shapes, False)
+    bf16 = measure(shapes, True, give_up_after=GIVE_UP * shapes.batch_size * shapes.sequence_length / fp32)
+    return ProbeResult(fp32=fp32, bf16=bf16, seconds=clock() - start)
+
+
+@functools.cache
+def probe(shapes: ProbeShapes = ProbeShapes()) -> ProbeResult:
+    """The probe at `shapes`, run once per process."""
+    return probe_speeds(shapes)
 
 
 def forced_bf16() -> PrecisionChoice | None:
@@ -75,17 +173,18 @@ def forced_bf16() -> PrecisionChoice | None:
 
 
 @functools.cache
-def default_bf16() -> PrecisionChoice:
-    """The bf16 default for this machine (once per process): `HF_INSTRUCT_BF16` if set; else on a CPU without bf16
-    instructions, decided by a half-second probe."""
+def default_bf16(shapes: ProbeShapes = ProbeShapes()) -> PrecisionChoice:
+    """The bf16 default for a model of `shapes` on this machine (once per process and shape set, said in one log
+    line): `HF_INSTRUCT_BF16` if set; else on a GPU its bf16 support; else the CPU probe at `shapes`."""
     if (forced := forced_bf16()) is not None:
         return forced
     if torch.cuda.is_available():
         return decide_bf16(cuda=True, cuda_bf16=torch.cuda.is_bf16_supported())
-    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    choice = decide_bf16(cuda=False, cpu_capabilities=capabilities)
-    if choice.bf16:
-        return choice
-    return decide_bf16(
-        cuda=False, cpu_capabilities=capabilities, probe=(matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16))
-    )
+    choice = decide_bf16(cuda=False, probe=probe(shapes))
+    logger.warning(f"bf16 {'on' if choice.bf16 else 'off'} at {shapes}: {choice.reason}")
+    return choice
+
+
+if __name__ == "__main__":
+    result = probe()
+    print(f"probe at {ProbeShapes()}: {decide_bf16(cuda=False, probe=result).reason}")

@@ -1,5 +1,6 @@
 """Midtraining and packing that keeps documents apart: what the batches contain, and what the model sees."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,8 +15,19 @@ from hf_instruct.allocator import USER_SETTINGS, keep_freed_memory
 from hf_instruct.data import pack_texts
 from hf_instruct.data.mixing import pack_mixture
 from hf_instruct.data.text import IGNORE_INDEX, collate_blocks
-from hf_instruct.precision import PROBE_SPEEDUP, PrecisionChoice, decide_bf16
-from hf_instruct.stages import PretrainStageConfig, run_pretrain
+from hf_instruct.precision import (
+    GIVE_UP,
+    PROBE_SPEEDUP,
+    PrecisionChoice,
+    ProbeResult,
+    ProbeShapes,
+    decide_bf16,
+    probe_model,
+    probe_speeds,
+    training_speed,
+)
+from hf_instruct.stages import PretrainStageConfig, SFTStageConfig, run_pretrain
+from hf_instruct.stages.common import probe_shapes
 
 DOCS = ["alpha beta gamma delta", "the lazy dog sleeps", "a model learns what the labels say", "one two three"]
 CONVERSATIONS = [
@@ -122,17 +134,83 @@ def test_midtraining_stage_continues_a_model_on_the_mixture(tmp_path):
     [
         (dict(cuda=True, cuda_bf16=True), True, "GPU with bf16"),
         (dict(cuda=True, cuda_bf16=False), False, "GPU without bf16"),
-        (dict(cuda=False, cpu_capabilities={"amx_bf16": True}), True, "amx_bf16"),
-        (dict(cuda=False, cpu_capabilities={"avx512_bf16": True, "avx2": True}), True, "avx512_bf16"),
-        (dict(cuda=False, cpu_capabilities={"avx2": True}), False, "not probed"),
-        (dict(cuda=False, cpu_capabilities={"avx2": True}, probe=(85.0, 1.5)), False, "bf16 not faster"),
-        (dict(cuda=False, cpu_capabilities={}, probe=(100.0, PROBE_SPEEDUP * 100.0)), True, "bf16 faster"),
-        (dict(cuda=False, cpu_capabilities={}, probe=(100.0, 110.0)), False, "bf16 not faster"),
+        (dict(cuda=False), False, "CPU, not probed"),
+        (
+            dict(cuda=False, probe=ProbeResult(fp32=10_000.0, bf16=PROBE_SPEEDUP * 10_000.0, seconds=0.8)),
+            True,
+            "CPU; a 0.8 s training probe found bf16 faster: 12.0 k tokens/s against 10.0 k in fp32 (1.20x, bf16 "
+            "needs 1.2x)",
+        ),
+        (  # AMX, yet no faster at this model's shapes
+            dict(cuda=False, probe=ProbeResult(fp32=24_000.0, bf16=26_000.0, seconds=0.6)),
+            False,
+            "found bf16 not faster: 26.0 k tokens/s against 24.0 k in fp32 (1.08x",
+        ),
+        (  # emulated bf16 (AVX2 only)
+            dict(cuda=False, probe=ProbeResult(fp32=12_000.0, bf16=1_000.0, seconds=1.4)),
+            False,
+            "1.0 k tokens/s against 12.0 k in fp32 (0.08x",
+        ),
     ],
 )
 def test_bf16_only_where_it_is_fast(kwargs, bf16, reason):
     choice = decide_bf16(**kwargs)
     assert choice.bf16 is bf16 and reason in choice.reason
+
+
+def test_the_probe_times_fp32_then_bf16_at_the_shapes_and_stops_emulated_bf16_early():
+    """The decision follows the timings the probe measures: `measure` stands in for `training_speed`, the clock for
+    the wall time."""
+    shapes = ProbeShapes(hidden_size=64, intermediate_size=192, batch_size=8, sequence_length=64)
+    calls, ticks = [], iter([10.0, 10.7])
+
+    def measure(at, bf16, give_up_after=None):
+        calls.append((at, bf16, give_up_after))
+        return speeds[bf16]
+
+    speeds = {False: 5120.0, True: 7680.0}  # a pass of 512 tokens: 0.1 s in fp32, 1.5x as fast in bf16
+    result = probe_speeds(shapes, measure=measure, clock=lambda: next(ticks))
+    assert result == ProbeResult(fp32=5120.0, bf16=7680.0, seconds=pytest.approx(0.7))
+    assert calls == [(shapes, False, None), (shapes, True, pytest.approx(GIVE_UP * 0.1))]
+    assert decide_bf16(cuda=False, probe=result).bf16 is True
+    speeds[True], ticks = 5120.0 / 1.15, iter([0.0, 1.0])  # faster, but not by PROBE_SPEEDUP
+    assert (
+        decide_bf16(cuda=False, probe=probe_speeds(shapes, measure=measure, clock=lambda: next(ticks))).bf16 is False
+    )
+
+
+def test_the_probe_trains_a_model_of_the_given_shapes_and_leaves_the_rng_alone():
+    shapes = ProbeShapes(
+        hidden_size=32, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=128, batch_size=3, sequence_length=24,
+    )  # fmt: skip
+    model, batch = probe_model(shapes)
+    assert batch.shape == (3, 24) and int(batch.max()) < 128
+    layer = model.model.layers[0]
+    assert len(model.model.layers) == 1 and model.lm_head.weight.shape == (128, 32)
+    assert layer.mlp.up_proj.weight.shape == (96, 32) and layer.self_attn.k_proj.weight.shape == (16, 32)
+    state = torch.random.get_rng_state()
+    assert training_speed(shapes, bf16=False, seconds=0.01) > 0 and training_speed(shapes, bf16=True, seconds=0.01) > 0
+    assert training_speed(shapes, bf16=True, give_up_after=0.0) > 0  # the warm-up pass alone
+    assert torch.equal(torch.random.get_rng_state(), state)  # a stage's seeded draws are those it had without it
+
+
+def test_a_stage_probes_its_own_model_and_batch(tmp_path):
+    model_config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    new = PretrainStageConfig(
+        output_dir=str(tmp_path / "new"), train_files=["t.txt"], vocab_size=300, block_size=16,
+        model_config=model_config, **SMOKE_TRAINING,
+    )  # fmt: skip
+    shapes = ProbeShapes(32, 64, 1, 2, 2, 300, SMOKE_TRAINING["per_device_train_batch_size"], 16)
+    assert probe_shapes(new) == shapes
+    tiny_config(**model_config, vocab_size=300).save_pretrained(tmp_path / "model")
+    tuned = SFTStageConfig(
+        output_dir=str(tmp_path / "sft"), model_name_or_path=str(tmp_path / "model"), train_files=["t.jsonl"],
+        max_length=48, **SMOKE_TRAINING,
+    )  # fmt: skip
+    assert probe_shapes(tuned) == dataclasses.replace(shapes, sequence_length=48)
+    tuned.model_name_or_path = str(tmp_path / "not trained yet")  # a pipeline's later stage: the default model's
+    assert probe_shapes(tuned) == ProbeShapes(batch_size=4, sequence_length=48)
 
 
 @pytest.mark.parametrize(("value", "bf16"), [("1", True), ("on", True), ("0", False), ("False", False)])
@@ -153,26 +231,51 @@ def test_hf_instruct_bf16_forces_the_choice_either_way(monkeypatch, value, bf16)
         default_bf16.cache_clear()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU probe")
+def test_unforced_a_cpu_decides_by_the_probe_at_the_shapes_once(monkeypatch):
+    from hf_instruct.precision import default_bf16, probe
+
+    monkeypatch.delenv("HF_INSTRUCT_BF16", raising=False)
+    shapes = ProbeShapes(32, 64, 1, 2, 2, 128, 2, 16)
+    default_bf16.cache_clear()
+    try:
+        choice = default_bf16(shapes)
+        assert choice == decide_bf16(cuda=False, probe=probe(shapes))  # the probe of these shapes, run once
+        assert choice.reason.startswith("CPU; a ") and default_bf16(shapes) is choice
+    finally:
+        default_bf16.cache_clear()
+
+
+def test_a_bf16_the_machine_chose_is_no_setting_of_the_run_but_one_the_config_set_is(tmp_path):
+    """A probe near its threshold may choose otherwise next time: that must not make a finished run stale."""
+    from hf_instruct.staleness import run_settings
+
+    common = dict(output_dir=str(tmp_path), train_files=["t.txt"], **{**SMOKE_TRAINING, "bf16": None})
+    chosen = PretrainStageConfig(**common)
+    assert chosen.bf16_reason != "set in the config" and "bf16" not in run_settings(chosen)
+    for bf16 in (True, False):
+        assert run_settings(PretrainStageConfig(**{**common, "bf16": bf16})).get("bf16", False) is bf16
+
+
 def test_the_bf16_choice_its_reason_and_the_allocator_are_recorded(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(DOCS * 20))
-    config = dict(SMOKE_TRAINING, bf16=None, max_steps=1)
-    out = run_pretrain(
-        PretrainStageConfig(
-            output_dir=str(tmp_path / "run"),
-            train_files=[str(corpus)],
-            vocab_size=300,
-            block_size=16,
-            eval_blocks=0,
-            model_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-            **config,
-        )
+    config = PretrainStageConfig(
+        output_dir=str(tmp_path / "run"),
+        train_files=[str(corpus)],
+        vocab_size=300,
+        block_size=16,
+        eval_blocks=0,
+        model_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        **dict(SMOKE_TRAINING, bf16=None, max_steps=1),
     )
+    out = run_pretrain(config)
     from hf_instruct.model_card import read_history
     from hf_instruct.precision import default_bf16
 
     recorded = read_history(out)[-1]["hyperparameters"]
-    assert recorded["bf16"] is default_bf16().bf16 and recorded["bf16_reason"] == default_bf16().reason
+    choice = default_bf16(probe_shapes(config))  # chosen for this model and batch
+    assert recorded["bf16"] is choice.bf16 and recorded["bf16_reason"] == choice.reason
     assert recorded["allocator"] == keep_freed_memory()  # on Linux with glibc: the thresholds it set
 
 
