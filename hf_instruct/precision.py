@@ -18,7 +18,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from transformers.utils import logging
@@ -30,6 +30,7 @@ logger = logging.get_logger(__name__)
 PROBE_SPEEDUP = 1.2  # bf16 must beat fp32 by this factor in the probe to be worth its rounding
 PROBE_SECONDS = 0.2  # timed per precision, after one warm-up pass
 PROBE_PASSES = 5  # at most, so that a tiny model's probe takes milliseconds
+PASS_FLOP = 32e9  # a probe pass at most (the default model's batch: 8e9); a bigger model's probe trains fewer rows
 GIVE_UP = 10  # a bf16 warm-up pass this many times slower than an fp32 pass ends the probe (emulated bf16: ~12x)
 FORCE_VARIABLE = "HF_INSTRUCT_BF16"
 FORCE_VALUES = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}
@@ -64,6 +65,28 @@ class ProbeShapes:
         if "num_attention_heads" in model and "num_key_value_heads" not in model:
             model["num_key_value_heads"] = model["num_attention_heads"]
         return cls(**{**model, "batch_size": batch_size, "sequence_length": sequence_length})
+
+    def flop_per_token(self, layers: int | None = None) -> float:
+        """Forward and backward FLOP per token of the model's matmuls (6 per weight) in `layers` of its layers (all by
+        default) and the LM head."""
+        head_dim = self.hidden_size // self.num_attention_heads
+        attention = 2 * self.hidden_size * (self.hidden_size + self.num_key_value_heads * head_dim)
+        layer = attention + 3 * self.hidden_size * self.intermediate_size
+        return 6 * (
+            (self.num_hidden_layers if layers is None else layers) * layer + self.vocab_size * self.hidden_size
+        )
+
+    def within_budget(self) -> "ProbeShapes":
+        """These shapes with as many rows as a pass of `PASS_FLOP` holds, and where not even one row fits, one row of
+        at most 128 tokens through as many layers as fit (at least one): a large model's probe stays short, and its
+        weight matrices, whose shapes decide bf16's speed, keep their shapes."""
+        rows = int(PASS_FLOP / (self.flop_per_token() * self.sequence_length))
+        if rows >= 1:
+            return replace(self, batch_size=min(rows, self.batch_size))
+        one_row = replace(self, batch_size=1, sequence_length=min(self.sequence_length, 128))
+        layers = range(self.num_hidden_layers, 0, -1)
+        fits = next((n for n in layers if one_row.flop_per_token(n) * one_row.sequence_length <= PASS_FLOP), 1)
+        return replace(one_row, num_hidden_layers=fits)
 
     def __str__(self) -> str:
         return (
@@ -120,13 +143,16 @@ def probe_model(shapes: ProbeShapes) -> tuple[InstructGPTForCausalLM, torch.Tens
 
 
 def training_speed(
-    shapes: ProbeShapes, bf16: bool, seconds: float = PROBE_SECONDS, give_up_after: float | None = None
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    bf16: bool,
+    seconds: float = PROBE_SECONDS,
+    give_up_after: float | None = None,
 ) -> float:
-    """Tokens per second of a forward and backward pass of a model of `shapes` on the CPU, in fp32 or under bf16
+    """Tokens per second of a forward and backward pass of `model` on `batch` on the CPU, in fp32 or under bf16
     autocast: the fastest of the passes (at least one, at most `PROBE_PASSES`) run in about `seconds` after a warm-up
     pass (the fastest, as a stall only slows a pass down). A warm-up pass longer than `give_up_after` seconds is
     measured alone."""
-    model, batch = probe_model(shapes)
 
     def one_pass() -> float:
         start = time.perf_counter()
@@ -136,23 +162,25 @@ def training_speed(
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
-    tokens, warm_up = batch.numel(), one_pass()  # the first pass picks and builds its kernels
+    warm_up = one_pass()  # the first pass picks and builds its kernels
     if give_up_after is not None and warm_up > give_up_after:
-        return tokens / warm_up
+        return batch.numel() / warm_up
     times, start = [], time.perf_counter()
     while not times or (time.perf_counter() - start < seconds and len(times) < PROBE_PASSES):
         times.append(one_pass())
-    return tokens / min(times)
+    return batch.numel() / min(times)
 
 
 def probe_speeds(
     shapes: ProbeShapes, measure: Callable[..., float] = training_speed, clock: Callable[[], float] = time.perf_counter
 ) -> ProbeResult:
-    """fp32's speed, then bf16's, at `shapes` (`measure` is `training_speed` or a stand-in with its arguments); bf16
-    stops after its warm-up pass when that alone is `GIVE_UP` times as slow as fp32 (emulated bf16)."""
+    """fp32's speed, then bf16's, of a model of `shapes` (`ProbeShapes.within_budget` of them) on a batch of random
+    tokens (`measure` is `training_speed` or a stand-in with its arguments); bf16 stops after its warm-up pass when
+    that alone is `GIVE_UP` times as slow as an fp32 pass (emulated bf16)."""
     start = clock()
-    fp32 = measure(shapes, False)
-    bf16 = measure(shapes, True, give_up_after=GIVE_UP * shapes.batch_size * shapes.sequence_length / fp32)
+    model, batch = probe_model(shapes.within_budget())
+    fp32 = measure(model, batch, False)
+    bf16 = measure(model, batch, True, give_up_after=GIVE_UP * batch.numel() / fp32)
     return ProbeResult(fp32=fp32, bf16=bf16, seconds=clock() - start)
 
 
@@ -181,7 +209,12 @@ def default_bf16(shapes: ProbeShapes = ProbeShapes()) -> PrecisionChoice:
     if torch.cuda.is_available():
         return decide_bf16(cuda=True, cuda_bf16=torch.cuda.is_bf16_supported())
     choice = decide_bf16(cuda=False, probe=probe(shapes))
-    logger.warning(f"bf16 {'on' if choice.bf16 else 'off'} at {shapes}: {choice.reason}")
+    probed, fewer = shapes.within_budget(), ""
+    if probed != shapes:
+        fewer = (
+            f" (probed on {probed.batch_size} x {probed.sequence_length} tokens, {probed.num_hidden_layers} layers)"
+        )
+    logger.warning(f"bf16 {'on' if choice.bf16 else 'off'} at {shapes}{fewer}: {choice.reason}")
     return choice
 
 

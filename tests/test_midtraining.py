@@ -17,6 +17,7 @@ from hf_instruct.data.mixing import pack_mixture
 from hf_instruct.data.text import IGNORE_INDEX, collate_blocks
 from hf_instruct.precision import (
     GIVE_UP,
+    PASS_FLOP,
     PROBE_SPEEDUP,
     PrecisionChoice,
     ProbeResult,
@@ -164,19 +165,18 @@ def test_the_probe_times_fp32_then_bf16_at_the_shapes_and_stops_emulated_bf16_ea
     shapes = ProbeShapes(hidden_size=64, intermediate_size=192, batch_size=8, sequence_length=64)
     calls, ticks = [], iter([10.0, 10.7])
 
-    def measure(at, bf16, give_up_after=None):
-        calls.append((at, bf16, give_up_after))
+    def measure(model, batch, bf16, give_up_after=None):
+        calls.append((model.config.hidden_size, model.config.intermediate_size, batch.shape, bf16, give_up_after))
         return speeds[bf16]
 
     speeds = {False: 5120.0, True: 7680.0}  # a pass of 512 tokens: 0.1 s in fp32, 1.5x as fast in bf16
     result = probe_speeds(shapes, measure=measure, clock=lambda: next(ticks))
     assert result == ProbeResult(fp32=5120.0, bf16=7680.0, seconds=pytest.approx(0.7))
-    assert calls == [(shapes, False, None), (shapes, True, pytest.approx(GIVE_UP * 0.1))]
+    assert calls == [(64, 192, (8, 64), False, None), (64, 192, (8, 64), True, pytest.approx(GIVE_UP * 0.1))]
     assert decide_bf16(cuda=False, probe=result).bf16 is True
-    speeds[True], ticks = 5120.0 / 1.15, iter([0.0, 1.0])  # faster, but not by PROBE_SPEEDUP
-    assert (
-        decide_bf16(cuda=False, probe=probe_speeds(shapes, measure=measure, clock=lambda: next(ticks))).bf16 is False
-    )
+    speeds[True], ticks = 5120.0 * 1.15, iter([0.0, 1.0])  # faster, but not by PROBE_SPEEDUP
+    result = probe_speeds(shapes, measure=measure, clock=lambda: next(ticks))
+    assert decide_bf16(cuda=False, probe=result).bf16 is False
 
 
 def test_the_probe_trains_a_model_of_the_given_shapes_and_leaves_the_rng_alone():
@@ -189,10 +189,27 @@ def test_the_probe_trains_a_model_of_the_given_shapes_and_leaves_the_rng_alone()
     layer = model.model.layers[0]
     assert len(model.model.layers) == 1 and model.lm_head.weight.shape == (128, 32)
     assert layer.mlp.up_proj.weight.shape == (96, 32) and layer.self_attn.k_proj.weight.shape == (16, 32)
+    assert all(speed > 0 for speed in [training_speed(model, batch, bf16, seconds=0.01) for bf16 in (False, True)])
+    assert training_speed(model, batch, bf16=True, give_up_after=0.0) > 0  # the warm-up pass alone
     state = torch.random.get_rng_state()
-    assert training_speed(shapes, bf16=False, seconds=0.01) > 0 and training_speed(shapes, bf16=True, seconds=0.01) > 0
-    assert training_speed(shapes, bf16=True, give_up_after=0.0) > 0  # the warm-up pass alone
+    result = probe_speeds(shapes)
+    assert result.fp32 > 0 and result.bf16 > 0 and 0 < result.seconds < 10
     assert torch.equal(torch.random.get_rng_state(), state)  # a stage's seeded draws are those it had without it
+
+
+def test_a_large_models_probe_trains_fewer_rows_of_the_same_matrices():
+    default = ProbeShapes()
+    assert default.within_budget() == default  # the default model trains its whole batch (8 GFLOP a pass)
+    assert default.flop_per_token() == 6 * (2 * (2 * 128 * (128 + 2 * 32) + 3 * 128 * 384) + 2048 * 128)
+    wide = ProbeShapes(256, 768, 4, 8, 4, 8192, batch_size=16, sequence_length=256)
+    assert wide.within_budget() == dataclasses.replace(wide, batch_size=3)
+    assert 3 * 256 * wide.flop_per_token() <= PASS_FLOP < 4 * 256 * wide.flop_per_token()
+    gpt3_small = ProbeShapes(768, 3072, 12, 12, 12, 49152, batch_size=32, sequence_length=1024)
+    assert gpt3_small.within_budget() == dataclasses.replace(
+        gpt3_small, batch_size=1, sequence_length=128, num_hidden_layers=1
+    )  # the LM head alone is 226 MFLOP a token: one layer beside it
+    deep = dataclasses.replace(gpt3_small, vocab_size=8192, num_hidden_layers=24)
+    assert deep.within_budget() == dataclasses.replace(deep, batch_size=1, sequence_length=128, num_hidden_layers=3)
 
 
 def test_a_stage_probes_its_own_model_and_batch(tmp_path):
