@@ -28,7 +28,7 @@ from .models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
 logger = logging.get_logger(__name__)
 
 PROBE_SPEEDUP = 1.2  # bf16 must beat fp32 by this factor in the probe to be worth its rounding
-PROBE_SECONDS = 0.2  # timed per precision, after one warm-up pass
+PROBE_SECONDS = 0.2  # timed per precision (the two alternate), after a warm-up pass of each
 PROBE_PASSES = 5  # at most, so that a tiny model's probe takes milliseconds
 PASS_FLOP = 10e9  # a probe pass at most (the default model's batch: 8e9); a bigger model's probe trains fewer rows
 GIVE_UP = 10  # a bf16 warm-up pass this many times slower than an fp32 pass ends the probe (emulated bf16: ~12x)
@@ -142,19 +142,11 @@ def probe_model(shapes: ProbeShapes) -> tuple[InstructGPTForCausalLM, torch.Tens
         return model, torch.randint(shapes.vocab_size, (shapes.batch_size, shapes.sequence_length))
 
 
-def training_speed(
-    model: torch.nn.Module,
-    batch: torch.Tensor,
-    bf16: bool,
-    seconds: float = PROBE_SECONDS,
-    give_up_after: float | None = None,
-) -> float:
-    """Tokens per second of a forward and backward pass of `model` on `batch` on the CPU, in fp32 or under bf16
-    autocast: the fastest of the passes (at least one, at most `PROBE_PASSES`) run in about `seconds` after a warm-up
-    pass (the fastest, as a stall only slows a pass down). A warm-up pass longer than `give_up_after` seconds is
-    measured alone."""
+def training_pass(model: torch.nn.Module, batch: torch.Tensor) -> Callable[[bool], float]:
+    """A function that runs one forward and backward pass of `model` on `batch` on the CPU, in fp32 or under bf16
+    autocast (its argument), and returns the seconds it took."""
 
-    def one_pass() -> float:
+    def one_pass(bf16: bool) -> float:
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=batch, labels=batch).loss
@@ -162,26 +154,31 @@ def training_speed(
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
-    warm_up = one_pass()  # the first pass picks and builds its kernels
-    if give_up_after is not None and warm_up > give_up_after:
-        return batch.numel() / warm_up
-    times, start = [], time.perf_counter()
-    while not times or (time.perf_counter() - start < seconds and len(times) < PROBE_PASSES):
-        times.append(one_pass())
-    return batch.numel() / min(times)
+    return one_pass
 
 
-def probe_speeds(
-    shapes: ProbeShapes, measure: Callable[..., float] = training_speed, clock: Callable[[], float] = time.perf_counter
-) -> ProbeResult:
-    """fp32's speed, then bf16's, of a model of `shapes` (`ProbeShapes.within_budget` of them) on a batch of random
-    tokens (`measure` is `training_speed` or a stand-in with its arguments); bf16 stops after its warm-up pass when
-    that alone is `GIVE_UP` times as slow as an fp32 pass (emulated bf16)."""
-    start = clock()
-    model, batch = probe_model(shapes.within_budget())
-    fp32 = measure(model, batch, False)
-    bf16 = measure(model, batch, True, give_up_after=GIVE_UP * batch.numel() / fp32)
-    return ProbeResult(fp32=fp32, bf16=bf16, seconds=clock() - start)
+def probe_speeds(shapes: ProbeShapes, run_pass: Callable[[bool], float] | None = None) -> ProbeResult:
+    """Training tokens/s in fp32 and in bf16 of a model of `shapes` (`ProbeShapes.within_budget` of them) on a batch
+    of random tokens: after a warm-up pass of each (the first pass picks and builds its kernels), bf16 and fp32 passes
+    alternate, so that a change of load slows both alike, for about `PROBE_SECONDS` each (at most `PROBE_PASSES`),
+    and each precision's fastest pass counts (a stall only slows a pass down). A bf16 warm-up pass `GIVE_UP` times as
+    slow as an fp32 pass ends the probe (emulated bf16). `run_pass` (a `training_pass`) is built here unless given."""
+    start = time.perf_counter()
+    probed = shapes.within_budget()
+    run_pass = run_pass or training_pass(*probe_model(probed))
+    run_pass(False)
+    times = {False: [run_pass(False)], True: []}
+    warm_up = run_pass(True)
+    emulated = warm_up > GIVE_UP * times[False][0]  # then measured by its warm-up pass alone
+    times[True] += [warm_up] if emulated else []
+    timed = time.perf_counter()
+    while not emulated and (
+        not times[True] or (time.perf_counter() - timed < 2 * PROBE_SECONDS and len(times[True]) < PROBE_PASSES)
+    ):
+        for bf16 in (True, False):
+            times[bf16].append(run_pass(bf16))
+    tokens = probed.batch_size * probed.sequence_length
+    return ProbeResult(tokens / min(times[False]), tokens / min(times[True]), time.perf_counter() - start)
 
 
 @functools.cache

@@ -25,7 +25,7 @@ from hf_instruct.precision import (
     decide_bf16,
     probe_model,
     probe_speeds,
-    training_speed,
+    training_pass,
 )
 from hf_instruct.stages import PretrainStageConfig, SFTStageConfig, run_pretrain
 from hf_instruct.stages.common import probe_shapes
@@ -159,24 +159,30 @@ def test_bf16_only_where_it_is_fast(kwargs, bf16, reason):
     assert choice.bf16 is bf16 and reason in choice.reason
 
 
-def test_the_probe_times_fp32_then_bf16_at_the_shapes_and_stops_emulated_bf16_early():
-    """The decision follows the timings the probe measures: `measure` stands in for `training_speed`, the clock for
-    the wall time."""
-    shapes = ProbeShapes(hidden_size=64, intermediate_size=192, batch_size=8, sequence_length=64)
-    calls, ticks = [], iter([10.0, 10.7])
+def test_the_decision_follows_the_fastest_pass_of_each_precision_and_emulated_bf16_ends_the_probe():
+    """`run_pass` stands in for a model's timed training pass: it returns the seconds given for each precision."""
+    shapes = ProbeShapes(hidden_size=64, intermediate_size=192, batch_size=8, sequence_length=64)  # 512 tokens
 
-    def measure(model, batch, bf16, give_up_after=None):
-        calls.append((model.config.hidden_size, model.config.intermediate_size, batch.shape, bf16, give_up_after))
-        return speeds[bf16]
+    def timings(fp32: list[float], bf16: list[float]):
+        calls, left = [], {False: iter(fp32), True: iter(bf16)}
 
-    speeds = {False: 5120.0, True: 7680.0}  # a pass of 512 tokens: 0.1 s in fp32, 1.5x as fast in bf16
-    result = probe_speeds(shapes, measure=measure, clock=lambda: next(ticks))
-    assert result == ProbeResult(fp32=5120.0, bf16=7680.0, seconds=pytest.approx(0.7))
-    assert calls == [(64, 192, (8, 64), False, None), (64, 192, (8, 64), True, pytest.approx(GIVE_UP * 0.1))]
-    assert decide_bf16(cuda=False, probe=result).bf16 is True
-    speeds[True], ticks = 5120.0 * 1.15, iter([0.0, 1.0])  # faster, but not by PROBE_SPEEDUP
-    result = probe_speeds(shapes, measure=measure, clock=lambda: next(ticks))
-    assert decide_bf16(cuda=False, probe=result).bf16 is False
+        def run_pass(bf16: bool) -> float:
+            calls.append("bf16" if bf16 else "fp32")
+            return next(left[bf16])
+
+        return calls, run_pass
+
+    # warm-ups first, then alternating; a stall (0.9 s) does not count, the fastest pass does
+    calls, run_pass = timings([0.3, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1], [0.5, 0.08, 0.9, 0.05, 0.06, 0.07])
+    result = probe_speeds(shapes, run_pass)
+    assert calls == ["fp32", "fp32", "bf16", *["bf16", "fp32"] * 5]
+    assert (result.fp32, result.bf16) == (pytest.approx(512 / 0.1), pytest.approx(512 / 0.05)) and result.seconds > 0
+    assert decide_bf16(cuda=False, probe=result).bf16 is True  # 2x
+    calls, run_pass = timings([0.3, 0.1, *[0.1] * 5], [0.5, *[0.1 / 1.15] * 5])  # faster, not by PROBE_SPEEDUP
+    assert decide_bf16(cuda=False, probe=probe_speeds(shapes, run_pass)).bf16 is False
+    calls, run_pass = timings([0.3, 0.1], [GIVE_UP * 0.1 + 0.01])  # emulated: its warm-up is measured alone
+    result = probe_speeds(shapes, run_pass)
+    assert calls == ["fp32", "fp32", "bf16"] and result.bf16 == pytest.approx(512 / 1.01)
 
 
 def test_the_probe_trains_a_model_of_the_given_shapes_and_leaves_the_rng_alone():
@@ -189,8 +195,8 @@ def test_the_probe_trains_a_model_of_the_given_shapes_and_leaves_the_rng_alone()
     layer = model.model.layers[0]
     assert len(model.model.layers) == 1 and model.lm_head.weight.shape == (128, 32)
     assert layer.mlp.up_proj.weight.shape == (96, 32) and layer.self_attn.k_proj.weight.shape == (16, 32)
-    assert all(speed > 0 for speed in [training_speed(model, batch, bf16, seconds=0.01) for bf16 in (False, True)])
-    assert training_speed(model, batch, bf16=True, give_up_after=0.0) > 0  # the warm-up pass alone
+    run_pass = training_pass(model, batch)
+    assert run_pass(False) > 0 and run_pass(True) > 0
     state = torch.random.get_rng_state()
     result = probe_speeds(shapes)
     assert result.fp32 > 0 and result.bf16 > 0 and 0 < result.seconds < 10
