@@ -404,15 +404,16 @@ def resolve_defaults(config: TrainingArguments) -> None:
 
 def probe_shapes(config: TrainingArguments) -> ProbeShapes:
     """The model and batch a stage trains, as far as its config tells before anything is loaded, for the precision
-    probe: the config.json of a local `model_name_or_path`, else a new model's `model_config` (pretrain), else the
-    default model's (e.g. a pipeline's later stages when their model is not trained yet); rows of `block_size` or
-    `max_length` tokens."""
+    probe: the config.json of a local `model_name_or_path`, else a new model's `model_config` (pretrain), on rows of
+    `block_size` or `max_length` tokens. A model not on disk (a Hub id; a pipeline's later stage before the stages
+    ahead of it ran) is probed as the default model and batch, one probe per process for them all."""
     model_dir = getattr(config, "model_name_or_path", None)
-    model = {}
     if model_dir and (Path(model_dir) / "config.json").is_file():
         model = json.loads((Path(model_dir) / "config.json").read_text())
     elif not model_dir and hasattr(config, "model_config"):  # pretrain builds a new model
         model = {**InstructGPTConfig(**(config.model_config or {})).to_dict(), "vocab_size": config.vocab_size}
+    else:
+        return ProbeShapes()
     length = getattr(config, "block_size", None) or getattr(config, "max_length", None)
     return ProbeShapes.of(model, config.per_device_train_batch_size, length or ProbeShapes.sequence_length)
 
