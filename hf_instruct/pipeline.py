@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from .evaluation.evaluator import SUITE_SPLITS, few_shot
 from .evaluation.statistics import paired_difference, pairwise_win_rates
 from .hub import push_to_hub
 from .model_card import RUN_FILE, hardware, read_history, render_model_card
+from .precision import ProbeResult, ProbeShapes, default_bf16, probe
 from .stages import STAGES, CollectComparisonsConfig
 from .stages.collect_comparisons import COMPARISONS_FILE, collection_problem
 from .stages.common import did_you_mean, parse_fields, read_config_file
@@ -88,6 +90,9 @@ HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for th
 # 3: the base rows asked in plain question-and-answer text, the floors' rules reading the checks' fields
 # 4: the best-of-n row's splits also hold "any_sample_correct"
 COMPARISON_SCHEMA = 4
+# the `estimates` key of the precision probe's speed (`python -m hf_instruct.precision`: training tokens/s at the
+# default model's shapes) on the machine the estimates were measured on; the plan scales them by this machine's
+REFERENCE_SPEED = "reference_speed"
 # what every stage of the pipeline does unless its fields say otherwise: frequent small checkpoints, a log every 10
 # steps and the trainers' progress bars, no trackers
 STAGE_DEFAULTS = dict(
@@ -123,7 +128,8 @@ class PipelineConfig:
     # limit (default: every row), max_new_tokens, batch_size; best_of_n (default: no best-of-n row) and
     # best_of_n_temperature (default 1.0)
     evaluation: dict = field(default_factory=dict)
-    estimates: dict = field(default_factory=dict)  # run name or "evaluation" -> seconds it took on 2 CPU cores
+    # run name or "evaluation" -> seconds it took on 2 CPU cores; "reference_speed" -> that machine's probe speed
+    estimates: dict = field(default_factory=dict)
     push_to_hub: bool = False  # push the final (PPO-ptx) model to the Hub when done
     hub_model_id: str | None = None  # "namespace/name" or "name" (the token's user); default: output_dir's name
     source: str = "the pipeline config"  # the YAML file it came from, for error messages (not a YAML key)
@@ -134,7 +140,7 @@ class PipelineConfig:
 
     def __post_init__(self):
         """A misspelt run name would be left out without a word; the runs' fields are parsed by `stage_config`."""
-        known = {"stages": list(RUNS), "estimates": [*RUNS, *self.baselines, "evaluation"]}
+        known = {"stages": list(RUNS), "estimates": [*RUNS, *self.baselines, "evaluation", REFERENCE_SPEED]}
         for section, names in known.items():
             unknown = [name for name in getattr(self, section) if name not in names]
             if unknown:
@@ -215,10 +221,21 @@ def run_pipeline(config: PipelineConfig) -> Path:
     lock_folder(output_dir)  # one pipeline at a time in a folder
     data_changed = prepare_data(config, data)
     plans = plan_runs(configs)
-    print_plan(config, configs, plans, data_changed)
-    for name, stage in tqdm(runs(config).items(), desc="pipeline", unit="stage"):
+    scale = print_plan(config, configs, plans, data_changed)
+    estimated, took = 0.0, 0.0  # the runs so far that ran and have an estimate: their scaled estimates, their times
+    for index, (name, stage) in enumerate(tqdm(runs(config).items(), desc="pipeline", unit="stage")):
         tqdm.write(f"pipeline: {name} ({stage})")
-        run_stage(name, stage, configs[name])
+        start = time.perf_counter()
+        # built again now that the runs before it have written their models: its precision is probed at their shapes
+        ran = run_stage(name, stage, stage_config(name, config, data, output_dir))
+        if ran and (estimate := scale * (config.estimates.get(name) or 0)):
+            seconds = time.perf_counter() - start
+            estimated, took = estimated + estimate, took + seconds
+            left = scale * seconds_to_run(config, plans, list(plans)[index + 1 :]) * took / estimated
+            tqdm.write(
+                f"pipeline: {name} took {seconds / 60:.1f} min (estimated {estimate / 60:.1f}); at the pace so far "
+                f"(×{took / estimated:.2f} the plan) ≈ {left / 60:.1f} min left"
+            )
     results = compare_models(config, data, output_dir)
     report = write_report(config, results, output_dir)
     if config.push_to_hub:  # a repo name without a namespace goes to the token's user
@@ -403,26 +420,23 @@ def plan_run(config, check_inputs: bool = True) -> RunPlan:
     return RunPlan("skip")
 
 
-def print_plan(config: PipelineConfig, configs: dict, plans: dict[str, RunPlan], data_changed: str | None) -> None:
-    """The stages, their steps and the time each took on a 2-core CPU (the YAML's `estimates`), before anything
-    runs, then why each stage that ran before runs again; the total counts only the stages still to run (a resumed
-    run skips the finished ones)."""
-    evaluation = config.estimates.get("evaluation", 0)
-    rows, left = [], evaluation
+def print_plan(config: PipelineConfig, configs: dict, plans: dict[str, RunPlan], data_changed: str | None) -> float:
+    """The stages, their steps and the time each took on a 2-core CPU (the YAML's `estimates`, scaled to this machine
+    by `machine_scale`), before anything runs, then why each stage that ran before runs again; the total counts only
+    the stages still to run (a resumed run skips the finished ones). Returns the scale."""
+    scale, scaled_how = machine_scale(config.estimates)
+    rows = []
     for name, stage in configs.items():
         estimate = config.estimates.get(name)
-        if plans[name].action == "skip":
-            status = "done"
-        else:
-            status = f"~{estimate / 60:.1f} min" if estimate else "?"
-            left += estimate or 0
+        status = "done" if plans[name].action == "skip" else f"~{scale * estimate / 60:.1f} min" if estimate else "?"
         if is_collection(stage):  # no training steps: how many prompts it answers
             steps = f"{stage.max_prompts or 'all'} prompts"
         else:
             steps = str(stage.max_steps if stage.max_steps > 0 else "epochs")
         rows.append([name, steps, status])
-    rows.append(["evaluation", "", f"~{evaluation / 60:.1f} min"])
-    lines = ["pipeline plan (times measured on 2 CPU cores):", *markdown_table(["stage", "steps", "estimated"], rows)]
+    rows.append(["evaluation", "", f"~{scale * config.estimates.get('evaluation', 0) / 60:.1f} min"])
+    measured = "times measured on 2 CPU cores" + (", scaled to this machine" if scale != 1 else "")
+    lines = [f"pipeline plan ({measured}):", *markdown_table(["stage", "steps", "estimated"], rows)]
     if data_changed:
         lines.append(f"data: {data_changed}: built again")
     reasons = {}  # one line for the runs with the same reason ("reward, ppo: input changed (sft runs again): re-run")
@@ -430,7 +444,43 @@ def print_plan(config: PipelineConfig, configs: dict, plans: dict[str, RunPlan],
         if plan.action in ("re-run", "resume") or (plan.action == "run" and plan.reason != "not run yet"):
             reasons.setdefault(f"{plan.reason}: {'resume' if plan.action == 'resume' else 're-run'}", []).append(name)
     lines += [f"{', '.join(names)}: {reason}" for reason, names in reasons.items()]
-    print("\n".join(lines) + f"\ntotal ≈ {left / 60:.1f} min\n")
+    total = scale * seconds_to_run(config, plans, list(plans))
+    print("\n".join(lines) + f"\ntotal ≈ {total / 60:.1f} min ({scaled_how})\n")
+    return scale
+
+
+def seconds_to_run(config: PipelineConfig, plans: dict[str, RunPlan], names: list[str]) -> float:
+    """The estimated seconds of the runs among `names` that the plan does not skip, and of the evaluation."""
+    runs_left = [name for name in names if plans[name].action != "skip"]
+    return sum(config.estimates.get(name) or 0 for name in runs_left) + config.estimates.get("evaluation", 0)
+
+
+def machine_scale(estimates: dict) -> tuple[float, str]:
+    """How much longer than its `estimates` the pipeline takes on this machine, and the words that say how that was
+    found: a CPU runs the precision probe at the default model's shapes (under a second there, once per process) in
+    the precision it chooses for them, and the estimates are scaled by their machine's speed (`reference_speed`)
+    over this one's."""
+    reference = estimates.get(REFERENCE_SPEED)
+    if reference is None or torch.cuda.is_available():
+        return estimate_scale(reference, None, bf16=False)
+    shapes = ProbeShapes()
+    return estimate_scale(reference, probe(shapes), bf16=default_bf16(shapes).bf16)
+
+
+def estimate_scale(reference_speed: float | None, result: ProbeResult | None, bf16: bool) -> tuple[float, str]:
+    """The factor for the estimates (the reference machine's probe speed over this one's in the precision chosen,
+    `bf16` or fp32) and the line of the plan that says so; 1 without a reference speed or a CPU probe, and why."""
+    if reference_speed is None:
+        return 1.0, f"estimates unscaled: no estimates.{REFERENCE_SPEED} to compare this machine with"
+    if result is None:
+        return 1.0, "estimates unscaled: they were measured on CPUs, and this machine trains on its GPU"
+    speed = result.speed(bf16)
+    scale = reference_speed / speed
+    return scale, (
+        f"estimates scaled ×{scale:.2f} by a {result.seconds:.1f} s probe on this machine: {speed / 1e3:.1f} k "
+        f"training tokens/s at the default model's shapes in {'bf16' if bf16 else 'fp32'}, against "
+        f"{reference_speed / 1e3:.1f} k where they were measured"
+    )
 
 
 def is_collection(stage_config) -> bool:
@@ -450,13 +500,14 @@ def unfinished(run_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def run_stage(name: str, stage: str, stage_config) -> None:
+def run_stage(name: str, stage: str, stage_config) -> bool:
     """Run one stage as `plan_run` finds it now: skip it (finished and up to date), resume it from its last complete
-    checkpoint (incomplete), or run it from the start, a stale run's folder moved to `previous/<name>` first."""
+    checkpoint (incomplete), or run it from the start, a stale run's folder moved to `previous/<name>` first. Returns
+    whether it ran."""
     plan = plan_run(stage_config)
     if plan.action == "skip":
         tqdm.write(f"pipeline: {name} finished before, skipped")
-        return
+        return False
     if plan.action == "resume":
         tqdm.write(f"pipeline: {name} is {plan.reason}; running it again")
     if plan.action == "re-run":
@@ -468,6 +519,7 @@ def run_stage(name: str, stage: str, stage_config) -> None:
         tqdm.write(f"pipeline: {name}: {plan.reason}; running it again from the start (the old run is in {previous})")
     _, run = STAGES[stage]
     run(stage_config)
+    return True
 
 
 def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from .model_card import RESULTS_FILES, RUN_FILE, STATE_FILE
+from .precision import SET_IN_CONFIG
 
 # the fields whose values are models and data read from disk: compared by content (`input_fingerprints`), not by path
 INPUT_FIELDS = (
@@ -74,9 +75,12 @@ def run_settings(config) -> dict:
     run record keeps, to tell later whether a run was made with the same settings."""
     values = config.to_dict()  # enums as their values, tokens hidden
     defaults = {field.name: field_default(field) for field in dataclasses.fields(config) if field.init}
+    # a bf16 the machine chose is how fast a run goes, not what it asks for: a probe near its threshold may choose
+    # otherwise next time, and that must not train a finished run again
+    skipped = NOT_SETTINGS | ({"bf16"} if getattr(config, "bf16_reason", SET_IN_CONFIG) != SET_IN_CONFIG else set())
     settings = {}
     for name in sorted(defaults):
-        if name in NOT_SETTINGS or name.startswith(NOT_SETTINGS_PREFIXES) or name not in values:
+        if name in skipped or name.startswith(NOT_SETTINGS_PREFIXES) or name not in values:
             continue
         value, default = jsonable(values[name]), jsonable(defaults[name])
         if value != default:

@@ -8,6 +8,7 @@ import re
 import subprocess
 
 import pytest
+import torch
 import yaml
 from conftest import CLI_ENV, REPO, smoke_pipeline
 from hub_server import hub_env
@@ -20,14 +21,18 @@ from hf_instruct.evaluation.evaluator import SUITE_SPLITS
 from hf_instruct.models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
 from hf_instruct.pipeline import (
     PipelineConfig,
+    RunPlan,
     compared,
     data_files,
+    estimate_scale,
     fingerprint,
     headline,
     model_of,
+    print_plan,
     runs,
     stage_config,
 )
+from hf_instruct.precision import ProbeResult, ProbeShapes, default_bf16, probe
 
 PIPELINES = sorted(REPO.glob("recipes/*/pipeline.yaml"))
 
@@ -181,12 +186,65 @@ def test_the_headline_claims_the_same_tokens_only_when_the_baseline_changes_none
     assert "same corpus), held-out" in headline("base_4x", results, {"max_steps": 10})
 
 
+def test_the_estimates_scale_by_this_machines_probe_against_the_reference_speed():
+    result = ProbeResult(fp32=20_000.0, bf16=30_000.0, seconds=0.8)
+    assert estimate_scale(12_000, result, bf16=True) == (
+        0.4,
+        "estimates scaled ×0.40 by a 0.8 s probe on this machine: 30.0 k training tokens/s at the default model's "
+        "shapes in bf16, against 12.0 k where they were measured",
+    )
+    assert estimate_scale(12_000, result, bf16=False)[0] == 0.6  # the speed of the precision the stages train in
+    assert estimate_scale(None, result, bf16=True) == (
+        1.0,
+        "estimates unscaled: no estimates.reference_speed to compare this machine with",
+    )
+    assert estimate_scale(12_000, None, bf16=False) == (
+        1.0,
+        "estimates unscaled: they were measured on CPUs, and this machine trains on its GPU",
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU probe")
+def test_the_plan_scales_the_default_estimates_to_this_machine_and_says_by_what(tmp_path, capsys):
+    config = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
+    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    configs = {name: stage_config(name, config, data, tmp_path) for name in runs(config)}
+    plans = {name: RunPlan("skip" if name == "pretrain" else "run") for name in configs}
+    estimates = dict(config.estimates)
+    shapes = ProbeShapes()  # the default model's: the shapes reference_speed was measured at
+    speed = probe(shapes).speed(default_bf16(shapes).bf16)  # the probe the plan reads, run once per process
+    scale = estimates.pop("reference_speed") / speed
+    capsys.readouterr()
+    assert print_plan(config, configs, plans, None) == pytest.approx(scale)
+    output = capsys.readouterr().out
+    assert output.startswith("pipeline plan (times measured on 2 CPU cores, scaled to this machine):")
+    assert (
+        f"| midtrain | 4500 | ~{scale * estimates['midtrain'] / 60:.1f} min |" in output
+        and "| pretrain | 300 | done |" in output
+    )
+    total = scale * (sum(estimates.values()) - estimates["pretrain"]) / 60
+    assert f"total ≈ {total:.1f} min (estimates scaled ×{scale:.2f} by a {probe(shapes).seconds:.1f} s probe" in output
+    del config.estimates["reference_speed"]  # then the plan says the estimates are as measured
+    print_plan(config, configs, plans, None)
+    output = capsys.readouterr().out
+    assert output.startswith("pipeline plan (times measured on 2 CPU cores):")
+    unscaled = (sum(estimates.values()) - estimates["pretrain"]) / 60
+    assert f"total ≈ {unscaled:.1f} min (estimates unscaled: no estimates.reference_speed" in output
+
+
 @pytest.mark.slow
 def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_run):
     output_dir, output = smoke_run
     assert "pipeline: pretrain finished before, skipped" in output
     assert "pipeline: sft finished before, skipped" in output
     assert "| reward | 10 | ~0.2 min |" in output and "| evaluation |  | ~0.7 min |" in output  # the plan's estimates
+    # after each stage that ran, the time left at the pace so far (the estimates of the stages that ran against
+    # their times)
+    assert re.search(
+        r"pipeline: reward took \d+\.\d min \(estimated 0\.2\); at the pace so far \(×\d+\.\d\d the plan\) "
+        r"≈ \d+\.\d min left",
+        output,
+    )
 
     comparison = json.loads((output_dir / "comparison.json").read_text())["results"]
     config = PipelineConfig.from_yaml(REPO / "recipes/smoke/pipeline.yaml")
@@ -361,7 +419,7 @@ def test_the_default_setup_is_what_the_readme_says():
     config = yaml.safe_load((REPO / "recipes/default/pipeline.yaml").read_text())
     suite, stages = config["suite"], config["stages"]
     model = stages["pretrain"]["model_config"]
-    estimate = sum(config["estimates"].values())
+    estimate = sum(seconds for name, seconds in config["estimates"].items() if name != "reference_speed")
     sentence = (
         f"a {suite['corpus_mb']} MB corpus about {suite['num_entities']} invented entities, "
         f"{suite['sft_examples']} demonstrations, {suite['comparisons']} comparisons and "

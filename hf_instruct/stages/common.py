@@ -54,8 +54,9 @@ from ..checkpoints import (
 )
 from ..hub import push_to_hub
 from ..model_card import RUN_FILE, plot_training_curves, read_history, stage_record, write_model_card, write_run_record
+from ..models.instructgpt import InstructGPTConfig
 from ..optimization import MUON, OptimizerArguments, optimizer_cls_and_kwargs
-from ..precision import default_bf16
+from ..precision import SET_IN_CONFIG, ProbeShapes, default_bf16
 from ..staleness import input_fingerprints, lock_folder, recorded_run, run_settings, setting_changes
 
 logger = logging.get_logger(__name__)
@@ -101,7 +102,7 @@ class StageArguments(OptimizerArguments):
             "BF16 or that a matmul probe finds faster), else fp32."
         },
     )
-    bf16_reason: str = field(default="set in the config", init=False, repr=False)  # why bf16 is on or off
+    bf16_reason: str = field(default=SET_IN_CONFIG, init=False, repr=False)  # why bf16 is on or off
     keep_freed_memory: bool = field(
         default=True,
         metadata={
@@ -421,12 +422,27 @@ def resolve_defaults(config: TrainingArguments) -> None:
     if config.report_to == "auto":
         config.report_to = [name for name in TRACKERS if importlib.util.find_spec(name)] or "none"
     if getattr(config, "bf16", False) is None:
-        choice = default_bf16()
+        choice = default_bf16(probe_shapes(config))
         config.bf16, config.bf16_reason = choice.bf16, choice.reason
-        logger.info(f"bf16 {'on' if choice.bf16 else 'off'}: {choice.reason}")
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
         config.use_cpu = True  # also what makes torchrun / accelerate launch run gloo DDP instead of N lone copies
         config.dataloader_pin_memory = False
+
+
+def probe_shapes(config: TrainingArguments) -> ProbeShapes:
+    """The model and batch a stage trains, as far as its config tells before anything is loaded, for the precision
+    probe: the config.json of a local `model_name_or_path`, else a new model's `model_config` (pretrain), on rows of
+    `block_size` or `max_length` tokens. A model not on disk (a Hub id; a pipeline's later stage before the stages
+    ahead of it ran) is probed as the default model and batch, one probe per process for them all."""
+    model_dir = getattr(config, "model_name_or_path", None)
+    if model_dir and (Path(model_dir) / "config.json").is_file():
+        model = json.loads((Path(model_dir) / "config.json").read_text())
+    elif not model_dir and hasattr(config, "model_config"):  # pretrain builds a new model
+        model = {**InstructGPTConfig(**(config.model_config or {})).to_dict(), "vocab_size": config.vocab_size}
+    else:
+        return ProbeShapes()
+    length = getattr(config, "block_size", None) or getattr(config, "max_length", None)
+    return ProbeShapes.of(model, config.per_device_train_batch_size, length or ProbeShapes.sequence_length)
 
 
 @dataclass
