@@ -207,7 +207,7 @@ def test_the_estimates_scale_by_this_machines_probe_against_the_reference_speed(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU probe")
 def test_the_plan_scales_the_default_estimates_to_this_machine_and_says_by_what(tmp_path, capsys):
     config = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
-    data = {split: tmp_path / f"{split}.jsonl" for split in ("pretrain", "sft", "comparisons")}
+    data = data_files(tmp_path)
     configs = {name: stage_config(name, config, data, tmp_path) for name in runs(config)}
     plans = {name: RunPlan("skip" if name == "pretrain" else "run") for name in configs}
     estimates = dict(config.estimates)
