@@ -417,16 +417,17 @@ def test_the_default_pipeline_scores_every_held_out_row():
 
 def test_the_default_setup_is_what_the_readme_says():
     config = yaml.safe_load((REPO / "recipes/default/pipeline.yaml").read_text())
-    suite, stages = config["suite"], config["stages"]
+    suite = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml").suite_config()
+    stages = config["stages"]
     model = stages["pretrain"]["model_config"]
     estimate = sum(seconds for name, seconds in config["estimates"].items() if name != "reference_speed")
     sentence = (
-        f"a {suite['corpus_mb']} MB corpus about {suite['num_entities']} invented entities, "
-        f"{suite['sft_examples']} demonstrations, {suite['comparisons']} comparisons and "
-        f"{suite['held_out_examples']} examples per held-out split; a {model['num_hidden_layers']}-layer, "
-        f"{model['hidden_size']}-wide model pretrained for {stages['pretrain']['max_steps']} steps on raw text and "
-        f"midtrained for {stages['midtrain']['max_steps']} steps with {stages['midtrain']['instruction_share']:.0%} "
-        "instruction conversations; "
+        f"a {suite.corpus_mb} MB corpus about {suite.num_entities} invented entities, {suite.sft_examples} "
+        f"demonstrations (writers' mistakes x{suite.demonstration_flaws:g}), {suite.comparison_prompts} prompts for "
+        f"collecting comparisons, {suite.rl_prompts} RL prompts and {suite.held_out_examples} examples per held-out "
+        f"split; a {model['num_hidden_layers']}-layer, {model['hidden_size']}-wide model pretrained for "
+        f"{stages['pretrain']['max_steps']} steps on raw text and midtrained for {stages['midtrain']['max_steps']} "
+        f"steps with {stages['midtrain']['instruction_share']:.0%} instruction conversations; "
         f"about {round(estimate / 60)} minutes on 2 CPU cores"
     )
     assert sentence in " ".join((REPO / "README.md").read_text().split())
