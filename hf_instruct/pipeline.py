@@ -49,7 +49,7 @@ from .stages import STAGES, CollectComparisonsConfig
 from .stages.collect_comparisons import COMPARISONS_FILE, collection_problem
 from .stages.common import did_you_mean, parse_fields, read_config_file
 from .staleness import INPUT_FIELDS, lock_folder, recorded_run, value_changes, why_stale
-from .utils import chat_rewards, markdown_table, table_cell
+from .utils import load_reward_model, markdown_table, score_chats, table_cell
 
 # run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
 # collect_comparisons (the SFT model's answers ranked by the simulated labeler, which reward and dpo then read instead
@@ -571,13 +571,18 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
             "splits": scores["splits"],
             "perplexity": text_perplexity,
         }
+    judge = load_reward_model(reward_model)  # loaded once for every model and split
+
+    def rewards_of(prompts: list, answers: list[str]) -> list[float]:
+        return score_chats(*judge, prompts, answers, evaluation["batch_size"])
+
     for split in SUITE_SPLITS:  # every model's answers against the SFT model's, to the same prompts
         sft = results["sft"]["splits"][split]
         prompts = [messages[:-1] for messages in splits[split]["messages"]][: len(sft["answers"])]
-        sft_rewards = chat_rewards(reward_model, prompts, sft["answers"])
+        sft_rewards = rewards_of(prompts, sft["answers"])
         for name in compared(config):
             scores = results[name]["splits"][split]
-            rewards = sft_rewards if name == "sft" else chat_rewards(reward_model, prompts, scores["answers"])
+            rewards = sft_rewards if name == "sft" else rewards_of(prompts, scores["answers"])
             pairs = pairwise_win_rates(
                 scores["answers"], sft["answers"], scores["correct"], sft["correct"], rewards, sft_rewards
             )
