@@ -152,7 +152,9 @@ def train_once(path: str, model: torch.nn.Module, tokenizer, examples: list, ste
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     else:
         config = SFTConfig(per_device_train_batch_size=BATCH_SIZE, remove_unused_columns=False, **common)
-        collator = DataCollatorForInstructionTuning(tokenizer, max_length=MAX_LENGTH, padding_free=True)
+        collator = DataCollatorForInstructionTuning(  # as `sft_backend: collator` builds it
+            tokenizer, max_length=MAX_LENGTH, padding_free=True, trained_logits_only=True
+        )
         trainer = Trainer(model=model, args=config, train_dataset=dataset, data_collator=collator)
     tokens, collate = [0], trainer.data_collator
 

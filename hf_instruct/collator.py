@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
@@ -42,6 +43,11 @@ class DataCollatorForInstructionTuning:
             no label crosses a boundary. Otherwise rows are right-padded with an `attention_mask`.
         pad_to_multiple_of: pad the (row) length to a multiple of this.
         train_on_prompt: train on every token, not only the assistant's.
+        trained_logits_only: also return `logits_to_keep`, a boolean mask of the positions whose next token is
+            trained, and `shift_labels`, those next tokens. A transformers causal LM (ours, Llama and most others)
+            then projects only these positions onto the vocabulary and takes its loss there: the same loss, without
+            the LM head and softmax on prompt and padding positions; `logits` hold just these rows,
+            (n_trained, vocab). For a stock `Trainer`; TRL's trainers compute the loss themselves and must not get it.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -49,6 +55,7 @@ class DataCollatorForInstructionTuning:
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
     train_on_prompt: bool = False
+    trained_logits_only: bool = False
     truncated_examples: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -65,7 +72,10 @@ class DataCollatorForInstructionTuning:
                 f"{untrained} of {len(sequences)} examples in this batch have no trained token (no assistant turn "
                 "left after truncation?): they add no loss. Raise max_length or filter these examples."
             )
-        return self.flatten(sequences) if self.padding_free else self.pad(sequences)
+        batch = self.flatten(sequences) if self.padding_free else self.pad(sequences)
+        if self.trained_logits_only:
+            batch.update(trained_positions(batch["labels"]))
+        return batch
 
     def tokenize(self, example: dict[str, Any], index: int = 0) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of one example; labels are -100 outside the trained tokens."""
@@ -148,3 +158,13 @@ class DataCollatorForInstructionTuning:
     def _padded_length(self, length: int) -> int:
         multiple = self.pad_to_multiple_of or 1
         return -(-length // multiple) * multiple
+
+
+def trained_positions(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`logits_to_keep`: (B, T) mask of the positions whose next label is trained; `shift_labels`: those labels, (K,).
+
+    A causal LM's logits at position t predict the label at t + 1, so only these K positions add to the loss.
+    """
+    next_labels = labels[:, 1:]
+    keep = nn.functional.pad(next_labels != IGNORE_INDEX, (0, 1), value=False)
+    return {"logits_to_keep": keep, "shift_labels": next_labels[keep[:, :-1]]}

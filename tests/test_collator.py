@@ -5,12 +5,12 @@ import logging
 
 import pytest
 import torch
-from conftest import SMOKE_TRAINING, logged_losses, tiny_config
+from conftest import SMOKE_TRAINING, logged_losses, tiny_config, tiny_llama_config
 from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
-from transformers import Trainer, TrainingArguments
+from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from hf_instruct import DataCollatorForInstructionTuning, InstructGPTForCausalLM
@@ -190,6 +190,51 @@ def test_padding_free_loss_equals_padded_loss(tokenizer, train_on_prompt):
     assert_close(free_loss, padded_loss, atol=1e-6, rtol=1e-6)
 
 
+def test_trained_logits_only_batch_exact(tokenizer):
+    """The mask keeps exactly the positions whose next label is trained; shift_labels are those labels, in order."""
+    single = conversation(tokenizer, ("user", "Say hi"), ("assistant", "Hi!"))
+    for padding_free in (False, True):
+        collate = DataCollatorForInstructionTuning(tokenizer, padding_free=padding_free, trained_logits_only=True)
+        batch = collate([ALPACA, MULTI_TURN])
+        plain = DataCollatorForInstructionTuning(tokenizer, padding_free=padding_free)([ALPACA, MULTI_TURN])
+        assert_batch_equal({k: v for k, v in batch.items() if k not in ("logits_to_keep", "shift_labels")}, plain)
+        labels = batch["labels"].tolist()
+        expected = [[row[t + 1] != X if t + 1 < len(row) else False for t in range(len(row))] for row in labels]
+        assert batch["logits_to_keep"].tolist() == expected
+        assert batch["shift_labels"].tolist() == [x for row in labels for x in row[1:] if x != X]
+    # one example, padded: the kept positions are those before the answer tokens, the targets the answer tokens
+    batch = DataCollatorForInstructionTuning(tokenizer, trained_logits_only=True)([ALPACA])
+    first = single[1].index(next(x for x in single[1] if x != X))
+    assert batch["logits_to_keep"][0].nonzero().flatten().tolist()[0] == first - 1
+    assert batch["shift_labels"].tolist() == [x for x in single[1] if x != X]
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+@pytest.mark.parametrize("model_class", [InstructGPTForCausalLM, LlamaForCausalLM])
+def test_trained_logits_only_gives_the_full_logits_loss_and_gradients(tokenizer, padding_free, model_class):
+    """The LM head on the trained positions only: same loss and gradients as full logits, on ours and stock Llama."""
+    config = (tiny_config if model_class is InstructGPTForCausalLM else tiny_llama_config)(dtype=torch.float32)
+    model = model_class(config)
+    examples = [ALPACA, MULTI_TURN, {"prompt": "What is two plus two?", "completion": "Four, of course."}]
+    results = []
+    for trained_logits_only in (False, True):
+        collate = DataCollatorForInstructionTuning(
+            tokenizer, padding_free=padding_free, trained_logits_only=trained_logits_only
+        )
+        batch = collate(examples)
+        model.zero_grad()
+        output = model(**batch, use_cache=False)
+        output.loss.backward()
+        results.append((output, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (full, full_grads), (kept, kept_grads) = results
+    n_trained = int((batch["labels"][:, 1:] != X).sum())
+    assert kept.logits.shape == (n_trained, config.vocab_size)
+    assert_close(kept.logits, full.logits[batch["logits_to_keep"]], atol=1e-6, rtol=0)
+    assert_close(kept.loss, full.loss, atol=1e-6, rtol=1e-6)
+    for name, grad in full_grads.items():
+        assert_close(kept_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
@@ -249,6 +294,29 @@ def test_stock_trainer_with_raw_alpaca_examples(tmp_path, tokenizer, padding_fre
     )
     trainer.train()
     assert len(logged_losses(trainer)) == 3 and logged_losses(trainer)[-1] < logged_losses(trainer)[0]
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_stock_trainer_with_trained_logits_only_logs_the_same_losses(tmp_path, tokenizer, padding_free):
+    """The Trainer counts the trained tokens from shift_labels, so accumulated steps weigh them as with labels."""
+    losses = []
+    for trained_logits_only in (False, True):
+        torch.manual_seed(0)
+        collator = DataCollatorForInstructionTuning(
+            tokenizer, padding_free=padding_free, trained_logits_only=trained_logits_only
+        )
+        args = TrainingArguments(
+            output_dir=str(tmp_path), remove_unused_columns=False, gradient_accumulation_steps=2, **SMOKE_TRAINING
+        )
+        trainer = Trainer(
+            model=InstructGPTForCausalLM(tiny_config()),
+            args=args,
+            train_dataset=Dataset.from_list(ALPACA_ROWS),
+            data_collator=collator,
+        )
+        trainer.train()
+        losses.append(logged_losses(trainer) + [trainer.evaluate(Dataset.from_list(ALPACA_ROWS[:5]))["eval_loss"]])
+    assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("padding_free", [False, True])

@@ -6,6 +6,7 @@ TRL `SFTTrainer` (assistant-only loss, optional packing) or, with `sft_backend: 
 and after training.
 """
 
+import inspect
 from dataclasses import dataclass, field
 
 from peft import get_peft_model
@@ -95,7 +96,11 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
             train_dataset=train_examples,
             eval_dataset=eval_examples,
             data_collator=DataCollatorForInstructionTuning(
-                tokenizer, max_length=config.max_length, padding_free=config.padding_free
+                tokenizer,
+                max_length=config.max_length,
+                padding_free=config.padding_free,
+                # the LM head only where a label is trained, for the models that take `logits_to_keep` (most do)
+                trained_logits_only="logits_to_keep" in inspect.signature(model.forward).parameters,
             ),
             processing_class=tokenizer,
             callbacks=callbacks,
