@@ -61,7 +61,7 @@ def test_a_changed_setting_re_runs_its_stage_and_everything_downstream_and_the_p
     plans, lines = plan(finished_copy, capsys, stages={"sft": {"learning_rate": 1.0e-3}})
     assert lines == [
         "sft: settings changed (learning_rate 0.002 → 0.001): re-run",
-        "reward, ppo, ppo_no_ptx, dpo: input changed (sft runs again): re-run",
+        "collect_comparisons, reward, ppo, ppo_no_ptx, dpo, grpo: input changed (sft runs again): re-run",
     ]
     assert {name for name, (action, _) in plans.items() if action == "skip"} == {"pretrain", "base_4x", "midtrain"}
 
@@ -74,7 +74,8 @@ def test_another_seed_builds_the_suite_again_and_re_runs_every_stage(finished_co
     assert lines == [
         "data: suite settings changed (seed 42 → 7): built again",
         "pretrain: settings changed (seed 42 → 7); input changed (instruction_files, train_files): re-run",
-        "base_4x, midtrain, sft, reward, ppo, ppo_no_ptx, dpo: input changed (pretrain runs again): re-run",
+        "base_4x, midtrain, sft, collect_comparisons, reward, ppo, ppo_no_ptx, dpo, grpo: input changed (pretrain runs "
+        "again): re-run",
     ]
     assert all(action == "re-run" for action, _ in plans.values())
 
@@ -84,8 +85,8 @@ def test_a_model_replaced_upstream_re_runs_the_stages_that_read_it(finished_copy
     save_file({name: tensor + 0.01 for name, tensor in load_file(weights).items()}, weights, metadata={"format": "pt"})
     plans, lines = plan(finished_copy, capsys)
     assert lines == [
-        "reward, dpo: input changed (model_name_or_path): re-run",
-        "ppo, ppo_no_ptx: input changed (reward runs again): re-run",
+        "collect_comparisons: input changed (model_name_or_path): re-run",
+        "reward, ppo, ppo_no_ptx, dpo, grpo: input changed (collect_comparisons runs again): re-run",
     ]
     assert plans["sft"] == ("skip", "")
 
