@@ -74,8 +74,8 @@ def test_another_seed_builds_the_suite_again_and_re_runs_every_stage(finished_co
     assert lines == [
         "data: suite settings changed (seed 42 → 7): built again",
         "pretrain: settings changed (seed 42 → 7); input changed (instruction_files, train_files): re-run",
-        "base_4x, midtrain, sft, collect_comparisons, reward, ppo, ppo_no_ptx, dpo, grpo: input changed (pretrain runs "
-        "again): re-run",
+        "base_4x, midtrain, sft, collect_comparisons, reward, ppo, ppo_no_ptx, dpo, grpo: "
+        "input changed (pretrain runs again): re-run",
     ]
     assert all(action == "re-run" for action, _ in plans.values())
 
