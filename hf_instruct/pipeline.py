@@ -67,6 +67,7 @@ RUNS = {
     "grpo": "grpo",
 }
 OPTIONAL_RUNS = ("midtrain", "collect_comparisons", "grpo")  # run only when the pipeline YAML's `stages` names them
+REQUIRED_RUNS = ("pretrain", "sft", "reward", "ppo")  # the chain to the final model: no `false` turns them off
 COMPARED = ("pretrain", "midtrain", "sft", "ppo_no_ptx", "ppo", "dpo", "grpo")  # the models compared, base model first
 # pretrain fields that change how many tokens a baseline reads (a baseline that sets none reads the base's tokens)
 TOKEN_FIELDS = {
@@ -120,7 +121,8 @@ class PipelineConfig:
     output_dir: str = "runs/pipeline"
     seed: int = 42
     suite: dict = field(default_factory=dict)  # SuiteConfig fields
-    # run name -> fields of its stage config; `config: <stage YAML>` starts from a stage recipe (see `stage_config`)
+    # run name -> fields of its stage config; `config: <stage YAML>` starts from a stage recipe (see `stage_config`);
+    # `false` turns off a run the YAML it extends names (any run but REQUIRED_RUNS)
     stages: dict = field(default_factory=dict)
     # extra base models, e.g. 4x larger: run name -> pretrain fields that replace the pretrain stage's, so a baseline
     # sees the same corpus, tokenizer and tokens unless it says otherwise
@@ -134,6 +136,11 @@ class PipelineConfig:
     hub_model_id: str | None = None  # "namespace/name" or "name" (the token's user); default: output_dir's name
     source: str = "the pipeline config"  # the YAML file it came from, for error messages (not a YAML key)
 
+    def runs_stage(self, run: str) -> bool:
+        """Whether the pipeline runs `run`: an optional run when `stages` names it, the others unless `stages` sets
+        them to false."""
+        return self.stages.get(run) is not False and (run not in OPTIONAL_RUNS or run in self.stages)
+
     def suite_config(self) -> SuiteConfig:
         """The suite every run reads, seeded by the pipeline's seed."""
         return SuiteConfig(**{"seed": self.seed, **self.suite})
@@ -146,6 +153,11 @@ class PipelineConfig:
             if unknown:
                 hint = did_you_mean(unknown[0], names)
                 raise ValueError(f"{self.source}: {section}: unknown run {unknown[0]!r}{f' ({hint})' if hint else ''}")
+        if required := [name for name in REQUIRED_RUNS if self.stages.get(name) is False]:
+            raise ValueError(
+                f"{self.source}: stages: {required[0]}: false: {', '.join(REQUIRED_RUNS)} lead to the final model "
+                "and always run; `false` turns off the other runs."
+            )
         # the evaluation's keys are evaluate_model's settings the pipeline leaves to the YAML: a typo fails now, not
         # after every stage has run
         settings = [name for name in inspect.signature(evaluate_model).parameters if name not in PIPELINE_SETS]
@@ -246,7 +258,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
 
 def runs(config: PipelineConfig) -> dict[str, str]:
     """Run name -> stage, in running order: the pipeline's runs with the config's baselines after pretraining."""
-    chosen = {name: stage for name, stage in RUNS.items() if name not in OPTIONAL_RUNS or name in config.stages}
+    chosen = {name: stage for name, stage in RUNS.items() if config.runs_stage(name)}
     return {"pretrain": "pretrain", **dict.fromkeys(config.baselines, "pretrain"), **chosen}
 
 
@@ -328,11 +340,11 @@ def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output
 def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:
     """What `run` reads: the models it starts from (earlier runs' outputs) and its data (the suite's files)."""
     run_dir = lambda name: str(output_dir / name)  # noqa: E731
-    tuned = run_dir("midtrain" if "midtrain" in config.stages else "pretrain")  # where instruction tuning starts
+    tuned = run_dir("midtrain" if config.runs_stage("midtrain") else "pretrain")  # where instruction tuning starts
     corpus = (config.stages.get("pretrain") or {}).get("train_files") or [str(data["pretrain"])]
     instructions = (config.stages.get("sft") or {}).get("train_files") or [str(data["sft"])]
     # the comparisons reward and dpo learn from: the collected ones when collect_comparisons runs, else the suite's
-    collected = "collect_comparisons" in config.stages
+    collected = config.runs_stage("collect_comparisons")
     comparisons = str(output_dir / "collect_comparisons" / COMPARISONS_FILE) if collected else str(data["comparisons"])
     inputs = {  # the tokenizer also learns the SFT data's words; only midtrain trains on them
         "pretrain": dict(train_files=[str(data["pretrain"])], instruction_files=instructions),

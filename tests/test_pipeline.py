@@ -141,6 +141,45 @@ def test_extends_changes_only_the_fields_a_stage_names_and_keeps_its_others(tmp_
     }
 
 
+def test_false_turns_off_a_run_the_extended_yaml_names_but_not_the_chain_to_the_final_model(tmp_path):
+    """A control (docs/pipeline.md) extends the default and turns runs off: the synthetic comparisons instead of the
+    collected ones (reward and DPO then read the suite's), and no GRPO, DPO or PPO without ptx."""
+    control = tmp_path / "control.yaml"
+    control.write_text(
+        f"extends: {REPO / 'recipes/default/pipeline.yaml'}\n"
+        "stages:\n  collect_comparisons: false\n  grpo: false\n  dpo: false\n  ppo_no_ptx: false\n"
+    )
+    config = PipelineConfig.from_yaml(control, output_dir=str(tmp_path))
+    default = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
+    assert list(runs(config)) == ["pretrain", "midtrain", "sft", "reward", "ppo"]
+    assert set(runs(default)) - set(runs(config)) == {"collect_comparisons", "grpo", "dpo", "ppo_no_ptx"}
+    data = data_files(tmp_path)
+    assert stage_config("reward", config, data, tmp_path).train_files == [str(data["comparisons"])]
+    assert stage_config("reward", default, data, tmp_path).train_files == [
+        str(tmp_path / "collect_comparisons" / "comparisons.jsonl")
+    ]
+    assert stage_config("ppo", config, data, tmp_path).max_steps == default.stages["ppo"]["max_steps"]
+    for required in ("pretrain", "sft", "reward", "ppo"):
+        control.write_text(f"extends: {REPO / 'recipes/default/pipeline.yaml'}\nstages:\n  {required}: false\n")
+        with pytest.raises(ValueError, match=f"stages: {required}: false: .* always run"):
+            PipelineConfig.from_yaml(control, output_dir=str(tmp_path))
+
+
+def test_the_controls_of_learning_from_feedback_change_one_cause_each_and_run_sft_and_ppo_only(tmp_path):
+    default = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
+    chain = ["pretrain", "midtrain", "sft", "collect_comparisons", "reward", "ppo"]
+    for name, flaws, ran in (
+        ("no-flaws", 0.0, chain),
+        ("twice-flaws", 2.0, chain),
+        ("synthetic-comparisons", default.suite_config().demonstration_flaws, chain[:3] + chain[4:]),
+    ):
+        control = PipelineConfig.from_yaml(REPO / f"recipes/default/control-{name}.yaml", output_dir=str(tmp_path))
+        assert list(runs(control)) == ran, name
+        assert control.suite_config().demonstration_flaws == flaws, name
+        assert compared(control)[-2:] == ("sft", "ppo"), name  # no best-of-n row
+        assert {run: control.stages[run] for run in ran} == {run: default.stages[run] for run in ran}, name
+
+
 def test_a_stage_starts_from_its_recipe_in_the_place_the_pipeline_gives_it(tmp_path):
     config = PipelineConfig.from_yaml(REPO / "recipes/gpu-125m/pipeline.yaml", output_dir=str(tmp_path), seed=7)
     config.stages["sft"]["max_steps"] = 500  # the entry's own fields replace the recipe's
