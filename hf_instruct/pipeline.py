@@ -90,7 +90,8 @@ HELD_OUT_DOCUMENTS = 64  # pretraining documents kept out of pretraining, for th
 # comparison.json's layout and what it measures (docs/evaluation.md); a cached comparison of another is recomputed.
 # 3: the base rows asked in plain question-and-answer text, the floors' rules reading the checks' fields
 # 4: the best-of-n row's splits also hold "any_sample_correct"
-COMPARISON_SCHEMA = 4
+# 5: each model also holds "pooled": the held-out splits as one set of prompts against SFT
+COMPARISON_SCHEMA = 5
 # the `estimates` key of the precision probe's speed (`python -m hf_instruct.precision`: training tokens/s at the
 # default model's shapes) on the machine the estimates were measured on; the plan scales them by this machine's
 REFERENCE_SPEED = "reference_speed"
@@ -588,6 +589,7 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
     def rewards_of(prompts: list, answers: list[str]) -> list[float]:
         return score_chats(*judge, prompts, answers, evaluation["batch_size"])
 
+    pooled = {name: {"answers": [], "correct": [], "rewards": []} for name in compared(config)}
     for split in SUITE_SPLITS:  # every model's answers against the SFT model's, to the same prompts
         sft = results["sft"]["splits"][split]
         prompts = [messages[:-1] for messages in splits[split]["messages"]][: len(sft["answers"])]
@@ -595,16 +597,31 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
         for name in compared(config):
             scores = results[name]["splits"][split]
             rewards = sft_rewards if name == "sft" else rewards_of(prompts, scores["answers"])
-            pairs = pairwise_win_rates(
-                scores["answers"], sft["answers"], scores["correct"], sft["correct"], rewards, sft_rewards
-            )
-            scores["vs_sft"] = paired_difference(scores["correct"], sft["correct"])
-            scores["win_rate_vs_sft"] = pairs["win_rate"]  # the verifier's
-            scores["reward_model_win_rate_vs_sft"] = pairs["reward_model_win_rate"]
-            scores["reward_model_agreement_vs_sft"] = pairs["reward_model_agreement"]
-            scores["pairs_vs_sft"] = pairs["pairs"]
+            scores.update(against_sft(scores["answers"], scores["correct"], rewards, sft, sft_rewards))
+            pooled[name]["answers"] += scores["answers"]
+            pooled[name]["correct"] += scores["correct"]
+            pooled[name]["rewards"] += rewards
+    for name in compared(config):  # the held-out splits as one set of prompts (the learning-from-feedback findings)
+        rows = pooled[name]
+        results[name]["pooled"] = {
+            "accuracy": sum(rows["correct"]) / len(rows["correct"]),
+            **against_sft(**rows, sft=pooled["sft"], sft_rewards=pooled["sft"]["rewards"]),
+        }
     results_file.write_text(json.dumps({**key, "results": results}, indent=2) + "\n")
     return results
+
+
+def against_sft(answers: list, correct: list, rewards: list, sft: dict, sft_rewards: list) -> dict:
+    """A model's answers against the SFT model's to the same prompts: the paired difference in accuracy, the
+    verifier's win rate, the reward model's, and its agreement with the verifier."""
+    pairs = pairwise_win_rates(answers, sft["answers"], correct, sft["correct"], rewards, sft_rewards)
+    return {
+        "vs_sft": paired_difference(correct, sft["correct"]),
+        "win_rate_vs_sft": pairs["win_rate"],  # the verifier's
+        "reward_model_win_rate_vs_sft": pairs["reward_model_win_rate"],
+        "reward_model_agreement_vs_sft": pairs["reward_model_agreement"],
+        "pairs_vs_sft": pairs["pairs"],
+    }
 
 
 def fingerprint(model_dir: Path) -> dict[str, str]:
@@ -723,10 +740,10 @@ def against_sft_section(results: dict) -> list[str]:
         "prefers the verifier's choice where the verifier prefers one.",
     ]
     header = ["model", "difference [95 %]", "p", "win rate (verifier)", "pairs", "win rate (reward model)"]
-    for split in SUITE_SPLITS:
+    for split in (*SUITE_SPLITS, "pooled"):
         rows = []
         for name, model in results.items():
-            scores = model["splits"][split]
+            scores = model["pooled"] if split == "pooled" else model["splits"][split]
             difference, agreement = scores["vs_sft"], scores["reward_model_agreement_vs_sft"]
             low, high = difference["interval"]
             rows.append(
@@ -740,7 +757,8 @@ def against_sft_section(results: dict) -> list[str]:
                     "–" if agreement is None else f"{agreement:.2f}",
                 ]
             )
-        lines += ["", f"### {short(split)}", "", *markdown_table([*header, "reward model agrees"], rows)]
+        title = "all held-out splits pooled" if split == "pooled" else short(split)
+        lines += ["", f"### {title}", "", *markdown_table([*header, "reward model agrees"], rows)]
     return [*lines, ""]
 
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from hf_instruct.checkpoints import saved_model_problem
 from hf_instruct.cli import main
 from hf_instruct.evaluation.evaluator import SUITE_SPLITS
+from hf_instruct.evaluation.statistics import paired_difference
 from hf_instruct.models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
 from hf_instruct.pipeline import (
     PipelineConfig,
@@ -307,6 +308,12 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
             assert set(scores["vs_sft"]) == {"difference", "interval", "p"} and 0.0 <= scores["vs_sft"]["p"] <= 1.0
             assert 0.0 <= scores["win_rate_vs_sft"] <= 1.0 and 0.0 <= scores["reward_model_win_rate_vs_sft"] <= 1.0
             assert sum(scores["family_examples"].values()) == 8
+    for name, model in comparison.items():  # every held-out row as one set of prompts: the splits' verdicts joined
+        correct = [verdict for split in SUITE_SPLITS for verdict in model["splits"][split]["correct"]]
+        sft_correct = [verdict for split in SUITE_SPLITS for verdict in comparison["sft"]["splits"][split]["correct"]]
+        assert model["pooled"]["accuracy"] == sum(correct) / 24
+        assert model["pooled"]["vs_sft"] == paired_difference(correct, sft_correct), name
+        assert model["pooled"]["pairs_vs_sft"] == sum(model["splits"][s]["pairs_vs_sft"] for s in SUITE_SPLITS)
     for split in SUITE_SPLITS:  # SFT against itself: no difference, every answer the same
         sft = comparison["sft"]["splits"][split]
         assert sft["vs_sft"] == {"difference": 0.0, "interval": [0.0, 0.0], "p": 1.0} and sft["pairs_vs_sft"] == 0
@@ -320,6 +327,7 @@ def test_smoke_pipeline_killed_then_rerun_finishes_with_report_and_card(smoke_ru
         f"| sft | {comparison['sft']['parameters'] / 1e6:.2f} M | {sft['accuracy']:.3f} [{low:.3f}, {high:.3f}] |"
         in (report)
     )
+    assert "### all held-out splits pooled" in report
     assert "## Against SFT, on the same prompts" in report and "| sft | +0.000 [+0.000, +0.000] | 1 | 0.500 | 0 |" in (
         report
     )
