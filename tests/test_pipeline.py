@@ -126,14 +126,18 @@ def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_t
     assert parameters(baseline) >= 4 * parameters(base)
 
 
-def test_extends_changes_only_the_fields_a_stage_names_and_keeps_its_others(tmp_path):
-    setup = tmp_path / "wider.yaml"
-    setup.write_text(
-        f"extends: {REPO / 'recipes/default/pipeline.yaml'}\n"
-        "stages:\n  sft: {learning_rate: 1.0e-4}\n  pretrain: {model_config: {hidden_size: 256}}\n"
-    )
-    config = PipelineConfig.from_yaml(setup, output_dir=str(tmp_path))
+def over_the_default(tmp_path, stages: str) -> tuple[PipelineConfig, PipelineConfig]:
+    """A pipeline YAML that extends the default with `stages:` (YAML lines), parsed, and the default."""
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(f"extends: {REPO / 'recipes/default/pipeline.yaml'}\nstages:\n{stages}")
     default = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
+    return PipelineConfig.from_yaml(variant, output_dir=str(tmp_path)), default
+
+
+def test_extends_changes_only_the_fields_a_stage_names_and_keeps_its_others(tmp_path):
+    config, default = over_the_default(
+        tmp_path, "  sft: {learning_rate: 1.0e-4}\n  pretrain: {model_config: {hidden_size: 256}}\n"
+    )
     assert config.stages["sft"] == {**default.stages["sft"], "learning_rate": 1.0e-4}
     pretrain = default.stages["pretrain"]
     assert config.stages["pretrain"] == {**pretrain, "model_config": {**pretrain["model_config"], "hidden_size": 256}}
@@ -145,13 +149,9 @@ def test_extends_changes_only_the_fields_a_stage_names_and_keeps_its_others(tmp_
 def test_false_turns_off_a_run_the_extended_yaml_names_but_not_the_chain_to_the_final_model(tmp_path):
     """A control (docs/pipeline.md) extends the default and turns runs off: the synthetic comparisons instead of the
     collected ones (reward and DPO then read the suite's), and no GRPO, DPO or PPO without ptx."""
-    control = tmp_path / "control.yaml"
-    control.write_text(
-        f"extends: {REPO / 'recipes/default/pipeline.yaml'}\n"
-        "stages:\n  collect_comparisons: false\n  grpo: false\n  dpo: false\n  ppo_no_ptx: false\n"
+    config, default = over_the_default(
+        tmp_path, "  collect_comparisons: false\n  grpo: false\n  dpo: false\n  ppo_no_ptx: false\n"
     )
-    config = PipelineConfig.from_yaml(control, output_dir=str(tmp_path))
-    default = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))
     assert list(runs(config)) == ["pretrain", "midtrain", "sft", "reward", "ppo"]
     assert set(runs(default)) - set(runs(config)) == {"collect_comparisons", "grpo", "dpo", "ppo_no_ptx"}
     data = data_files(tmp_path)
@@ -161,9 +161,8 @@ def test_false_turns_off_a_run_the_extended_yaml_names_but_not_the_chain_to_the_
     ]
     assert stage_config("ppo", config, data, tmp_path).max_steps == default.stages["ppo"]["max_steps"]
     for required in ("pretrain", "sft", "reward", "ppo"):
-        control.write_text(f"extends: {REPO / 'recipes/default/pipeline.yaml'}\nstages:\n  {required}: false\n")
         with pytest.raises(ValueError, match=f"stages: {required}: false: .* always run"):
-            PipelineConfig.from_yaml(control, output_dir=str(tmp_path))
+            over_the_default(tmp_path, f"  {required}: false\n")
 
 
 def test_the_controls_of_learning_from_feedback_change_one_cause_each_and_run_sft_and_ppo_only(tmp_path):
