@@ -9,6 +9,7 @@ hf-instruct pipeline [--config recipes/default/pipeline.yaml] [--output_dir d] [
 hf-instruct evaluate <model> [--suite | --data file ...] [--reward_model rm] [--baseline model] [--prompt_format plain]
 hf-instruct generate <model> --prompt "..." [--num_return_sequences 5]
 hf-instruct serve <model> [--port 8000] [--request_timeout 120]   # an OpenAI-compatible chat server
+hf-instruct summarize <run dir> <run dir> ...      # several pipeline runs (seeds): mean ± sd of each figure
 hf-instruct data export <dir> [--model <dir>] [--seed n] [--size tiny|default]
 hf-instruct push <model dir> <namespace/name> [--private] [--revision r] [--commit_message m]
                  [--card keep|regenerate] [--license id] [--base_model_repo_id id]
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="Seed of the sampling (default: %(default)s).")
 
     commands.add_parser("serve", help="An OpenAI-compatible chat server: `hf-instruct serve --help`.", add_help=False)
+
+    summarize = commands.add_parser(
+        "summarize", help="Several pipeline runs (seeds) as one table: mean ± sd of each figure over the runs."
+    )
+    summarize.add_argument("run_dirs", nargs="+", help="Pipeline output folders, each with its comparison.json.")
+    summarize.add_argument("--output", help="Also write the table to this markdown file.")
 
     data = commands.add_parser("data", help="The embedded instruction suite.")
     data_commands = data.add_subparsers(dest="data_command", metavar="<data command>", required=True)
@@ -219,6 +226,7 @@ def run_command(argv: list[str]) -> int:
         "generate": generate_command,
         "data": data_command,
         "push": push_command,
+        "summarize": summarize_command,
     }
     if args.command not in commands:
         parser.print_help()
@@ -340,6 +348,16 @@ def suite_config(size: str | None, seed: int | None, model: str | None, command:
     named = f"{source}, named by the run record of {model}" if recorded else source
     print(f"hf-instruct {command}: {config.describe()} ({named}{', with ' + ', '.join(changes) if changes else ''})")
     return config
+
+
+def summarize_command(args) -> int:
+    from .summary import read_comparisons, summarize_runs, summary_markdown
+
+    text = "\n".join(summary_markdown(summarize_runs(read_comparisons(args.run_dirs)))) + "\n"
+    print(text, end="")
+    if args.output:
+        Path(args.output).write_text(text)
+    return 0
 
 
 def push_command(args) -> int:
