@@ -1,4 +1,4 @@
-"""The README, docs/ and benchmarks/README.md: every command they show exists with the flags they give, and every
+"""The README, CHANGELOG.md, docs/ and benchmarks/README.md: every command they show exists with the flags they give, and every
 link points at a file and heading that exist. (The README's tiny chain is run in tests/test_recipes.py.)"""
 
 import re
@@ -12,7 +12,12 @@ from hf_instruct.cli import build_parser
 from hf_instruct.stages import STAGES
 from hf_instruct.stages.common import StageParser
 
-PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+PAGES = [
+    REPO / "README.md",
+    REPO / "CHANGELOG.md",
+    REPO / "benchmarks" / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+]
 CODE_BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)  # its language and its text
 
 
