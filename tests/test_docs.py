@@ -1,5 +1,5 @@
-"""The README, CHANGELOG.md, docs/ and benchmarks/README.md: every command they show exists with the flags they give, and every
-link points at a file and heading that exist. (The README's tiny chain is run in tests/test_recipes.py.)"""
+"""The README, CHANGELOG.md, docs/ and benchmarks/README.md: every command they show exists with the flags they give,
+and every link points at a file and heading that exist. (The README's tiny chain is run in tests/test_recipes.py.)"""
 
 import re
 from pathlib import Path
