@@ -184,16 +184,30 @@ run(parse_config(config_class, sys.argv[2:]), callbacks=[ZeroStage()])
 """
 
 
-def deepspeed_stage(stage: str, zero: int, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="session")
+def deepspeed_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of DeepSpeed launches. DeepSpeed JIT-builds its CPU shared-memory op under TORCH_EXTENSIONS_DIR
+    behind a lock file, and a build killed mid-way (a timed-out test, a stopped session) leaves the lock behind: every
+    later launch then waits on it forever. One folder per test session, shared by the xdist workers: the session
+    builds the op once, and no earlier session's lock can hold it up."""
+    session_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session_dir = session_dir.parent
+    return {**CLI_ENV, "TORCH_EXTENSIONS_DIR": str(session_dir / "torch_extensions")}
+
+
+def deepspeed_stage(
+    stage: str, zero: int, *args: str, tmp_path: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess:
     """Run `stage` as 2 CPU processes under DeepSpeed ZeRO-`zero` (recipes/accelerate/deepspeed_zero<zero>.yaml) and
     assert both really trained under it. Without `--cpu`, which would make accelerate launch one process without
-    DeepSpeed; fp32, as bf16 is slow on most CPUs."""
+    DeepSpeed; fp32, as bf16 is slow on most CPUs. `env` is the `deepspeed_env` fixture."""
     script = tmp_path / "deepspeed_stage.py"
     script.write_text(DEEPSPEED_SCRIPT)
     launcher = ["accelerate", "launch", "--config_file", f"recipes/accelerate/deepspeed_zero{zero}.yaml"]
     launcher += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())]
     proc = subprocess.run(
-        [*launcher, str(script), stage, *args], cwd=REPO, env=CLI_ENV, capture_output=True, text=True, timeout=600
+        [*launcher, str(script), stage, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     output_dir = Path(args[args.index("--output_dir") + 1])

@@ -880,7 +880,7 @@ def test_torchrun_two_process_ppo_ends_with_identical_policy_and_value_weights(t
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the [deepspeed] extra is not installed")
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_ppo_on_cpu(tmp_path, tiny_model_dir, tokenizer, stage):
+def test_deepspeed_zero_ppo_on_cpu(tmp_path, tiny_model_dir, tokenizer, stage, deepspeed_env):
     """Policy and value model train as one DeepSpeed engine (ZeRO-3: sharded, gathered for generation and saving),
     with micro-batches; reference and reward model are sharded like them under ZeRO-3. The saved policy is trained,
     and a larger --max_steps continues the run from its DeepSpeed checkpoint."""
@@ -888,7 +888,7 @@ def test_deepspeed_zero_ppo_on_cpu(tmp_path, tiny_model_dir, tokenizer, stage):
     output_dir = tmp_path / "ppo"
     args = multi_process_ppo_flags(tmp_path, tiny_model_dir, reward_dir, prompts=32)
     args += flags(eval_examples=0, output_dir=output_dir, learning_rate="1e-2", save_strategy="steps", save_steps=2)
-    deepspeed_stage("ppo", stage, *args, "--max_steps", "2", tmp_path=tmp_path)
+    deepspeed_stage("ppo", stage, *args, "--max_steps", "2", tmp_path=tmp_path, env=deepspeed_env)
     for trained, start in [
         (output_dir / "model.safetensors", tiny_model_dir / "model.safetensors"),
         (output_dir / "checkpoint-2" / "value_model" / "model.safetensors", reward_dir / "model.safetensors"),
@@ -896,6 +896,6 @@ def test_deepspeed_zero_ppo_on_cpu(tmp_path, tiny_model_dir, tokenizer, stage):
         trained, start = load_file(trained), load_file(start)  # whole weights, gathered from the shards under ZeRO-3
         assert set(trained) == set(start) and all(trained[name].shape == start[name].shape for name in start)
         assert any(not torch.equal(trained[name], start[name]) for name in start)
-    resumed = deepspeed_stage("ppo", stage, *args, "--max_steps", "3", tmp_path=tmp_path)
+    resumed = deepspeed_stage("ppo", stage, *args, "--max_steps", "3", tmp_path=tmp_path, env=deepspeed_env)
     assert f"ppo: resuming from {output_dir / 'checkpoint-2'}" in resumed.stderr
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3

@@ -550,7 +550,7 @@ def test_torchrun_two_process_ddp_ends_with_identical_weights(tmp_path):
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the [deepspeed] extra is not installed")
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", [2, 3])
-def test_deepspeed_zero_on_cpu(tmp_path, zero):
+def test_deepspeed_zero_on_cpu(tmp_path, zero, deepspeed_env):
     """The shipped ZeRO-2/3 accelerate configs train a stock-Trainer stage on 2 CPU processes (both ranks report the
     ZeRO stage) and save whole weights (gathered from the shards under ZeRO-3)."""
     corpus, output_dir = tmp_path / "corpus.txt", tmp_path / f"zero{zero}"
@@ -581,6 +581,7 @@ def test_deepspeed_zero_on_cpu(tmp_path, zero):
         "--report_to",
         "none",
         tmp_path=tmp_path,
+        env=deepspeed_env,
     )
     config = json.loads((output_dir / "config.json").read_text())
     embeddings = load_file(output_dir / "model.safetensors")["model.embed_tokens.weight"]
