@@ -47,7 +47,7 @@ from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .precision import ProbeResult, ProbeShapes, default_bf16, probe
 from .stages import STAGES, CollectComparisonsConfig
 from .stages.collect_comparisons import COMPARISONS_FILE, collection_problem
-from .stages.common import did_you_mean, parse_fields, read_config_file
+from .stages.parsing import did_you_mean, parse_fields, read_config_file
 from .staleness import INPUT_FIELDS, lock_folder, recorded_run, value_changes, why_stale
 from .utils import load_reward_model, markdown_table, score_chats, table_cell
 
@@ -334,7 +334,7 @@ def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output
         raise FileNotFoundError(f"{where}: no such file.")
     recipe_fields = read_config_file(recipe, where) if recipe else {}
     place = dict(seed=config.seed, output_dir=str(output_dir / run), **run_inputs(run, config, data, output_dir))
-    config_class, _ = STAGES[RUNS[template]]
+    config_class = STAGES[RUNS[template]].config_class
     return parse_fields(config_class, {**STAGE_DEFAULTS, **recipe_fields, **place, **fields}, where)
 
 
@@ -530,8 +530,7 @@ def run_stage(name: str, stage: str, stage_config) -> bool:
         previous.parent.mkdir(exist_ok=True)
         run_dir.rename(previous)
         tqdm.write(f"pipeline: {name}: {plan.reason}; running it again from the start (the old run is in {previous})")
-    _, run = STAGES[stage]
-    run(stage_config)
+    STAGES[stage].run(stage_config)
     return True
 
 
