@@ -239,8 +239,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     for index, (name, stage) in enumerate(tqdm(runs(config).items(), desc="pipeline", unit="stage")):
         tqdm.write(f"pipeline: {name} ({stage})")
         start = time.perf_counter()
-        # built again now that the runs before it have written their models: its precision is probed at their shapes
-        ran = run_stage(name, stage, stage_config(name, config, data, output_dir))
+        ran = run_stage(name, stage, configs[name])
         if ran and (estimate := scale * (config.estimates.get(name) or 0)):
             seconds = time.perf_counter() - start
             estimated, took = estimated + estimate, took + seconds

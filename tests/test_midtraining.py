@@ -28,7 +28,7 @@ from hf_instruct.precision import (
     training_pass,
 )
 from hf_instruct.stages import PretrainStageConfig, SFTStageConfig, run_pretrain
-from hf_instruct.stages.arguments import probe_shapes
+from hf_instruct.stages.lifecycle import probe_shapes
 
 DOCS = ["alpha beta gamma delta", "the lazy dog sleeps", "a model learns what the labels say", "one two three"]
 CONVERSATIONS = [

@@ -1,19 +1,15 @@
 """The fields every stage adds to its stock trainer arguments, and the checks and defaults they get when a config is
-built."""
+built. Building a config has no side effect: the bf16 probe, the Hub token and the exit hook wait for `start_run`."""
 
 import importlib.util
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from peft import LoraConfig
 from transformers import TrainingArguments
 
-from ..models.instructgpt import InstructGPTConfig
 from ..optimization import OptimizerArguments
-from ..precision import SET_IN_CONFIG, ProbeShapes, default_bf16
+from ..precision import CHOSEN_AT_START, SET_IN_CONFIG
 
 TRACKERS = ("tensorboard", "trackio")  # report_to names that are also their module names
 # settings that make no sense at 0 or below: a run with them would train nothing, or crash inside torch
@@ -84,8 +80,6 @@ class StageArguments(OptimizerArguments):
             self.train_files = [self.train_files]
         check_numbers(self)
         resolve_defaults(self)
-        if self.hub_token:  # to the environment, out of every file the run writes (training_args.bin pickles us)
-            os.environ["HF_TOKEN"], self.hub_token = self.hub_token, None
         super().__post_init__()
 
     @property
@@ -167,30 +161,14 @@ def check_numbers(config: TrainingArguments) -> None:
 
 
 def resolve_defaults(config: TrainingArguments) -> None:
-    """CPU-sensible defaults: bf16 only where it is fast (`hf_instruct.precision`); on a machine without an
-    accelerator, CPU mode (multi-process runs become gloo DDP) without pinned memory; report to tensorboard/trackio
-    when installed."""
+    """CPU-sensible defaults, set before the stock arguments set up the device: on a machine without an accelerator,
+    CPU mode (multi-process runs become gloo DDP) without pinned memory; report to tensorboard/trackio when
+    installed. A bf16 left unset is chosen when the run starts (`start_run`: a CPU decides by a probe at the shapes of
+    the model it trains) and is off until then; TRL's configs would turn it on."""
     if config.report_to == "auto":
         config.report_to = [name for name in TRACKERS if importlib.util.find_spec(name)] or "none"
     if getattr(config, "bf16", False) is None:
-        choice = default_bf16(probe_shapes(config))
-        config.bf16, config.bf16_reason = choice.bf16, choice.reason
+        config.bf16, config.bf16_reason = False, CHOSEN_AT_START
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
         config.use_cpu = True  # also what makes torchrun / accelerate launch run gloo DDP instead of N lone copies
         config.dataloader_pin_memory = False
-
-
-def probe_shapes(config: TrainingArguments) -> ProbeShapes:
-    """The model and batch a stage trains, as far as its config tells before anything is loaded, for the precision
-    probe: the config.json of a local `model_name_or_path`, else a new model's `model_config` (pretrain), on rows of
-    `block_size` or `max_length` tokens. A model not on disk (a Hub id; a pipeline's later stage before the stages
-    ahead of it ran) is probed as the default model and batch, one probe per process for them all."""
-    model_dir = getattr(config, "model_name_or_path", None)
-    if model_dir and (Path(model_dir) / "config.json").is_file():
-        model = json.loads((Path(model_dir) / "config.json").read_text())
-    elif not model_dir and hasattr(config, "model_config"):  # pretrain builds a new model
-        model = {**InstructGPTConfig(**(config.model_config or {})).to_dict(), "vocab_size": config.vocab_size}
-    else:
-        return ProbeShapes()
-    length = getattr(config, "block_size", None) or getattr(config, "max_length", None)
-    return ProbeShapes.of(model, config.per_device_train_batch_size, length or ProbeShapes.sequence_length)

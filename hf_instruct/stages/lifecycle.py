@@ -1,8 +1,9 @@
 """A stage's run around its trainer: start (refuse a foreign output dir, leave a finished run, find the checkpoint
-to resume), then train, evaluate, save, write the run record and card, push.
+to resume, choose the precision), then train, evaluate, save, write the run record and card, push.
 
 A stage is one function `run_<stage>(config) -> output_dir`, called by the recipe script, the `hf-instruct` command
-and the pipeline alike: `start_run` first, `train_and_save` last.
+and the pipeline alike: `start_run` first, `train_and_save` last. What a run does to the process (the bf16 probe, the
+Hub token moved into the environment, the exit hook of a process group) happens here, not when its config is built.
 """
 
 import atexit
@@ -34,7 +35,9 @@ from ..checkpoints import (
 )
 from ..hub import push_to_hub
 from ..model_card import RUN_FILE, plot_training_curves, read_history, stage_record, write_model_card, write_run_record
+from ..models.instructgpt import InstructGPTConfig
 from ..optimization import MUON, optimizer_cls_and_kwargs
+from ..precision import CHOSEN_AT_START, ProbeShapes, default_bf16
 from ..staleness import input_fingerprints, lock_folder, recorded_run, run_settings, setting_changes
 from .arguments import StageArguments
 from .stage import Stage
@@ -56,11 +59,15 @@ def start_run(
     finished: Callable[[TrainingArguments, Path], bool] | None = None,
     more: str = "raise --max_steps or --num_train_epochs to train on",
 ) -> RunStart:
-    """Seed every RNG (the model is built before the Trainer seeds), keep freed memory in the process
-    (`keep_freed_memory`), refuse an output dir that holds another run, leave a finished run as it is (`finished`:
-    whether the output dir holds a run that `config` asks no more of; default `is_finished`, a trained model; `more`
-    says how to ask for more), and find the newest complete checkpoint to resume from. Writes nothing but the run
-    marker of a new output dir."""
+    """Move the Hub token into the environment, leave the process group at exit, seed every RNG (the model is built
+    before the Trainer seeds), keep freed memory in the process (`keep_freed_memory`), refuse an output dir that holds
+    another run, leave a finished run as it is (`finished`: whether the output dir holds a run that `config` asks no
+    more of; default `is_finished`, a trained model; `more` says how to ask for more), find the newest complete
+    checkpoint to resume from, and choose the precision. Writes nothing but the run marker of a new output dir."""
+    if config.hub_token:  # to the environment, out of every file the run writes (training_args.bin pickles config)
+        os.environ["HF_TOKEN"], config.hub_token = config.hub_token, None
+    atexit.unregister(leave_the_process_group)  # registered once, however many stages the process runs
+    atexit.register(leave_the_process_group)
     set_seed(config.seed)
     if config.keep_freed_memory:
         config.allocator = keep_freed_memory()
@@ -101,12 +108,12 @@ def start_run(
             raise ValueError(f"--resume_from_checkpoint {resume_from}: {problem}.")
         if not resume_from and output_dir.is_dir():
             resume_from = last_complete_checkpoint(output_dir, rename_incomplete=config.process_index == 0)
+    choose_precision(config)
     if resume_from:
         logger.warning(f"{stage}: resuming from {resume_from}")
     return RunStart(resume_from=resume_from)
 
 
-@atexit.register
 def leave_the_process_group() -> None:
     """Under torchrun, leave the process group before the interpreter exits: a gloo group torn down at exit can abort
     the process ("terminate called without an active exception") after the run has finished, when one process tears
@@ -119,6 +126,38 @@ def leave_the_process_group() -> None:
             except RuntimeError:  # another process is gone or stuck: leave without it
                 pass
         torch.distributed.destroy_process_group()
+
+
+def choose_precision(config: StageArguments) -> None:
+    """bf16 where it is fast (`hf_instruct.precision`), for a config that left it unset: chosen as the run starts, as a
+    CPU probes the shapes of the model the run trains (in a pipeline, written by the stages ahead of it just now). The
+    mixed precision the stock arguments derived from bf16 when the config was built follows the choice."""
+    if config.bf16_reason != CHOSEN_AT_START:
+        return
+    choice = default_bf16(probe_shapes(config))
+    config.bf16, config.bf16_reason = choice.bf16, choice.reason
+    if choice.bf16 and config.fp16:
+        raise ValueError("At most one of fp16 and bf16 can be True, but not both")  # as TrainingArguments says it
+    if choice.bf16:
+        config.mixed_precision = "bf16"
+        if config.deepspeed_plugin is not None:  # DeepSpeed took its precision from the config when it was built
+            config.deepspeed_plugin.deepspeed_config["bf16"] = {"enabled": True}
+
+
+def probe_shapes(config: TrainingArguments) -> ProbeShapes:
+    """The model and batch a stage trains, as far as its config tells before anything is loaded, for the precision
+    probe: the config.json of a local `model_name_or_path`, else a new model's `model_config` (pretrain), on rows of
+    `block_size` or `max_length` tokens. A model not on disk (a Hub id) is probed as the default model and batch, one
+    probe per process for them all."""
+    model_dir = getattr(config, "model_name_or_path", None)
+    if model_dir and (Path(model_dir) / "config.json").is_file():
+        model = json.loads((Path(model_dir) / "config.json").read_text())
+    elif not model_dir and hasattr(config, "model_config"):  # pretrain builds a new model
+        model = {**InstructGPTConfig(**(config.model_config or {})).to_dict(), "vocab_size": config.vocab_size}
+    else:
+        return ProbeShapes()
+    length = getattr(config, "block_size", None) or getattr(config, "max_length", None)
+    return ProbeShapes.of(model, config.per_device_train_batch_size, length or ProbeShapes.sequence_length)
 
 
 def check_model_sources(config: TrainingArguments) -> None:
