@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,24 +52,83 @@ from .stages.parsing import did_you_mean, parse_fields, read_config_file
 from .staleness import INPUT_FIELDS, lock_folder, recorded_run, value_changes, why_stale
 from .utils import load_reward_model, markdown_table, score_chats, table_cell
 
-# run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
-# collect_comparisons (the SFT model's answers ranked by the simulated labeler, which reward and dpo then read instead
-# of the suite's synthetic comparisons) and grpo (a baseline: GRPO against the reward model) run when the YAML
-# configures them; the base model of the comparison is the plain pretrain run.
+ALWAYS, BY_DEFAULT, WHEN_NAMED = "always", "by default", "when named"  # when a run runs (`Run.when`)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run of the pipeline: the stage it runs; `when` it runs (ALWAYS: the chain to the final model, which no
+    `false` turns off; BY_DEFAULT: unless the YAML's `stages` sets it to false; WHEN_NAMED: only when `stages` names
+    it); its `row` among the compared models (the base model first; None: not compared); what it `reads`: its
+    models and data, given where they are (`Inputs`)."""
+
+    stage: str
+    when: str
+    row: int | None
+    reads: Callable[["Inputs"], dict]
+
+
+# The pipeline, in the order its runs run. midtrain is pretraining continued with instructions mixed in;
+# collect_comparisons ranks the SFT model's answers with the simulated labeler (reward and dpo then read them instead
+# of the suite's synthetic comparisons); ppo is the final model (PPO-ptx), ppo_no_ptx, dpo and grpo its baselines.
 RUNS = {
-    "pretrain": "pretrain",
-    "midtrain": "pretrain",
-    "sft": "sft",
-    "collect_comparisons": "collect_comparisons",
-    "reward": "reward",
-    "ppo": "ppo",
-    "ppo_no_ptx": "ppo",
-    "dpo": "dpo",
-    "grpo": "grpo",
+    # the tokenizer also learns the SFT data's words; only midtrain trains on them
+    "pretrain": Run(
+        "pretrain",
+        ALWAYS,
+        row=0,
+        reads=lambda at: dict(train_files=at.suite("pretrain"), instruction_files=at.instructions),
+    ),
+    "midtrain": Run(
+        "pretrain",
+        WHEN_NAMED,
+        row=1,
+        reads=lambda at: dict(
+            model_name_or_path=at.run("pretrain"), train_files=at.corpus, instruction_files=at.instructions
+        ),
+    ),
+    "sft": Run("sft", ALWAYS, row=2, reads=lambda at: dict(model_name_or_path=at.tuned, train_files=at.suite("sft"))),
+    # its prompts carry the checks the simulated labeler ranks answers by
+    "collect_comparisons": Run(
+        "collect_comparisons",
+        WHEN_NAMED,
+        row=None,
+        reads=lambda at: dict(model_name_or_path=at.run("sft"), train_files=at.suite("comparison_prompts")),
+    ),
+    "reward": Run(
+        "reward",
+        ALWAYS,
+        row=None,
+        reads=lambda at: dict(
+            model_name_or_path=at.run("sft"), train_files=at.comparisons, demonstration_files=at.suite("sft")
+        ),
+    ),
+    "ppo": Run(
+        "ppo",
+        ALWAYS,
+        row=4,
+        reads=lambda at: dict(
+            model_name_or_path=at.run("sft"),
+            reward_model_path=at.run("reward"),
+            train_files=at.rl_prompts,
+            ptx_files=at.suite("pretrain"),
+        ),
+    ),
+    "ppo_no_ptx": Run(  # PPO without the pretraining mix
+        "ppo", BY_DEFAULT, row=3, reads=lambda at: {**RUNS["ppo"].reads(at), "ptx_coef": 0.0, "ptx_files": None}
+    ),
+    "dpo": Run(
+        "dpo", BY_DEFAULT, row=5, reads=lambda at: dict(model_name_or_path=at.run("sft"), train_files=at.comparisons)
+    ),
+    "grpo": Run(
+        "grpo",
+        WHEN_NAMED,
+        row=6,
+        reads=lambda at: dict(
+            model_name_or_path=at.run("sft"), reward_model_path=at.run("reward"), train_files=at.rl_prompts
+        ),
+    ),
 }
-OPTIONAL_RUNS = ("midtrain", "collect_comparisons", "grpo")  # run only when the pipeline YAML's `stages` names them
-REQUIRED_RUNS = ("pretrain", "sft", "reward", "ppo")  # the chain to the final model: no `false` turns them off
-COMPARED = ("pretrain", "midtrain", "sft", "ppo_no_ptx", "ppo", "dpo", "grpo")  # the models compared, base model first
 # pretrain fields that change how many tokens a baseline reads (a baseline that sets none reads the base's tokens)
 TOKEN_FIELDS = {
     "max_steps",
@@ -123,7 +183,7 @@ class PipelineConfig:
     seed: int = 42
     suite: dict = field(default_factory=dict)  # SuiteConfig fields
     # run name -> fields of its stage config; `config: <stage YAML>` starts from a stage recipe (see `stage_config`);
-    # `false` turns off a run the YAML it extends names (any run but REQUIRED_RUNS)
+    # `false` turns off a run the YAML it extends names (any run but those that run ALWAYS)
     stages: dict = field(default_factory=dict)
     # extra base models, e.g. 4x larger: run name -> pretrain fields that replace the pretrain stage's, so a baseline
     # sees the same corpus, tokenizer and tokens unless it says otherwise
@@ -138,9 +198,9 @@ class PipelineConfig:
     source: str = "the pipeline config"  # the YAML file it came from, for error messages (not a YAML key)
 
     def runs_stage(self, run: str) -> bool:
-        """Whether the pipeline runs `run`: an optional run when `stages` names it, the others unless `stages` sets
-        them to false."""
-        return self.stages.get(run) is not False and (run not in OPTIONAL_RUNS or run in self.stages)
+        """Whether the pipeline runs `run` (`Run.when`): a WHEN_NAMED run when `stages` names it, the others unless
+        `stages` sets them to false."""
+        return self.stages.get(run) is not False and (RUNS[run].when != WHEN_NAMED or run in self.stages)
 
     def suite_config(self) -> SuiteConfig:
         """The suite every run reads, seeded by the pipeline's seed."""
@@ -154,10 +214,11 @@ class PipelineConfig:
             if unknown:
                 hint = did_you_mean(unknown[0], names)
                 raise ValueError(f"{self.source}: {section}: unknown run {unknown[0]!r}{f' ({hint})' if hint else ''}")
-        if required := [name for name in REQUIRED_RUNS if self.stages.get(name) is False]:
+        required = [name for name, run in RUNS.items() if run.when == ALWAYS]
+        if off := [name for name in required if self.stages.get(name) is False]:
             raise ValueError(
-                f"{self.source}: stages: {required[0]}: false: {', '.join(REQUIRED_RUNS)} lead to the final model "
-                "and always run; `false` turns off the other runs."
+                f"{self.source}: stages: {off[0]}: false: {', '.join(required)} lead to the final model and always "
+                "run; `false` turns off the other runs."
             )
         # the evaluation's keys are evaluate_model's settings the pipeline leaves to the YAML: a typo fails now, not
         # after every stage has run
@@ -258,15 +319,17 @@ def run_pipeline(config: PipelineConfig) -> Path:
 
 def runs(config: PipelineConfig) -> dict[str, str]:
     """Run name -> stage, in running order: the pipeline's runs with the config's baselines after pretraining."""
-    chosen = {name: stage for name, stage in RUNS.items() if config.runs_stage(name)}
+    chosen = {name: run.stage for name, run in RUNS.items() if config.runs_stage(name)}
     return {"pretrain": "pretrain", **dict.fromkeys(config.baselines, "pretrain"), **chosen}
 
 
 def compared(config: PipelineConfig) -> tuple[str, ...]:
     """The rows of the comparison: each base model (the base, the baselines) asked zero-shot and then few-shot, then
-    the tuned models, SFT's best-of-n row (when the evaluation asks for one) after SFT."""
-    bases = [row for base in (COMPARED[0], *config.baselines) for row in (base, f"{base}{FEW_SHOT}")]
-    tuned = [name for name in COMPARED[1:] if name in runs(config)]
+    the tuned models in the order of their `Run.row`, SFT's best-of-n row (when the evaluation asks for one) after
+    SFT."""
+    rows = [name for name in runs(config) if name in RUNS and RUNS[name].row is not None]
+    base, *tuned = sorted(rows, key=lambda name: RUNS[name].row)
+    bases = [row for model in (base, *config.baselines) for row in (model, f"{model}{FEW_SHOT}")]
     if row := best_of_n_row(config):
         tuned.insert(tuned.index("sft") + 1, row)
     return (*bases, *tuned)
@@ -333,51 +396,61 @@ def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output
         raise FileNotFoundError(f"{where}: no such file.")
     recipe_fields = read_config_file(recipe, where) if recipe else {}
     place = dict(seed=config.seed, output_dir=str(output_dir / run), **run_inputs(run, config, data, output_dir))
-    config_class = STAGES[RUNS[template]].config_class
+    config_class = STAGES[RUNS[template].stage].config_class
     return parse_fields(config_class, {**STAGE_DEFAULTS, **recipe_fields, **place, **fields}, where)
 
 
 def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:
-    """What `run` reads: the models it starts from (earlier runs' outputs) and its data (the suite's files)."""
-    run_dir = lambda name: str(output_dir / name)  # noqa: E731
-    tuned = run_dir("midtrain" if config.runs_stage("midtrain") else "pretrain")  # where instruction tuning starts
-    corpus = (config.stages.get("pretrain") or {}).get("train_files") or [str(data["pretrain"])]
-    instructions = (config.stages.get("sft") or {}).get("train_files") or [str(data["sft"])]
-    # the comparisons reward and dpo learn from: the collected ones when collect_comparisons runs, else the suite's
-    collected = config.runs_stage("collect_comparisons")
-    comparisons = str(output_dir / "collect_comparisons" / COMPARISONS_FILE) if collected else str(data["comparisons"])
-    inputs = {  # the tokenizer also learns the SFT data's words; only midtrain trains on them
-        "pretrain": dict(train_files=[str(data["pretrain"])], instruction_files=instructions),
-        "midtrain": dict(model_name_or_path=run_dir("pretrain"), train_files=corpus, instruction_files=instructions),
-        "sft": dict(model_name_or_path=tuned, train_files=[str(data["sft"])]),
-        # its prompts: the suite's comparison prompts (they carry the checks the simulated labeler ranks by)
-        "collect_comparisons": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparison_prompts"])]),
-        "reward": dict(
-            model_name_or_path=run_dir("sft"),
-            train_files=[comparisons],
-            demonstration_files=[str(data["sft"])],
-        ),
-        "ppo": dict(
-            model_name_or_path=run_dir("sft"),
-            reward_model_path=run_dir("reward"),
-            train_files=[str(data["rl_prompts"])],  # prompts of their own, broader than the demonstrations
-            ptx_files=[str(data["pretrain"])],
-        ),
-        "ppo_no_ptx": dict(  # PPO without the pretraining mix
-            model_name_or_path=run_dir("sft"),
-            reward_model_path=run_dir("reward"),
-            train_files=[str(data["rl_prompts"])],  # prompts of their own, broader than the demonstrations
-            ptx_coef=0.0,
-            ptx_files=None,
-        ),
-        "dpo": dict(model_name_or_path=run_dir("sft"), train_files=[comparisons]),
-        "grpo": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward")),
-    }["pretrain" if run in config.baselines else run]
-    if run == "grpo":  # the prompts PPO reads, whichever they are: the two RL methods see the same prompts
-        inputs["train_files"] = run_inputs("ppo", config, data, output_dir)["train_files"]
-    if run in config.baselines:  # the base model's tokenizer, so the baseline reads the very same tokens
-        inputs["tokenizer_name_or_path"] = run_dir("pretrain")
-    return inputs
+    """What `run` reads (`Run.reads`): the models it starts from (earlier runs' outputs) and its data (the suite's
+    files). A baseline reads what pretrain reads, with the base model's tokenizer: the very same tokens."""
+    at = Inputs(config, data, output_dir)
+    if run in config.baselines:
+        return {**RUNS["pretrain"].reads(at), "tokenizer_name_or_path": at.run("pretrain")}
+    return RUNS[run].reads(at)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where a run's inputs are: the earlier runs' output folders, the suite's files, and what the pipeline YAML
+    chose among them."""
+
+    config: PipelineConfig
+    data: dict[str, Path]
+    output_dir: Path
+
+    def run(self, name: str) -> str:
+        return str(self.output_dir / name)
+
+    def suite(self, split: str) -> list[str]:
+        return [str(self.data[split])]
+
+    @property
+    def tuned(self) -> str:
+        """Where instruction tuning starts: the midtrained model when midtrain runs, else the pretrained one."""
+        return self.run("midtrain" if self.config.runs_stage("midtrain") else "pretrain")
+
+    @property
+    def corpus(self) -> list[str]:
+        """The pretraining text midtraining reads: the pretrain run's own (a setup's real data), else the suite's."""
+        return (self.config.stages.get("pretrain") or {}).get("train_files") or self.suite("pretrain")
+
+    @property
+    def instructions(self) -> list[str]:
+        """The demonstrations pretraining's tokenizer and midtraining read: the sft run's own, else the suite's."""
+        return (self.config.stages.get("sft") or {}).get("train_files") or self.suite("sft")
+
+    @property
+    def comparisons(self) -> list[str]:
+        """What reward and dpo learn from: the collected comparisons when collect_comparisons runs, else the
+        suite's synthetic ones."""
+        if self.config.runs_stage("collect_comparisons"):
+            return [str(self.output_dir / "collect_comparisons" / COMPARISONS_FILE)]
+        return self.suite("comparisons")
+
+    @property
+    def rl_prompts(self) -> list[str]:
+        """The prompts of the RL methods (PPO and GRPO see the same), broader than the demonstrations."""
+        return self.suite("rl_prompts")
 
 
 @dataclass
@@ -561,10 +634,11 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
         split: few_shot(rows, rows if split == "held_out_compositions" else solved, seed=config.seed)
         for split, rows in splits.items()
     }
+    base_models = {model_of(row) for row in compared(config) if row.endswith(FEW_SHOT)}  # the base, the baselines
     results = {}
     for name in tqdm(compared(config), desc="evaluating", unit="model"):
         model_dir = output_dir / model_of(name)
-        prompt_format = BASE_PROMPT_FORMAT if model_of(name) in (COMPARED[0], *config.baselines) else "chat"
+        prompt_format = BASE_PROMPT_FORMAT if model_of(name) in base_models else "chat"
         chosen = few_shot_splits if name.endswith(FEW_SHOT) else splits
         best_of_n = {}  # n samples per prompt, the reward model keeps the best
         if name == best_of_n_row(config):
