@@ -220,12 +220,12 @@ class PipelineConfig:
                 f"{self.source}: stages: {off[0]}: false: {', '.join(required)} lead to the final model and always "
                 "run; `false` turns off the other runs."
             )
-        # the evaluation's keys are evaluate_model's settings the pipeline leaves to the YAML: a typo fails now, not
-        # after every stage has run
-        settings = [name for name in inspect.signature(evaluate_model).parameters if name not in PIPELINE_SETS]
-        if unknown := [name for name in self.evaluation if name not in settings]:
-            hint = did_you_mean(unknown[0], settings, f"expected some of {', '.join(settings)}")
-            raise ValueError(f"{self.source}: evaluation: unknown key {unknown[0]!r} ({hint})")
+        # the suite's keys are SuiteConfig's fields, the evaluation's those of evaluate_model's settings the pipeline
+        # leaves to the YAML: a typo fails now, not when the data is built or after every stage has run
+        self.check_keys("suite", [field.name for field in dataclasses.fields(SuiteConfig)])
+        self.check_keys(
+            "evaluation", [name for name in inspect.signature(evaluate_model).parameters if name not in PIPELINE_SETS]
+        )
         best_of_n = self.evaluation.get("best_of_n")
         if best_of_n is not None and (not isinstance(best_of_n, int) or isinstance(best_of_n, bool) or best_of_n < 1):
             raise ValueError(
@@ -240,6 +240,12 @@ class PipelineConfig:
                 f"{self.source}: evaluation: best_of_n_temperature: {temperature!r} is not valid: expected a number "
                 "> 0, with best_of_n set."
             )
+
+    def check_keys(self, section: str, known: list[str]) -> None:
+        """Every key of `section` (a mapping) is one of `known`; else the first unknown one, with the closest name."""
+        if unknown := [name for name in getattr(self, section) if name not in known]:
+            hint = did_you_mean(unknown[0], known, f"expected some of {', '.join(known)}")
+            raise ValueError(f"{self.source}: {section}: unknown key {unknown[0]!r} ({hint})")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> "PipelineConfig":
@@ -285,7 +291,8 @@ def with_config_path(fields: dict | None, pipeline_file: Path) -> dict | None:
 
 
 def run_pipeline(config: PipelineConfig) -> Path:
-    """Run every stage (skipping finished ones), evaluate every model, write the report; returns its path."""
+    """Run every stage (skipping finished ones), evaluate every model, write the report, put the final model's
+    held-out accuracy into its card, push it if asked; returns the report's path."""
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output_dir {output_dir} is a file, not a folder: choose another --output_dir.")
@@ -311,6 +318,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
             )
     results = compare_models(config, data, output_dir)
     report = write_report(config, results, output_dir)
+    record_comparison(output_dir / "ppo", results)
     if config.push_to_hub:  # a repo name without a namespace goes to the token's user
         repo_id = config.hub_model_id or output_dir.name
         push_to_hub(output_dir / "ppo", repo_id, commit_message="hf-instruct pipeline: PPO-ptx")
@@ -713,7 +721,7 @@ def write_if_changed(path: Path, content: str | bytes) -> None:
 
 
 def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Path:
-    """`report.md` and `accuracy.png`; the comparison also goes into the final (PPO-ptx) model's card."""
+    """`report.md` and `accuracy.png`."""
     write_if_changed(output_dir / "accuracy.png", plot_accuracy(results))
     lines = ["# hf-instruct pipeline report", "", *results_section(results)]
     if row := best_of_n_row(config):
@@ -769,7 +777,6 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
     lines += ["", "## Run", "", *markdown_table(["", ""], run)]
     report = output_dir / "report.md"
     write_if_changed(report, "\n".join(lines) + "\n")
-    record_comparison(output_dir / "ppo", results)
     return report
 
 
@@ -871,7 +878,8 @@ def headline(name: str, results: dict, fields: dict) -> str:
 
 
 def record_comparison(final_dir: Path, results: dict) -> None:
-    """Put the held-out comparison into the final model's run record and re-render its card."""
+    """Put the final model's held-out accuracy into its run record and re-render its card: the pipeline's last step
+    before the push, so that the published card shows it."""
     run_file = final_dir / RUN_FILE
     record = json.loads(run_file.read_text())
     record["history"][-1]["metrics"].update(
