@@ -237,7 +237,7 @@ def test_a_stage_probes_its_own_model_and_batch(tmp_path):
         max_length=48, **SMOKE_TRAINING,
     )  # fmt: skip
     assert probe_shapes(tuned) == dataclasses.replace(shapes, sequence_length=48)
-    tuned.model_name_or_path = str(tmp_path / "not trained yet")  # a pipeline's later stage, or a Hub id
+    tuned.model_name_or_path = str(tmp_path / "not trained yet")  # not on disk, as a Hub id
     assert probe_shapes(tuned) == ProbeShapes()  # the default model and batch, probed once for all such stages
 
 
