@@ -39,7 +39,7 @@ from hf_instruct.evaluation.evaluator import SUITE_SPLITS
 from hf_instruct.pipeline import STAGE_DEFAULTS, PipelineConfig, data_files, prepare_data, run_inputs, stage_config
 from hf_instruct.precision import default_bf16
 from hf_instruct.stages import PretrainStageConfig, run_pretrain
-from hf_instruct.stages.common import parse_fields
+from hf_instruct.stages.parsing import parse_fields
 from hf_instruct.utils import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]

@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hf-instruct {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="<command>")
-    for name, (config_class, _) in STAGES.items():
-        commands.add_parser(name, help=(config_class.__doc__ or "").strip().splitlines()[0], add_help=False)
+    for name, stage in STAGES.items():
+        commands.add_parser(name, help=(stage.config_class.__doc__ or "").strip().splitlines()[0], add_help=False)
 
     pipeline = commands.add_parser("pipeline", help="InstructGPT end to end: every stage, baselines, a report.")
     pipeline.add_argument("--config", default=DEFAULT_PIPELINE, help=f"Pipeline YAML (default: {DEFAULT_PIPELINE}).")
@@ -208,8 +208,8 @@ def run_command(argv: list[str]) -> int:
     from .stages import STAGES, parse_config
 
     if argv and argv[0] in STAGES:
-        config_class, run = STAGES[argv[0]]
-        output_dir = run(parse_config(config_class, argv[1:], prog=f"hf-instruct {argv[0]}"))
+        stage = STAGES[argv[0]]
+        output_dir = stage.run(parse_config(stage.config_class, argv[1:], prog=f"hf-instruct {argv[0]}"))
         made = "comparisons" if argv[0] == "collect_comparisons" else "model"
         print(f"{argv[0]}: done, {made} in {output_dir}")
         return 0

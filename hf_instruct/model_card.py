@@ -41,13 +41,8 @@ STATE_FILE = "trainer_state.json"  # what `Trainer.save_state()` writes: the log
 RESULTS_FILES = ("all_results.json", "eval_results.json")  # what `Trainer.save_metrics()` writes
 # The first line of every card we render: a README.md without it (and not a Trainer draft) is the user's, and kept.
 CARD_MARKER = "<!-- hf-instruct model card"
-# What each stage's plot shows: the training loss and the quantities the stage optimises.
-PLOTTED = {
-    "ppo": ("objective/scores", "objective/kl", "loss/ptx"),
-    "grpo": ("reward", "kl"),
-    "dpo": ("loss", "rewards/margins"),
-    "reward": ("loss", "accuracy"),
-}
+# What a training plot shows unless its stage declares otherwise (`hf_instruct.stages.Stage.plotted`).
+PLOTTED_BY_DEFAULT = ("loss", "eval_loss")
 ARCHITECTURE_FIELDS = (
     "model_type",
     "hidden_size",
@@ -123,9 +118,12 @@ def write_run_record(output_dir: str | os.PathLike, history: list[dict]) -> None
     (Path(output_dir) / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def plot_training_curves(log_history: list[dict], stage: str, output_dir: str | os.PathLike) -> Path | None:
-    """`training_curves.png`: the stage's logged loss/reward/KL against steps (None when nothing was logged)."""
-    png = training_curves_png(log_history, stage)
+def plot_training_curves(
+    log_history: list[dict], stage: str, output_dir: str | os.PathLike, plotted: Sequence[str] = PLOTTED_BY_DEFAULT
+) -> Path | None:
+    """`training_curves.png`: the logged quantities `plotted` (the loss, the stage's reward or KL) against steps (None
+    when nothing was logged)."""
+    png = training_curves_png(log_history, stage, plotted)
     if png is None:
         return None
     path = Path(output_dir) / PLOT_FILE
@@ -133,11 +131,13 @@ def plot_training_curves(log_history: list[dict], stage: str, output_dir: str | 
     return path
 
 
-def training_curves_png(log_history: list[dict], stage: str) -> bytes | None:
+def training_curves_png(
+    log_history: list[dict], stage: str, plotted: Sequence[str] = PLOTTED_BY_DEFAULT
+) -> bytes | None:
     """The plot of `plot_training_curves` as PNG bytes, for a push, which must not write into the user's folder."""
     series = {
         name: [(entry["step"], entry[name]) for entry in log_history if name in entry and "step" in entry]
-        for name in PLOTTED.get(stage, ("loss", "eval_loss"))
+        for name in plotted
     }
     series = {name: points for name, points in series.items() if len(points) >= 2}  # a curve needs two points
     if not series:

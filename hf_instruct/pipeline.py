@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,28 +48,87 @@ from .model_card import RUN_FILE, hardware, read_history, render_model_card
 from .precision import ProbeResult, ProbeShapes, default_bf16, probe
 from .stages import STAGES, CollectComparisonsConfig
 from .stages.collect_comparisons import COMPARISONS_FILE, collection_problem
-from .stages.common import did_you_mean, parse_fields, read_config_file
+from .stages.parsing import did_you_mean, parse_fields, read_config_file
 from .staleness import INPUT_FIELDS, lock_folder, recorded_run, value_changes, why_stale
 from .utils import load_reward_model, markdown_table, score_chats, table_cell
 
-# run name -> stage; the order is the order they run in. midtrain (pretraining continued with instructions mixed in)
-# collect_comparisons (the SFT model's answers ranked by the simulated labeler, which reward and dpo then read instead
-# of the suite's synthetic comparisons) and grpo (a baseline: GRPO against the reward model) run when the YAML
-# configures them; the base model of the comparison is the plain pretrain run.
+ALWAYS, BY_DEFAULT, WHEN_NAMED = "always", "by default", "when named"  # when a run runs (`Run.when`)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run of the pipeline: the stage it runs; `when` it runs (ALWAYS: the chain to the final model, which no
+    `false` turns off; BY_DEFAULT: unless the YAML's `stages` sets it to false; WHEN_NAMED: only when `stages` names
+    it); its `row` among the compared models (the base model first; None: not compared); what it `reads`: its
+    models and data, given where they are (`Inputs`)."""
+
+    stage: str
+    when: str
+    row: int | None
+    reads: Callable[["Inputs"], dict]
+
+
+# The pipeline, in the order its runs run. midtrain is pretraining continued with instructions mixed in;
+# collect_comparisons ranks the SFT model's answers with the simulated labeler (reward and dpo then read them instead
+# of the suite's synthetic comparisons); ppo is the final model (PPO-ptx), ppo_no_ptx, dpo and grpo its baselines.
 RUNS = {
-    "pretrain": "pretrain",
-    "midtrain": "pretrain",
-    "sft": "sft",
-    "collect_comparisons": "collect_comparisons",
-    "reward": "reward",
-    "ppo": "ppo",
-    "ppo_no_ptx": "ppo",
-    "dpo": "dpo",
-    "grpo": "grpo",
+    # the tokenizer also learns the SFT data's words; only midtrain trains on them
+    "pretrain": Run(
+        "pretrain",
+        ALWAYS,
+        row=0,
+        reads=lambda at: dict(train_files=at.suite("pretrain"), instruction_files=at.instructions),
+    ),
+    "midtrain": Run(
+        "pretrain",
+        WHEN_NAMED,
+        row=1,
+        reads=lambda at: dict(
+            model_name_or_path=at.run("pretrain"), train_files=at.corpus, instruction_files=at.instructions
+        ),
+    ),
+    "sft": Run("sft", ALWAYS, row=2, reads=lambda at: dict(model_name_or_path=at.tuned, train_files=at.suite("sft"))),
+    # its prompts carry the checks the simulated labeler ranks answers by
+    "collect_comparisons": Run(
+        "collect_comparisons",
+        WHEN_NAMED,
+        row=None,
+        reads=lambda at: dict(model_name_or_path=at.run("sft"), train_files=at.suite("comparison_prompts")),
+    ),
+    "reward": Run(
+        "reward",
+        ALWAYS,
+        row=None,
+        reads=lambda at: dict(
+            model_name_or_path=at.run("sft"), train_files=at.comparisons, demonstration_files=at.suite("sft")
+        ),
+    ),
+    "ppo": Run(
+        "ppo",
+        ALWAYS,
+        row=4,
+        reads=lambda at: dict(
+            model_name_or_path=at.run("sft"),
+            reward_model_path=at.run("reward"),
+            train_files=at.rl_prompts,
+            ptx_files=at.suite("pretrain"),
+        ),
+    ),
+    "ppo_no_ptx": Run(  # PPO without the pretraining mix
+        "ppo", BY_DEFAULT, row=3, reads=lambda at: {**RUNS["ppo"].reads(at), "ptx_coef": 0.0, "ptx_files": None}
+    ),
+    "dpo": Run(
+        "dpo", BY_DEFAULT, row=5, reads=lambda at: dict(model_name_or_path=at.run("sft"), train_files=at.comparisons)
+    ),
+    "grpo": Run(
+        "grpo",
+        WHEN_NAMED,
+        row=6,
+        reads=lambda at: dict(
+            model_name_or_path=at.run("sft"), reward_model_path=at.run("reward"), train_files=at.rl_prompts
+        ),
+    ),
 }
-OPTIONAL_RUNS = ("midtrain", "collect_comparisons", "grpo")  # run only when the pipeline YAML's `stages` names them
-REQUIRED_RUNS = ("pretrain", "sft", "reward", "ppo")  # the chain to the final model: no `false` turns them off
-COMPARED = ("pretrain", "midtrain", "sft", "ppo_no_ptx", "ppo", "dpo", "grpo")  # the models compared, base model first
 # pretrain fields that change how many tokens a baseline reads (a baseline that sets none reads the base's tokens)
 TOKEN_FIELDS = {
     "max_steps",
@@ -123,7 +183,7 @@ class PipelineConfig:
     seed: int = 42
     suite: dict = field(default_factory=dict)  # SuiteConfig fields
     # run name -> fields of its stage config; `config: <stage YAML>` starts from a stage recipe (see `stage_config`);
-    # `false` turns off a run the YAML it extends names (any run but REQUIRED_RUNS)
+    # `false` turns off a run the YAML it extends names (any run but those that run ALWAYS)
     stages: dict = field(default_factory=dict)
     # extra base models, e.g. 4x larger: run name -> pretrain fields that replace the pretrain stage's, so a baseline
     # sees the same corpus, tokenizer and tokens unless it says otherwise
@@ -138,9 +198,9 @@ class PipelineConfig:
     source: str = "the pipeline config"  # the YAML file it came from, for error messages (not a YAML key)
 
     def runs_stage(self, run: str) -> bool:
-        """Whether the pipeline runs `run`: an optional run when `stages` names it, the others unless `stages` sets
-        them to false."""
-        return self.stages.get(run) is not False and (run not in OPTIONAL_RUNS or run in self.stages)
+        """Whether the pipeline runs `run` (`Run.when`): a WHEN_NAMED run when `stages` names it, the others unless
+        `stages` sets them to false."""
+        return self.stages.get(run) is not False and (RUNS[run].when != WHEN_NAMED or run in self.stages)
 
     def suite_config(self) -> SuiteConfig:
         """The suite every run reads, seeded by the pipeline's seed."""
@@ -154,17 +214,18 @@ class PipelineConfig:
             if unknown:
                 hint = did_you_mean(unknown[0], names)
                 raise ValueError(f"{self.source}: {section}: unknown run {unknown[0]!r}{f' ({hint})' if hint else ''}")
-        if required := [name for name in REQUIRED_RUNS if self.stages.get(name) is False]:
+        required = [name for name, run in RUNS.items() if run.when == ALWAYS]
+        if off := [name for name in required if self.stages.get(name) is False]:
             raise ValueError(
-                f"{self.source}: stages: {required[0]}: false: {', '.join(REQUIRED_RUNS)} lead to the final model "
-                "and always run; `false` turns off the other runs."
+                f"{self.source}: stages: {off[0]}: false: {', '.join(required)} lead to the final model and always "
+                "run; `false` turns off the other runs."
             )
-        # the evaluation's keys are evaluate_model's settings the pipeline leaves to the YAML: a typo fails now, not
-        # after every stage has run
-        settings = [name for name in inspect.signature(evaluate_model).parameters if name not in PIPELINE_SETS]
-        if unknown := [name for name in self.evaluation if name not in settings]:
-            hint = did_you_mean(unknown[0], settings, f"expected some of {', '.join(settings)}")
-            raise ValueError(f"{self.source}: evaluation: unknown key {unknown[0]!r} ({hint})")
+        # the suite's keys are SuiteConfig's fields, the evaluation's those of evaluate_model's settings the pipeline
+        # leaves to the YAML: a typo fails now, not when the data is built or after every stage has run
+        self.check_keys("suite", [field.name for field in dataclasses.fields(SuiteConfig)])
+        self.check_keys(
+            "evaluation", [name for name in inspect.signature(evaluate_model).parameters if name not in PIPELINE_SETS]
+        )
         best_of_n = self.evaluation.get("best_of_n")
         if best_of_n is not None and (not isinstance(best_of_n, int) or isinstance(best_of_n, bool) or best_of_n < 1):
             raise ValueError(
@@ -179,6 +240,12 @@ class PipelineConfig:
                 f"{self.source}: evaluation: best_of_n_temperature: {temperature!r} is not valid: expected a number "
                 "> 0, with best_of_n set."
             )
+
+    def check_keys(self, section: str, known: list[str]) -> None:
+        """Every key of `section` (a mapping) is one of `known`; else the first unknown one, with the closest name."""
+        if unknown := [name for name in getattr(self, section) if name not in known]:
+            hint = did_you_mean(unknown[0], known, f"expected some of {', '.join(known)}")
+            raise ValueError(f"{self.source}: {section}: unknown key {unknown[0]!r} ({hint})")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> "PipelineConfig":
@@ -224,7 +291,8 @@ def with_config_path(fields: dict | None, pipeline_file: Path) -> dict | None:
 
 
 def run_pipeline(config: PipelineConfig) -> Path:
-    """Run every stage (skipping finished ones), evaluate every model, write the report; returns its path."""
+    """Run every stage (skipping finished ones), evaluate every model, write the report, put the final model's
+    held-out accuracy into its card, push it if asked; returns the report's path."""
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output_dir {output_dir} is a file, not a folder: choose another --output_dir.")
@@ -239,8 +307,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     for index, (name, stage) in enumerate(tqdm(runs(config).items(), desc="pipeline", unit="stage")):
         tqdm.write(f"pipeline: {name} ({stage})")
         start = time.perf_counter()
-        # built again now that the runs before it have written their models: its precision is probed at their shapes
-        ran = run_stage(name, stage, stage_config(name, config, data, output_dir))
+        ran = run_stage(name, stage, configs[name])
         if ran and (estimate := scale * (config.estimates.get(name) or 0)):
             seconds = time.perf_counter() - start
             estimated, took = estimated + estimate, took + seconds
@@ -251,6 +318,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
             )
     results = compare_models(config, data, output_dir)
     report = write_report(config, results, output_dir)
+    record_comparison(output_dir / "ppo", results)
     if config.push_to_hub:  # a repo name without a namespace goes to the token's user
         repo_id = config.hub_model_id or output_dir.name
         push_to_hub(output_dir / "ppo", repo_id, commit_message="hf-instruct pipeline: PPO-ptx")
@@ -259,15 +327,17 @@ def run_pipeline(config: PipelineConfig) -> Path:
 
 def runs(config: PipelineConfig) -> dict[str, str]:
     """Run name -> stage, in running order: the pipeline's runs with the config's baselines after pretraining."""
-    chosen = {name: stage for name, stage in RUNS.items() if config.runs_stage(name)}
+    chosen = {name: run.stage for name, run in RUNS.items() if config.runs_stage(name)}
     return {"pretrain": "pretrain", **dict.fromkeys(config.baselines, "pretrain"), **chosen}
 
 
 def compared(config: PipelineConfig) -> tuple[str, ...]:
     """The rows of the comparison: each base model (the base, the baselines) asked zero-shot and then few-shot, then
-    the tuned models, SFT's best-of-n row (when the evaluation asks for one) after SFT."""
-    bases = [row for base in (COMPARED[0], *config.baselines) for row in (base, f"{base}{FEW_SHOT}")]
-    tuned = [name for name in COMPARED[1:] if name in runs(config)]
+    the tuned models in the order of their `Run.row`, SFT's best-of-n row (when the evaluation asks for one) after
+    SFT."""
+    rows = [name for name in runs(config) if name in RUNS and RUNS[name].row is not None]
+    base, *tuned = sorted(rows, key=lambda name: RUNS[name].row)
+    bases = [row for model in (base, *config.baselines) for row in (model, f"{model}{FEW_SHOT}")]
     if row := best_of_n_row(config):
         tuned.insert(tuned.index("sft") + 1, row)
     return (*bases, *tuned)
@@ -334,51 +404,61 @@ def stage_config(run: str, config: PipelineConfig, data: dict[str, Path], output
         raise FileNotFoundError(f"{where}: no such file.")
     recipe_fields = read_config_file(recipe, where) if recipe else {}
     place = dict(seed=config.seed, output_dir=str(output_dir / run), **run_inputs(run, config, data, output_dir))
-    config_class, _ = STAGES[RUNS[template]]
+    config_class = STAGES[RUNS[template].stage].config_class
     return parse_fields(config_class, {**STAGE_DEFAULTS, **recipe_fields, **place, **fields}, where)
 
 
 def run_inputs(run: str, config: PipelineConfig, data: dict[str, Path], output_dir: Path) -> dict:
-    """What `run` reads: the models it starts from (earlier runs' outputs) and its data (the suite's files)."""
-    run_dir = lambda name: str(output_dir / name)  # noqa: E731
-    tuned = run_dir("midtrain" if config.runs_stage("midtrain") else "pretrain")  # where instruction tuning starts
-    corpus = (config.stages.get("pretrain") or {}).get("train_files") or [str(data["pretrain"])]
-    instructions = (config.stages.get("sft") or {}).get("train_files") or [str(data["sft"])]
-    # the comparisons reward and dpo learn from: the collected ones when collect_comparisons runs, else the suite's
-    collected = config.runs_stage("collect_comparisons")
-    comparisons = str(output_dir / "collect_comparisons" / COMPARISONS_FILE) if collected else str(data["comparisons"])
-    inputs = {  # the tokenizer also learns the SFT data's words; only midtrain trains on them
-        "pretrain": dict(train_files=[str(data["pretrain"])], instruction_files=instructions),
-        "midtrain": dict(model_name_or_path=run_dir("pretrain"), train_files=corpus, instruction_files=instructions),
-        "sft": dict(model_name_or_path=tuned, train_files=[str(data["sft"])]),
-        # its prompts: the suite's comparison prompts (they carry the checks the simulated labeler ranks by)
-        "collect_comparisons": dict(model_name_or_path=run_dir("sft"), train_files=[str(data["comparison_prompts"])]),
-        "reward": dict(
-            model_name_or_path=run_dir("sft"),
-            train_files=[comparisons],
-            demonstration_files=[str(data["sft"])],
-        ),
-        "ppo": dict(
-            model_name_or_path=run_dir("sft"),
-            reward_model_path=run_dir("reward"),
-            train_files=[str(data["rl_prompts"])],  # prompts of their own, broader than the demonstrations
-            ptx_files=[str(data["pretrain"])],
-        ),
-        "ppo_no_ptx": dict(  # PPO without the pretraining mix
-            model_name_or_path=run_dir("sft"),
-            reward_model_path=run_dir("reward"),
-            train_files=[str(data["rl_prompts"])],  # prompts of their own, broader than the demonstrations
-            ptx_coef=0.0,
-            ptx_files=None,
-        ),
-        "dpo": dict(model_name_or_path=run_dir("sft"), train_files=[comparisons]),
-        "grpo": dict(model_name_or_path=run_dir("sft"), reward_model_path=run_dir("reward")),
-    }["pretrain" if run in config.baselines else run]
-    if run == "grpo":  # the prompts PPO reads, whichever they are: the two RL methods see the same prompts
-        inputs["train_files"] = run_inputs("ppo", config, data, output_dir)["train_files"]
-    if run in config.baselines:  # the base model's tokenizer, so the baseline reads the very same tokens
-        inputs["tokenizer_name_or_path"] = run_dir("pretrain")
-    return inputs
+    """What `run` reads (`Run.reads`): the models it starts from (earlier runs' outputs) and its data (the suite's
+    files). A baseline reads what pretrain reads, with the base model's tokenizer: the very same tokens."""
+    at = Inputs(config, data, output_dir)
+    if run in config.baselines:
+        return {**RUNS["pretrain"].reads(at), "tokenizer_name_or_path": at.run("pretrain")}
+    return RUNS[run].reads(at)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where a run's inputs are: the earlier runs' output folders, the suite's files, and what the pipeline YAML
+    chose among them."""
+
+    config: PipelineConfig
+    data: dict[str, Path]
+    output_dir: Path
+
+    def run(self, name: str) -> str:
+        return str(self.output_dir / name)
+
+    def suite(self, split: str) -> list[str]:
+        return [str(self.data[split])]
+
+    @property
+    def tuned(self) -> str:
+        """Where instruction tuning starts: the midtrained model when midtrain runs, else the pretrained one."""
+        return self.run("midtrain" if self.config.runs_stage("midtrain") else "pretrain")
+
+    @property
+    def corpus(self) -> list[str]:
+        """The pretraining text midtraining reads: the pretrain run's own (a setup's real data), else the suite's."""
+        return (self.config.stages.get("pretrain") or {}).get("train_files") or self.suite("pretrain")
+
+    @property
+    def instructions(self) -> list[str]:
+        """The demonstrations pretraining's tokenizer and midtraining read: the sft run's own, else the suite's."""
+        return (self.config.stages.get("sft") or {}).get("train_files") or self.suite("sft")
+
+    @property
+    def comparisons(self) -> list[str]:
+        """What reward and dpo learn from: the collected comparisons when collect_comparisons runs, else the
+        suite's synthetic ones."""
+        if self.config.runs_stage("collect_comparisons"):
+            return [str(self.output_dir / "collect_comparisons" / COMPARISONS_FILE)]
+        return self.suite("comparisons")
+
+    @property
+    def rl_prompts(self) -> list[str]:
+        """The prompts of the RL methods (PPO and GRPO see the same), broader than the demonstrations."""
+        return self.suite("rl_prompts")
 
 
 @dataclass
@@ -530,8 +610,7 @@ def run_stage(name: str, stage: str, stage_config) -> bool:
         previous.parent.mkdir(exist_ok=True)
         run_dir.rename(previous)
         tqdm.write(f"pipeline: {name}: {plan.reason}; running it again from the start (the old run is in {previous})")
-    _, run = STAGES[stage]
-    run(stage_config)
+    STAGES[stage].run(stage_config)
     return True
 
 
@@ -563,10 +642,11 @@ def compare_models(config: PipelineConfig, data: dict[str, Path], output_dir: Pa
         split: few_shot(rows, rows if split == "held_out_compositions" else solved, seed=config.seed)
         for split, rows in splits.items()
     }
+    base_models = {model_of(row) for row in compared(config) if row.endswith(FEW_SHOT)}  # the base, the baselines
     results = {}
     for name in tqdm(compared(config), desc="evaluating", unit="model"):
         model_dir = output_dir / model_of(name)
-        prompt_format = BASE_PROMPT_FORMAT if model_of(name) in (COMPARED[0], *config.baselines) else "chat"
+        prompt_format = BASE_PROMPT_FORMAT if model_of(name) in base_models else "chat"
         chosen = few_shot_splits if name.endswith(FEW_SHOT) else splits
         best_of_n = {}  # n samples per prompt, the reward model keeps the best
         if name == best_of_n_row(config):
@@ -641,7 +721,7 @@ def write_if_changed(path: Path, content: str | bytes) -> None:
 
 
 def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Path:
-    """`report.md` and `accuracy.png`; the comparison also goes into the final (PPO-ptx) model's card."""
+    """`report.md` and `accuracy.png`."""
     write_if_changed(output_dir / "accuracy.png", plot_accuracy(results))
     lines = ["# hf-instruct pipeline report", "", *results_section(results)]
     if row := best_of_n_row(config):
@@ -697,7 +777,6 @@ def write_report(config: PipelineConfig, results: dict, output_dir: Path) -> Pat
     lines += ["", "## Run", "", *markdown_table(["", ""], run)]
     report = output_dir / "report.md"
     write_if_changed(report, "\n".join(lines) + "\n")
-    record_comparison(output_dir / "ppo", results)
     return report
 
 
@@ -799,7 +878,8 @@ def headline(name: str, results: dict, fields: dict) -> str:
 
 
 def record_comparison(final_dir: Path, results: dict) -> None:
-    """Put the held-out comparison into the final model's run record and re-render its card."""
+    """Put the final model's held-out accuracy into its run record and re-render its card: the pipeline's last step
+    before the push, so that the published card shows it."""
     run_file = final_dir / RUN_FILE
     record = json.loads(run_file.read_text())
     record["history"][-1]["metrics"].update(

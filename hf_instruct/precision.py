@@ -35,6 +35,7 @@ GIVE_UP = 10  # a bf16 warm-up pass this many times slower than an fp32 pass end
 FORCE_VARIABLE = "HF_INSTRUCT_BF16"
 FORCE_VALUES = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}
 SET_IN_CONFIG = "set in the config"  # the reason of a bf16 the config chose (not the machine)
+CHOSEN_AT_START = "chosen when the run starts"  # the reason of a bf16 left to the machine, until the run starts
 
 
 @dataclass(frozen=True)

@@ -142,8 +142,8 @@ class WeightsDigest(TrainerCallback):
         with open(os.path.join(args.output_dir, f"rank{args.process_index}.sha256"), "w") as f:
             f.write(f"{digest.hexdigest()} {args.world_size}")
 
-config_class, run = STAGES[sys.argv[1]]
-run(parse_config(config_class, sys.argv[2:]), callbacks=[WeightsDigest()])
+stage = STAGES[sys.argv[1]]
+stage.run(parse_config(stage.config_class, sys.argv[2:]), callbacks=[WeightsDigest()])
 """
 
 
@@ -179,8 +179,8 @@ class ZeroStage(TrainerCallback):
         with open(os.path.join(args.output_dir, f"rank{args.process_index}.json"), "w") as f:
             json.dump([args.deepspeed_plugin.zero_stage, args.world_size], f)
 
-config_class, run = STAGES[sys.argv[1]]
-run(parse_config(config_class, sys.argv[2:]), callbacks=[ZeroStage()])
+stage = STAGES[sys.argv[1]]
+stage.run(parse_config(stage.config_class, sys.argv[2:]), callbacks=[ZeroStage()])
 """
 
 

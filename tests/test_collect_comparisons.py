@@ -32,7 +32,7 @@ from hf_instruct.stages import (
     run_reward,
 )
 from hf_instruct.stages.collect_comparisons import COMPARISONS_FILE, STATE_FILE
-from hf_instruct.stages.common import load_held_out
+from hf_instruct.stages.loading import load_held_out
 from hf_instruct.trainers import GroupedBatchSampler, GroupedRewardTrainer
 
 NUMBER = {"kind": "number", "answer": 17}

@@ -10,7 +10,7 @@ from conftest import REPO
 from hf_instruct import serving
 from hf_instruct.cli import build_parser
 from hf_instruct.stages import STAGES
-from hf_instruct.stages.common import StageParser
+from hf_instruct.stages.parsing import StageParser
 
 PAGES = [
     REPO / "README.md",
@@ -37,7 +37,8 @@ def shown_commands(page: Path) -> list[str]:
 def accepted_flags(command: str) -> set[str]:
     """The flags the parser of an `hf-instruct <command>` (or of a recipe script, i.e. its stage) accepts."""
     if command in STAGES:
-        return set(StageParser([STAGES[command][0]])._option_string_actions) | {"--config"}  # TrlParser reads it
+        parser = StageParser([STAGES[command].config_class])
+        return set(parser._option_string_actions) | {"--config"}  # TrlParser reads it
     if command == "serve":
         return set(serving.build_parser()._option_string_actions)
     subcommands = build_parser()._subparsers._group_actions[0].choices

@@ -28,7 +28,7 @@ from hf_instruct.precision import (
     training_pass,
 )
 from hf_instruct.stages import PretrainStageConfig, SFTStageConfig, run_pretrain
-from hf_instruct.stages.common import probe_shapes
+from hf_instruct.stages.lifecycle import probe_shapes
 
 DOCS = ["alpha beta gamma delta", "the lazy dog sleeps", "a model learns what the labels say", "one two three"]
 CONVERSATIONS = [
@@ -237,7 +237,7 @@ def test_a_stage_probes_its_own_model_and_batch(tmp_path):
         max_length=48, **SMOKE_TRAINING,
     )  # fmt: skip
     assert probe_shapes(tuned) == dataclasses.replace(shapes, sequence_length=48)
-    tuned.model_name_or_path = str(tmp_path / "not trained yet")  # a pipeline's later stage, or a Hub id
+    tuned.model_name_or_path = str(tmp_path / "not trained yet")  # not on disk, as a Hub id
     assert probe_shapes(tuned) == ProbeShapes()  # the default model and batch, probed once for all such stages
 
 

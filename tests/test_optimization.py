@@ -284,9 +284,8 @@ def test_every_stage_trains_with_optim_muon(tmp_path, tiny_model_dir, instructio
     pairs = tmp_path / "pairs.jsonl"
     row = {"prompt": "Tell me about the sea.", "chosen": "Thank you, gladly.", "rejected": "Go away."}
     pairs.write_text((json.dumps(row) + "\n") * 16)
-    config_class, run = STAGES[stage]
     settings = dict(SMOKE_TRAINING, max_steps=2, max_length=64, eval_examples=0, muon_learning_rate=0.01)
-    config = config_class(
+    config = STAGES[stage].config_class(
         **{k: v for k, v in settings.items() if k != "use_cpu"},
         model_name_or_path=str(tiny_model_dir),
         train_files=[str(instructions if stage == "sft" else pairs)],
@@ -294,7 +293,7 @@ def test_every_stage_trains_with_optim_muon(tmp_path, tiny_model_dir, instructio
         optim="muon",
     )
     recorder = RecordOptimizer()
-    run(config, callbacks=[recorder])
+    STAGES[stage].run(config, callbacks=[recorder])
     assert isinstance(recorder.optimizer, MuonWithAdamW)
     groups = groups_by_name(recorder.optimizer, recorder.model)
     assert groups[-1][0] and groups[-1][3] == HIDDEN

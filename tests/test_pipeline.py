@@ -106,6 +106,23 @@ def test_grpo_runs_when_configured_from_sft_against_the_reward_model_on_ppos_pro
         PipelineConfig(evaluation={"seed": 4})  # the pipeline's own seed
 
 
+def test_a_mistyped_suite_key_fails_before_anything_runs_with_the_closest_name(tmp_path, capsys):
+    """Not a TypeError from SuiteConfig when the data is built: one line naming the file, the section and the key."""
+    with pytest.raises(ValueError, match=r"suite: unknown key 'num_entitis' \(did you mean 'num_entities'\?\)"):
+        PipelineConfig(suite={"num_entitis": 30})
+    with pytest.raises(ValueError, match=r"suite: unknown key 'colour' \(expected some of seed, num_entities, "):
+        PipelineConfig(suite={"colour": "blue"})
+    assert PipelineConfig(suite={"seed": 7, "num_entities": 30}).suite_config().num_entities == 30
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"extends: {REPO / 'recipes/smoke/pipeline.yaml'}\nsuite: {{corpus_mbs: 0.1}}\n")
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--config", str(path), "--output_dir", str(tmp_path / "run")])
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"hf-instruct pipeline: {path}: suite: unknown key 'corpus_mbs' (did you mean 'corpus_mb'?)"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_headline_baseline_has_4x_the_parameters_and_as_many_tokens_on_raw_text(tmp_path):
     config = PipelineConfig.from_yaml(REPO / "recipes/tiny/headline.yaml", output_dir=str(tmp_path))
     default = PipelineConfig.from_yaml(REPO / "recipes/default/pipeline.yaml", output_dir=str(tmp_path))

@@ -58,8 +58,8 @@ from hf_instruct.stages import (
     run_reward,
     run_sft,
 )
-from hf_instruct.stages import common as common_stage
 from hf_instruct.stages import dpo as dpo_stage
+from hf_instruct.stages import loading as loading_stage
 from hf_instruct.stages.reward import mean_reward
 
 RECIPE_CONFIGS = sorted(REPO.glob("recipes/*/*/config.yaml"))
@@ -98,7 +98,7 @@ def test_there_are_recipes_for_every_setup_and_stage():
 
 @pytest.mark.parametrize("path", RECIPE_CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
 def test_every_recipe_parses_into_its_config_class(path, tmp_path):
-    config_class, _ = STAGES[path.parent.name]
+    config_class = STAGES[path.parent.name].config_class
     config = parse_config(config_class, ["--config", str(path), "--output_dir", str(tmp_path)])
     assert isinstance(config, config_class)
     for key, value in yaml.safe_load(path.read_text()).items():
@@ -374,9 +374,8 @@ def test_stages_from_a_lora_sft_adapter_train_the_merged_sft_model(tmp_path, cha
         max_length=64,
         learning_rate=1e-2,
     )
-    config_class, run = STAGES[stage]
     data = root / ("instructions.jsonl" if stage == "sft" else "pairs.jsonl")
-    output_dir = Path(run(config_class(train_files=[str(data)], **common)))
+    output_dir = Path(STAGES[stage].run(STAGES[stage].config_class(train_files=[str(data)], **common)))
     assert not (output_dir / "adapter_config.json").exists()
     sft = AutoPeftModelForCausalLM.from_pretrained(chain["lora"]).merge_and_unload().state_dict()
     trained = load_file(output_dir / "model.safetensors")
@@ -392,11 +391,10 @@ def test_stages_from_a_lora_sft_adapter_train_the_merged_sft_model(tmp_path, cha
 @pytest.mark.parametrize("stage", ["dpo", "ppo"])
 def test_a_lora_adapter_is_refused_under_deepspeed_zero3(tmp_path, chain, stage, monkeypatch):
     """ZeRO-3 shards the base weights as they load, so the adapter cannot be merged: one clear error, nothing run."""
-    monkeypatch.setattr(common_stage, "is_deepspeed_zero3_enabled", lambda: True)
-    config_class, run = STAGES[stage]
+    monkeypatch.setattr(loading_stage, "is_deepspeed_zero3_enabled", lambda: True)
     data = chain["sft"].parent / ("pairs.jsonl" if stage == "dpo" else "instructions.jsonl")
     extra = {"reward_model_path": str(chain["reward"]), "use_peft": True} if stage == "ppo" else {}
-    config = config_class(
+    config = STAGES[stage].config_class(
         model_name_or_path=str(chain["lora"]),
         train_files=[str(data)],
         eval_examples=0,
@@ -405,7 +403,7 @@ def test_a_lora_adapter_is_refused_under_deepspeed_zero3(tmp_path, chain, stage,
         **{**SMOKE_TRAINING, "max_steps": 1},
     )
     with pytest.raises(ValueError, match="is a LoRA adapter, which cannot be merged here under DeepSpeed ZeRO-3"):
-        run(config)
+        STAGES[stage].run(config)
     assert not (tmp_path / stage / "model.safetensors").exists()
 
 

@@ -1,5 +1,6 @@
 """Never lose a finished model, never train the wrong thing silently, and every stage error is one clear line."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -521,7 +522,7 @@ def test_ctrl_c_and_a_full_disk_are_one_line_and_the_run_resumes(
 ):
     fail, code, message = FAILURES[failure]
     failing = lambda config: run_pretrain(config, callbacks=[FailAtStep(3, fail)])  # noqa: E731
-    monkeypatch.setitem(STAGES, "pretrain", (PretrainStageConfig, failing))
+    monkeypatch.setitem(STAGES, "pretrain", dataclasses.replace(STAGES["pretrain"], run=failing))
     output_dir = tmp_path / "out"
     args = ["pretrain", "--config", str(recipe), *flags(output_dir=output_dir, max_steps=4, save_steps=2)]
     with pytest.raises(SystemExit) as exit_code:

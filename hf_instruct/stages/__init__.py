@@ -1,23 +1,17 @@
-"""The training stages. Each is one `run_<stage>(config) -> output_dir` used by recipes, the CLI and the pipeline."""
+"""The training stages. Each is one `run_<stage>(config) -> output_dir` used by recipes, the CLI and the pipeline, and
+one `Stage` declaration at the end of its file; `STAGES` lists them (a new stage is its file and one entry here)."""
 
-from .collect_comparisons import CollectComparisonsConfig, run_collect_comparisons
-from .common import parse_config
-from .dpo import DPOStageConfig, run_dpo
-from .grpo import GRPOStageConfig, run_grpo
-from .ppo import PPOStageConfig, run_ppo
-from .pretrain import PretrainStageConfig, run_pretrain
-from .reward import RewardStageConfig, run_reward
-from .sft import SFTStageConfig, run_sft
+from .collect_comparisons import COLLECT_COMPARISONS, CollectComparisonsConfig, run_collect_comparisons
+from .dpo import DPO, DPOStageConfig, run_dpo
+from .grpo import GRPO, GRPOStageConfig, run_grpo
+from .parsing import parse_config
+from .ppo import PPO, PPOStageConfig, run_ppo
+from .pretrain import PRETRAIN, PretrainStageConfig, run_pretrain
+from .reward import REWARD, RewardStageConfig, run_reward
+from .sft import SFT, SFTStageConfig, run_sft
+from .stage import Stage
 
-STAGES = {
-    "pretrain": (PretrainStageConfig, run_pretrain),
-    "sft": (SFTStageConfig, run_sft),
-    "collect_comparisons": (CollectComparisonsConfig, run_collect_comparisons),
-    "reward": (RewardStageConfig, run_reward),
-    "ppo": (PPOStageConfig, run_ppo),
-    "dpo": (DPOStageConfig, run_dpo),
-    "grpo": (GRPOStageConfig, run_grpo),
-}
+STAGES = {stage.name: stage for stage in (PRETRAIN, SFT, COLLECT_COMPARISONS, REWARD, PPO, DPO, GRPO)}
 
 __all__ = [
     "STAGES",
@@ -28,6 +22,7 @@ __all__ = [
     "PretrainStageConfig",
     "RewardStageConfig",
     "SFTStageConfig",
+    "Stage",
     "parse_config",
     "run_collect_comparisons",
     "run_dpo",

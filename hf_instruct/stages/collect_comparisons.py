@@ -34,7 +34,9 @@ from ..data.suite.verifiers import CHECKS, verify
 from ..evaluation.generation import generate_answers, load_chat_model
 from ..model_card import RESULTS_FILES, RUN_FILE, read_history, stage_record, write_run_record
 from ..staleness import input_fingerprints, run_settings
-from .common import StageArguments, leave_finished_run, start_run
+from .arguments import StageArguments
+from .lifecycle import leave_finished_run, start_run
+from .stage import Stage
 
 STAGE = "collect_comparisons"
 COMPARISONS_FILE = "comparisons.jsonl"
@@ -251,7 +253,6 @@ def run_collect_comparisons(config: CollectComparisonsConfig, labeler: Labeler =
     # ---- the counts, the run record
     metrics = collection_metrics(state)
     (output_dir / RESULTS_FILES[0]).write_text(json.dumps(metrics, indent=2) + "\n")
-    settings = ("num_samples", "temperature", "max_new_tokens", "max_prompts", "labeler_disagreement", "seed")
     record = stage_record(
         stage=STAGE,
         model=model,
@@ -260,10 +261,10 @@ def run_collect_comparisons(config: CollectComparisonsConfig, labeler: Labeler =
         steps=state["prompts_done"],
         wall_time_s=time.time() - started,
         hyperparameters={
-            **{name: getattr(config, name) for name in settings},
+            **{name: getattr(config, name) for name in COLLECT_COMPARISONS.card_hyperparameters},
             "labeler": f"{labeler.__module__}.{labeler.__qualname__}",
         },
-        metrics=metrics,
+        metrics={name: metrics[name] for name in COLLECT_COMPARISONS.card_metrics},
     )
     record.update(settings=run_settings(config), inputs=input_fingerprints(config))
     write_run_record(output_dir, [record])
@@ -282,3 +283,29 @@ def collection_metrics(state: dict) -> dict:
         "answers_empty": state["empty_answers"] / max(state["answers"], 1),
         "flipped": state["flipped"] / max(state["comparisons"], 1),
     }
+
+
+# It writes data, not a model: no model card and no training curves; its run record holds these counts and settings
+COLLECT_COMPARISONS = Stage(
+    name=STAGE,
+    config_class=CollectComparisonsConfig,
+    run=run_collect_comparisons,
+    card_metrics=(
+        "prompts",
+        "comparisons",
+        "comparisons_per_prompt",
+        "distinct_answers_per_prompt",
+        "answers_passing",
+        "answers_empty",
+        "flipped",
+    ),
+    card_hyperparameters=(
+        "num_samples",
+        "temperature",
+        "max_new_tokens",
+        "max_prompts",
+        "labeler_disagreement",
+        "seed",
+    ),
+    plotted=(),
+)

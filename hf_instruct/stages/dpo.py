@@ -13,17 +13,10 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from ..data import load_preference_dataset
-from .common import (
-    TuningArguments,
-    count_kept,
-    is_adapter,
-    leave_finished_run,
-    load_held_out,
-    load_tokenizer,
-    load_trainable,
-    start_run,
-    train_and_save,
-)
+from .arguments import TuningArguments
+from .lifecycle import leave_finished_run, start_run, train_and_save
+from .loading import count_kept, is_adapter, load_held_out, load_tokenizer, load_trainable
+from .stage import TRAINING_HYPERPARAMETERS, Stage
 
 
 @dataclass
@@ -61,4 +54,14 @@ def run_dpo(config: DPOStageConfig, callbacks: list[TrainerCallback] | None = No
     count_kept(trainer, train_pairs, "dpo", "comparisons", why)
 
     # ---- train, evaluate, save, card
-    return train_and_save(trainer, config, "dpo", tokenizer, start.resume_from)
+    return train_and_save(trainer, config, DPO, tokenizer, start.resume_from)
+
+
+DPO = Stage(
+    name="dpo",
+    config_class=DPOStageConfig,
+    run=run_dpo,
+    card_metrics=("train_loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins"),
+    card_hyperparameters=(*TRAINING_HYPERPARAMETERS, "max_length", "beta"),
+    plotted=("loss", "rewards/margins"),
+)

@@ -13,18 +13,10 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from ..data import load_prompt_dataset
-from .common import (
-    LoraArguments,
-    RewardModelArguments,
-    TuningArguments,
-    is_adapter,
-    leave_finished_run,
-    load_held_out,
-    load_tokenizer,
-    load_trainable,
-    start_run,
-    train_and_save,
-)
+from .arguments import LoraArguments, RewardModelArguments, TuningArguments
+from .lifecycle import leave_finished_run, start_run, train_and_save
+from .loading import is_adapter, load_held_out, load_tokenizer, load_trainable
+from .stage import TRAINING_HYPERPARAMETERS, Stage
 
 
 @dataclass
@@ -63,4 +55,14 @@ def run_grpo(config: GRPOStageConfig, callbacks: list[TrainerCallback] | None = 
     )
 
     # ---- train, evaluate, save, card
-    return train_and_save(trainer, config, "grpo", tokenizer, start.resume_from)
+    return train_and_save(trainer, config, GRPO, tokenizer, start.resume_from)
+
+
+GRPO = Stage(
+    name="grpo",
+    config_class=GRPOStageConfig,
+    run=run_grpo,
+    card_metrics=("train_loss", "eval_loss", "eval_reward", "eval_kl"),
+    card_hyperparameters=(*TRAINING_HYPERPARAMETERS, "use_peft", "reward_model_path", "num_generations", "beta"),
+    plotted=("reward", "kl"),
+)

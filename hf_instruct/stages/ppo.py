@@ -20,19 +20,10 @@ from transformers import (
 from ..data import load_prompt_dataset, load_text_dataset, pack_texts
 from ..data.text import NotEnoughTextError
 from ..trainers import PPOConfig, PPOTrainer, RemoteRewardModel
-from .common import (
-    LoraArguments,
-    RewardModelArguments,
-    TuningArguments,
-    check_adapter_can_merge,
-    is_adapter,
-    leave_finished_run,
-    load_held_out,
-    load_tokenizer,
-    load_trainable,
-    start_run,
-    train_and_save,
-)
+from .arguments import LoraArguments, RewardModelArguments, TuningArguments
+from .lifecycle import leave_finished_run, start_run, train_and_save
+from .loading import check_adapter_can_merge, is_adapter, load_held_out, load_tokenizer, load_trainable
+from .stage import TRAINING_HYPERPARAMETERS, Stage
 
 
 @dataclass
@@ -122,7 +113,7 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
 
     # ---- train, evaluate, save, card
     before = {"eval_reward_before_training": trainer.evaluate()["eval_reward"]} if eval_prompts is not None else {}
-    return train_and_save(trainer, config, "ppo", tokenizer, start.resume_from, extra_metrics=before)
+    return train_and_save(trainer, config, PPO, tokenizer, start.resume_from, extra_metrics=before)
 
 
 def load_policy(config: PPOStageConfig) -> tuple[PreTrainedModel | PeftModel, PreTrainedModel | None]:
@@ -140,3 +131,22 @@ def load_policy(config: PPOStageConfig) -> tuple[PreTrainedModel | PeftModel, Pr
     check_adapter_can_merge(path)
     sft = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True)
     return sft, copy.deepcopy(sft).merge_and_unload()
+
+
+PPO = Stage(
+    name="ppo",
+    config_class=PPOStageConfig,
+    run=run_ppo,
+    card_metrics=("train_loss", "eval_reward_before_training", "eval_reward", "eval_kl"),
+    card_hyperparameters=(
+        *TRAINING_HYPERPARAMETERS,
+        "use_peft",
+        "reward_model_path",
+        "kl_coef",
+        "kl_target",
+        "ptx_coef",
+        "num_ppo_epochs",
+        "response_length",
+    ),
+    plotted=("objective/scores", "objective/kl", "loss/ptx"),
+)

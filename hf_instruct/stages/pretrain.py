@@ -19,7 +19,10 @@ from ..data.mixing import pack_mixture, render_conversations
 from ..data.text import NotEnoughTextError, collate_blocks
 from ..models.instructgpt import InstructGPTConfig, InstructGPTForCausalLM
 from ..tokenization import CHAT_TEMPLATE, train_tokenizer
-from .common import StageArguments, did_you_mean, leave_finished_run, start_run, train_and_save
+from .arguments import StageArguments
+from .lifecycle import leave_finished_run, start_run, train_and_save
+from .parsing import did_you_mean
+from .stage import TRAINING_HYPERPARAMETERS, Stage
 
 
 @dataclass
@@ -167,4 +170,14 @@ def run_pretrain(config: PretrainStageConfig, callbacks: list[TrainerCallback] |
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    return train_and_save(trainer, config, "pretrain", tokenizer, start.resume_from)
+    return train_and_save(trainer, config, PRETRAIN, tokenizer, start.resume_from)
+
+
+PRETRAIN = Stage(
+    name="pretrain",
+    config_class=PretrainStageConfig,
+    run=run_pretrain,
+    card_metrics=("train_loss", "eval_loss", "eval_perplexity"),
+    card_hyperparameters=(*TRAINING_HYPERPARAMETERS, "block_size", "instruction_share"),
+    language_modelling=True,
+)

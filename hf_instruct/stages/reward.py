@@ -17,16 +17,10 @@ from trl import RewardConfig
 from ..data import load_instruction_dataset, load_preference_dataset
 from ..trainers.reward import GroupedRewardTrainer
 from ..utils import reward_scores
-from .common import (
-    TuningArguments,
-    count_kept,
-    leave_finished_run,
-    load_held_out,
-    load_tokenizer,
-    load_trainable,
-    start_run,
-    train_and_save,
-)
+from .arguments import TuningArguments
+from .lifecycle import leave_finished_run, start_run, train_and_save
+from .loading import count_kept, load_held_out, load_tokenizer, load_trainable
+from .stage import TRAINING_HYPERPARAMETERS, Stage
 
 
 @dataclass
@@ -70,7 +64,7 @@ def run_reward(config: RewardStageConfig, callbacks: list[TrainerCallback] | Non
     why = f"are longer than max_length={config.max_length} tokens, and RewardTrainer drops such pairs"
     count_kept(trainer, train_pairs, "reward", "comparisons", why)
     trainer.add_callback(RewardShiftCallback(demonstrations, tokenizer))
-    return train_and_save(trainer, config, "reward", tokenizer, start.resume_from)
+    return train_and_save(trainer, config, REWARD, tokenizer, start.resume_from)
 
 
 class RewardShiftCallback(TrainerCallback):
@@ -89,3 +83,13 @@ def mean_reward(model, tokenizer, conversations: list[list[dict]], batch_size: i
     """Mean score of whole conversations rendered with the chat template."""
     texts = [tokenizer.apply_chat_template(conversation, tokenize=False) for conversation in conversations]
     return reward_scores(model.eval(), tokenizer, texts, batch_size).mean().item()
+
+
+REWARD = Stage(
+    name="reward",
+    config_class=RewardStageConfig,
+    run=run_reward,
+    card_metrics=("train_loss", "eval_loss", "eval_accuracy", "eval_margin"),
+    card_hyperparameters=(*TRAINING_HYPERPARAMETERS, "max_length"),
+    plotted=("loss", "accuracy"),
+)

@@ -16,17 +16,10 @@ from trl import SFTConfig, SFTTrainer
 from ..collator import DataCollatorForInstructionTuning
 from ..data import load_instruction_dataset
 from ..tokenization import end_of_turn_token_id
-from .common import (
-    LoraArguments,
-    TuningArguments,
-    count_kept,
-    leave_finished_run,
-    load_held_out,
-    load_tokenizer,
-    load_trainable,
-    start_run,
-    train_and_save,
-)
+from .arguments import LoraArguments, TuningArguments
+from .lifecycle import leave_finished_run, start_run, train_and_save
+from .loading import count_kept, load_held_out, load_tokenizer, load_trainable
+from .stage import TRAINING_HYPERPARAMETERS, Stage
 
 BACKENDS = ("trl", "collator")
 
@@ -112,4 +105,20 @@ def run_sft(config: SFTStageConfig, callbacks: list[TrainerCallback] | None = No
 
     # ---- train, evaluate, save, card
     before = {"eval_loss_before_training": trainer.evaluate()["eval_loss"]} if eval_examples is not None else {}
-    return train_and_save(trainer, config, "sft", tokenizer, start.resume_from, extra_metrics=before)
+    return train_and_save(trainer, config, SFT, tokenizer, start.resume_from, extra_metrics=before)
+
+
+SFT = Stage(
+    name="sft",
+    config_class=SFTStageConfig,
+    run=run_sft,
+    card_metrics=(
+        "train_loss",
+        "eval_loss_before_training",
+        "eval_loss",
+        "eval_perplexity",
+        "eval_mean_token_accuracy",
+    ),
+    card_hyperparameters=(*TRAINING_HYPERPARAMETERS, "max_length", "packing", "use_peft"),
+    language_modelling=True,
+)
