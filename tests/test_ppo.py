@@ -31,9 +31,9 @@ from hf_instruct.data import pack_texts
 from hf_instruct.evaluation.generation import load_chat_model
 from hf_instruct.stages import GRPOStageConfig, PPOStageConfig, run_grpo, run_ppo
 from hf_instruct.stages import ppo as ppo_stage
-from hf_instruct.trainers.ppo import (
+from hf_instruct.trainers.ppo_trainer import Rollout
+from hf_instruct.trainers.ppo_utils import (
     KLController,
-    Rollout,
     clipped_policy_loss,
     clipped_value_loss,
     compute_gae,
