@@ -142,13 +142,10 @@ class Rollout:
     scores: torch.Tensor
     ended: torch.Tensor
     entropy: torch.Tensor
-    # a rollout learnt from in one update: that update's forward (policy logits, values, pretraining loss), with
-    # gradients; `logprobs` and `values` are its outputs, detached
-    forward: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
     # the reward sources' weighted score before shaping (`scores` is after normalisation, penalty and clipping, what
     # PPO optimises), and the reference's log-probs (for kl_penalty="loss")
-    raw_scores: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
+    raw_scores: torch.Tensor
+    ref_logprobs: torch.Tensor
 
     @property
     def prompt_length(self) -> int:
@@ -508,15 +505,9 @@ class PPOTrainer(Trainer):
 
     # ---- rollout
 
-    def _rollout(
-        self, inputs: dict[str, torch.Tensor], model: nn.Module | None = None, evaluating: bool = False
-    ) -> Rollout:
-        """Sample responses (in `generate` calls of `rollout_generation_batch_size` prompts), score them, and compute
-        log-probs, values, KL, advantages and returns (in forwards of `rollout_forward_batch_size` sequences). The
-        scores are shaped (`_shaped_scores`); an evaluation rollout leaves the running reward statistics alone. Given
-        the training `model` (a rollout learnt from in one update), the policy's log-probs and the values come from
-        that update's own forward instead: with one update the ratio π/π_old is 1 and V = V_old, so a forward of their
-        own would only repeat it (TRL's GRPO skips it likewise with one iteration)."""
+    def _rollout(self, inputs: dict[str, torch.Tensor], evaluating: bool = False) -> Rollout:
+        """Sample answers, score them, and compute log-probs, values, KL, advantages and returns. An evaluation
+        rollout leaves the running reward statistics alone."""
         wrapper = self.accelerator.unwrap_model(self.model)
         wrapper.eval()
         prompt_ids, prompt_mask = inputs["input_ids"], inputs["attention_mask"]
@@ -532,24 +523,15 @@ class PPOTrainer(Trainer):
         query_responses = torch.cat([prompt_ids, responses], dim=1)
         attention_mask = torch.cat([prompt_mask, mask], dim=1)
 
-        forward = None
-        if model is not None:
-            model.train()
-            ptx_input_ids = self._next_ptx_batch() if self.args.ptx_coef > 0 else None
-            with self.compute_loss_context_manager():
-                forward = model(query_responses, attention_mask, response_length, ptx_input_ids)
         size = self.args.rollout_forward_batch_size
         chunks = [slice(start, start + size) for start in range(0, len(responses), size)]
         with torch.no_grad(), self.compute_loss_context_manager(), self._gathered_without_engine():
-            if forward is None:
-                statistics = [
-                    self._policy_statistics(
-                        wrapper(query_responses[rows], attention_mask[rows], response_length), responses[rows]
-                    )
-                    for rows in chunks
-                ]
-            else:
-                statistics = [self._policy_statistics(forward, responses)]
+            statistics = [
+                self._policy_statistics(
+                    wrapper(query_responses[rows], attention_mask[rows], response_length), responses[rows]
+                )
+                for rows in chunks
+            ]
             ref_logprobs = [
                 self._ref_logprobs(query_responses[rows], attention_mask[rows], responses[rows]) for rows in chunks
             ]
@@ -575,7 +557,6 @@ class PPOTrainer(Trainer):
             scores=scores,
             ended=ended,
             entropy=masked_mean(entropy, mask),
-            forward=forward,
             raw_scores=raw_scores,
             ref_logprobs=ref_logprobs,
         )
@@ -597,11 +578,11 @@ class PPOTrainer(Trainer):
         return scores
 
     def _policy_statistics(self, outputs: tuple, responses: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per response token (B, R), from a policy-and-value forward's outputs, without gradients: the policy's
-        log-prob and entropy, and the value."""
+        """Per response token (B, R), from a policy-and-value forward's outputs: the policy's log-prob and entropy,
+        and the value."""
         logits, values, _ = outputs
-        logits = logits.detach().float() / self.args.temperature
-        return selective_log_softmax(logits, responses), entropy_from_logits(logits), values.detach().float()
+        logits = logits.float() / self.args.temperature
+        return selective_log_softmax(logits, responses), entropy_from_logits(logits), values.float()
 
     def _ref_logprobs(self, query_responses, attention_mask, responses) -> torch.Tensor:
         """Log-probs of the responses under the frozen reference (for PEFT: the policy without its adapter)."""
@@ -643,21 +624,20 @@ class PPOTrainer(Trainer):
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         """One PPO iteration: a rollout, then num_ppo_epochs × num_mini_batches updates. Every update but the last
         steps the optimiser here; the Trainer takes the last step (with its scheduler and callbacks). Returns the
-        mean loss of the updates. A rollout learnt from in one update shares that update's forward (`_rollout`)."""
+        mean loss of the updates."""
         inputs = repeated_prompts(self._prepare_inputs(inputs), self.args.num_samples_per_prompt)
         batch_size = len(inputs["input_ids"])  # the last batch of an epoch may be smaller
         num_minibatches = min(self.args.num_mini_batches, batch_size)
         updates = self.args.num_ppo_epochs * num_minibatches
-        rollout = self._rollout(inputs, model if updates == self.gradient_accumulation_steps == 1 else None)
+        rollout = self._rollout(inputs)
         episodes = batch_size * self.args.world_size
         self._episodes += episodes
         self._record_rollout(rollout)
         model.train()
         losses = []
         for update in range(updates):
-            if update % num_minibatches == 0:  # a new pass over the rollout, in a new order (its forward's, if shared)
-                order = torch.randperm if rollout.forward is None else torch.arange
-                minibatches = order(batch_size, device=rollout.responses.device).tensor_split(num_minibatches)
+            if update % num_minibatches == 0:  # a new pass over the rollout, in a new order
+                minibatches = torch.randperm(batch_size, device=rollout.responses.device).tensor_split(num_minibatches)
                 epoch_start = len(self._metrics["policy/approxkl"])
             losses.append(self._update(model, rollout, minibatches[update % num_minibatches]))
             if self._critic_warmup:  # no step at all for the policy (AdamW would still decay it)
@@ -690,8 +670,8 @@ class PPOTrainer(Trainer):
         each one's PPO loss (a mean over its response tokens) weighs its share of the minibatch's response tokens, its
         pretraining loss its share of the pretraining rows, so the sum is the whole minibatch's loss. Returns it."""
         micro_batches = index.tensor_split(min(self.gradient_accumulation_steps, len(index)))
-        ptx_parts = [(None, 1.0)] * len(micro_batches)  # (pretraining rows, their share); a shared forward has its own
-        if self.args.ptx_coef > 0 and rollout.forward is None:
+        ptx_parts = [(None, 1.0)] * len(micro_batches)  # (pretraining rows, their share)
+        if self.args.ptx_coef > 0:
             ptx_input_ids = self._next_ptx_batch()
             ptx_parts = [(rows, len(rows) / len(ptx_input_ids)) for rows in ptx_input_ids.tensor_split(len(ptx_parts))]
         tokens = rollout.mask[index].sum()
@@ -714,15 +694,11 @@ class PPOTrainer(Trainer):
     def _ppo_loss(
         self, model: nn.Module, rollout: Rollout, index: torch.Tensor, ptx_input_ids: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Clipped policy loss + vf_coef × clipped value loss of these rows; the LM loss of the pretraining rows. The
-        forward is the rollout's own when it has one (then the rows are all of it, in order)."""
-        if rollout.forward is not None:
-            logits, values, ptx_loss = rollout.forward
-        else:
-            response_length = rollout.responses.shape[1]
-            logits, values, ptx_loss = model(
-                rollout.query_responses[index], rollout.attention_mask[index], response_length, ptx_input_ids
-            )
+        """Clipped policy loss + vf_coef × clipped value loss of these rows; the LM loss of the pretraining rows."""
+        response_length = rollout.responses.shape[1]
+        logits, values, ptx_loss = model(
+            rollout.query_responses[index], rollout.attention_mask[index], response_length, ptx_input_ids
+        )
         logprobs = selective_log_softmax(logits.float() / self.args.temperature, rollout.responses[index])
         mask = rollout.mask[index]
         policy_loss, policy_stats = clipped_policy_loss(
