@@ -383,6 +383,8 @@ class PPOTrainer(Trainer):
 
     @property
     def policy(self) -> PreTrainedModel | PeftModel:
+        """The policy: the model `save_model` writes and a model card describes (the value model trains beside it and
+        is kept in checkpoints only)."""
         return self.accelerator.unwrap_model(self.model).policy
 
     @property
