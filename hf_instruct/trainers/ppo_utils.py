@@ -17,9 +17,6 @@ from trl.trainer.utils import pad
 
 logger = logging.get_logger(__name__)
 
-ANSWER_PROBE = "hf-instruct answer probe"  # stands for an answer, to find what a chat template writes after one
-
-
 # ---------------------------------------------------------------- the algorithm, as plain functions
 
 
@@ -134,6 +131,8 @@ class KLController:
 
 
 # ---------------------------------------------------------------- the text a reward source reads
+
+ANSWER_PROBE = "hf-instruct answer probe"  # stands for an answer, to find what a chat template writes after one
 
 
 def reward_texts(
