@@ -7,7 +7,7 @@ from transformers import TrainingArguments
 
 @dataclass
 class PPOConfig(TrainingArguments):
-    r"""
+    """
     `TrainingArguments` plus PPO-ptx, the configuration of [`PPOTrainer`].
 
     A step is `per_device_train_batch_size` prompts per device, answered once and then learnt from in `num_ppo_epochs`
