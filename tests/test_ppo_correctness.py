@@ -30,8 +30,8 @@ from transformers import (
 
 from hf_instruct import InstructGPTForCausalLM, InstructGPTForSequenceClassification, PPOTrainer
 from hf_instruct.stages.loading import load_tokenizer
-from hf_instruct.trainers import ppo as ppo_module
-from hf_instruct.trainers.ppo import reward_texts
+from hf_instruct.trainers import ppo_trainer as ppo_module
+from hf_instruct.trainers.ppo_utils import reward_texts
 from hf_instruct.utils import reward_scores
 
 TESTS = Path(__file__).resolve().parent

@@ -30,9 +30,9 @@ from transformers.integrations import MLflowCallback, TensorBoardCallback, Track
 
 from hf_instruct import InstructGPTForCausalLM, InstructGPTForSequenceClassification, PPOConfig, train_tokenizer
 from hf_instruct.stages import PPOStageConfig, run_ppo
-from hf_instruct.trainers.ppo import explained_variance, kl_estimate, reward_texts
 from hf_instruct.trainers.ppo_rewards import RemoteRewardModel, RunningMoments
 from hf_instruct.trainers.ppo_tracking import send_sample_table
+from hf_instruct.trainers.ppo_utils import explained_variance, kl_estimate, reward_texts
 from hf_instruct.utils import reward_scores
 
 

@@ -18,7 +18,8 @@ from enum import Enum
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase, Trainer, TrainerState, TrainingArguments, set_seed
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerState, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging
 
@@ -39,6 +40,7 @@ from ..models.instructgpt import InstructGPTConfig
 from ..optimization import MUON, optimizer_cls_and_kwargs
 from ..precision import CHOSEN_AT_START, ProbeShapes, default_bf16
 from ..staleness import input_fingerprints, lock_folder, recorded_run, run_settings, setting_changes
+from ..trainers import PPOTrainer
 from .arguments import StageArguments
 from .stage import Stage
 
@@ -200,6 +202,11 @@ def is_finished(config: TrainingArguments, output_dir: Path) -> bool:
     return not asks_for_more(config, json.loads(state_file.read_text()))
 
 
+def saved_model(trainer: Trainer) -> PreTrainedModel | PeftModel:
+    """The model a stage saves and its card describes: the Trainer's, or PPO's policy (`PPOTrainer.policy`)."""
+    return trainer.policy if isinstance(trainer, PPOTrainer) else trainer.model
+
+
 def train_and_save(
     trainer: Trainer,
     config: StageArguments,
@@ -214,7 +221,7 @@ def train_and_save(
     metrics = dict(extra_metrics or {})
     if trainer.optimizer is None and (declared := optimizer_cls_and_kwargs(config)):
         trainer.optimizer_cls_and_kwargs = declared  # `optim: muon`; DPO's and GRPO's trainers take no such argument
-    if resume_from and (mismatch := shape_mismatch(Path(resume_from), getattr(trainer, "policy", trainer.model))):
+    if resume_from and (mismatch := shape_mismatch(Path(resume_from), saved_model(trainer))):
         raise ValueError(
             f"{resume_from} holds a model of another shape than this run builds ({mismatch}): choose a new "
             "--output_dir, or run with the settings that made it."
@@ -238,10 +245,9 @@ def train_and_save(
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(config.output_dir)
-        # PPO trains a policy and a value model together: the card describes the policy
         record = stage_record(
             stage=stage.name,
-            model=getattr(trainer, "policy", trainer.model),
+            model=saved_model(trainer),
             base_model=config.model_name_or_path,
             data=config.data_source,
             steps=trainer.state.global_step,

@@ -117,13 +117,9 @@ def run_ppo(config: PPOStageConfig, callbacks: list[TrainerCallback] | None = No
 
 
 def load_policy(config: PPOStageConfig) -> tuple[PreTrainedModel | PeftModel, PreTrainedModel | None]:
-    """The SFT model as the starting policy, and the KL reference where the trainer cannot make it: for full PPO a
-    second copy of the SFT model (under DeepSpeed ZeRO-3 `from_pretrained` shards the weights, which cannot be copied);
-    none for LoRA PPO (the policy with its adapter off). `from_pretrained` on a LoRA SFT output (an adapter folder)
-    would give base + adapter with every weight frozen, and disabling adapters for the reference would switch the SFT
-    one off too. So full PPO trains all weights of the merged SFT model; LoRA PPO trains the SFT adapter on (its rank
-    and modules), against a merged copy: a fresh adapter would need the merged model as its base, which exists nowhere
-    on disk."""
+    """The SFT model as the starting policy, and the KL reference where the trainer cannot copy it (under ZeRO-3 the
+    weights are sharded as they load). A LoRA SFT output is merged for full PPO; LoRA PPO trains that adapter on,
+    against a merged copy: with the adapter disabled the reference would lose the SFT weights."""
     path = config.model_name_or_path
     if not (config.use_peft and is_adapter(path)):
         reference = None if config.use_peft or is_adapter(path) else AutoModelForCausalLM.from_pretrained(path)

@@ -28,15 +28,15 @@ import math
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 from peft import PeftConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
@@ -45,6 +45,7 @@ from trl.models.utils import add_hooks, remove_hooks
 from trl.trainer.utils import entropy_from_logits, pad, selective_log_softmax
 
 from ..utils import markdown_table, reward_scores, table_cell
+from .ppo_config import PPOConfig
 from .ppo_rewards import (
     RewardFunction,
     RewardSource,
@@ -55,470 +56,35 @@ from .ppo_rewards import (
     weighted_scores,
 )
 from .ppo_tracking import send_sample_table
+from .ppo_utils import (
+    KLController,
+    check_no_dropout,
+    clipped_policy_loss,
+    clipped_value_loss,
+    compute_gae,
+    copied,
+    disable_dropout,
+    explained_variance,
+    generate_in_chunks,
+    kl_estimate,
+    kl_penalised_rewards,
+    masked_mean,
+    masked_variance,
+    masked_whiten,
+    neutral_generation_defaults,
+    repeated_prompts,
+    response_logits,
+    reward_texts,
+    submodule_state_dict,
+    token_scores,
+    written_texts,
+)
 
 logger = logging.get_logger(__name__)
 
 VALUE_MODEL_DIR = "value_model"
 PPO_STATE_FILE = "ppo_state.json"
 SAMPLES_FILE = "samples.jsonl"
-ANSWER_PROBE = "hf-instruct answer probe"  # stands for an answer, to find what a chat template writes after one
-
-
-@dataclass
-class PPOConfig(TrainingArguments):
-    """`TrainingArguments` plus PPO-ptx. A step is `per_device_train_batch_size` prompts per device, answered once
-    and then learnt from in `num_ppo_epochs` × `num_mini_batches` optimiser steps, each over a minibatch whose gradient
-    is accumulated over `gradient_accumulation_steps` forwards. With `rollout_batch_size` a step is that many prompts
-    instead, and `per_device_train_batch_size` the minibatch; `num_samples_per_prompt` answers each prompt as often."""
-
-    learning_rate: float = field(default=1e-5, metadata={"help": "Adam learning rate of the policy."})
-    value_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the value model (default: learning_rate)."}
-    )
-    value_max_grad_norm: float | None = field(
-        default=None, metadata={"help": "Clipping norm of the value model's gradients (default: max_grad_norm)."}
-    )
-    gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "Micro-batches per PPO minibatch (the same update, in less memory)."}
-    )
-    rollout_forward_batch_size: int = field(
-        default=64, metadata={"help": "Sequences per forward of each model in a rollout (bounds memory, not results)."}
-    )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the prompt columns."})
-    max_prompt_length: int = field(default=256, metadata={"help": "Longer prompts are left out (and counted)."})
-    response_length: int = field(default=64, metadata={"help": "At most this many sampled tokens per response."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
-    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
-    num_mini_batches: int = field(default=1, metadata={"help": "Optimiser steps per pass over a rollout batch."})
-    kl_coef: float = field(default=0.05, metadata={"help": "β: the per-token KL penalty (initial value if adaptive)."})
-    kl_target: float | None = field(
-        default=None, metadata={"help": "Adapt β so that the response KL approaches this many nats (None: fixed β)."}
-    )
-    kl_horizon: int = field(
-        default=10000, metadata={"help": "Episodes over which the adaptive β moves by at most 20 percent."}
-    )
-    cliprange: float = field(default=0.2, metadata={"help": "ε of the clipped policy ratio."})
-    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value update."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=0.95, metadata={"help": "GAE λ."})
-    # On by default: the reward model cannot tell a cut-off answer from a finished one by its last token alone. 1.0 as
-    # in TRL's PPO/RLOO examples: one unit on the scale of a centred reward model (reward_shift).
-    missing_eos_penalty: float = field(
-        default=1.0, metadata={"help": "Subtracted from the score of a response cut off at response_length (0: off)."}
-    )
-    ptx_coef: float = field(
-        default=0.0, metadata={"help": "γ of PPO-ptx: weight of the pretraining LM loss in every update (0: off)."}
-    )
-    ptx_batch_size: int | None = field(
-        default=None, metadata={"help": "Pretraining blocks per update (default: the PPO minibatch size)."}
-    )
-    num_sample_completions: int = field(
-        default=4, metadata={"help": "Completions logged (and appended to samples.jsonl) every logging step."}
-    )
-    ds3_gather_for_generation: bool = field(
-        default=True,
-        metadata={
-            "help": "Under DeepSpeed ZeRO-3, gather the policy's whole weights for generation (fast; false: fetch "
-            "them layer by layer for every sampled token, slow but for a policy too large for one device)."
-        },
-    )
-
-    # ---- rollout layout, reward sources and shaping, KL variants, update schedule (OpenRLHF/verl/TRL names in
-    # docs/training.md); each off by default where it costs time
-    rollout_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Prompts per device per PPO iteration (OpenRLHF's rollout_batch_size / processes). Set, "
-            "per_device_train_batch_size becomes the answers per optimiser step (the minibatch) and num_mini_batches "
-            "follows (leave it 1). Default: per_device_train_batch_size prompts, split in num_mini_batches."
-        },
-    )
-    num_samples_per_prompt: int = field(
-        default=1, metadata={"help": "Answers sampled per prompt in a rollout (OpenRLHF's n_samples_per_prompt)."}
-    )
-    rollout_generation_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Prompts per `generate` call of a rollout, to bound the KV cache's memory (OpenRLHF's "
-            "micro_rollout_batch_size). Default: the whole rollout batch in one call (fastest). Sampled answers "
-            "then come from other random draws than one call's."
-        },
-    )
-    reward_weights: list[float] | None = field(
-        default=None,
-        metadata={"help": "Weight of each reward source when reward_model is a list (default: 1 each); scores sum."},
-    )
-    reward_normalization: bool = field(
-        default=False,
-        metadata={
-            "help": "Normalise the reward model's scores by the running mean and std of all scores so far (kept in "
-            "checkpoints), before missing_eos_penalty and reward_clip."
-        },
-    )
-    reward_clip: float | None = field(
-        default=None, metadata={"help": "Clip each answer's final score to ±reward_clip (None: no clipping)."}
-    )
-    kl_estimator: str = field(
-        default="k1",
-        metadata={
-            "help": "Per-token KL estimate: k1 = log π − log π_ref (InstructGPT), or k3 = r − 1 − log r with "
-            "r = π_ref/π (Schulman's non-negative, lower-variance estimator; verl's low_var_kl)."
-        },
-    )
-    kl_penalty: str = field(
-        default="reward",
-        metadata={
-            "help": "Where β·KL goes: 'reward' (subtracted from every token's reward, InstructGPT) or 'loss' (β × the "
-            "mean KL of the updated policy added to the policy loss, as GRPO and verl's use_kl_loss; use k3)."
-        },
-    )
-    critic_warmup_steps: int = field(
-        default=0,
-        metadata={"help": "Iterations at the start that train the value model only (verl's critic_warmup)."},
-    )
-    max_approx_kl: float | None = field(
-        default=None,
-        metadata={
-            "help": "Skip a rollout's remaining PPO epochs once an epoch's mean approx-KL to the rollout policy "
-            "exceeds this (SB3's target_kl; None: run all num_ppo_epochs)."
-        },
-    )
-
-    def __post_init__(self):
-        if self.load_best_model_at_end and self.metric_for_best_model is None:
-            self.metric_for_best_model = "reward"  # evaluate() has no loss (the Trainer's default metric)
-        super().__post_init__()
-        self._check_feature_settings()
-        if self.per_device_train_batch_size % self.num_mini_batches:
-            raise ValueError(
-                f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple of "
-                f"num_mini_batches={self.num_mini_batches} (each minibatch is an equal share of a rollout batch)."
-            )
-        for name, rows in (
-            ("per_device_train_batch_size / num_mini_batches", self.mini_batch_size),
-            ("ptx_batch_size", self.ptx_batch_size or self.mini_batch_size),
-        ):
-            if rows % self.gradient_accumulation_steps:
-                raise ValueError(
-                    f"{name} = {rows} must be a multiple of gradient_accumulation_steps="
-                    f"{self.gradient_accumulation_steps} (each micro-batch is an equal share of a minibatch)."
-                )
-        if self.rollout_forward_batch_size < 1:
-            raise ValueError(f"rollout_forward_batch_size must be ≥ 1, got {self.rollout_forward_batch_size}.")
-        for name, smallest in (("temperature", "> 0"), ("kl_target", "> 0 (or None: a fixed β)")):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be {smallest}, got {value}.")
-        if self.num_ppo_epochs < 1:
-            raise ValueError(f"num_ppo_epochs must be ≥ 1 (passes over a rollout batch), got {self.num_ppo_epochs}.")
-        for name in (
-            "kl_coef",
-            "ptx_coef",
-            "vf_coef",
-            "cliprange",
-            "cliprange_value",
-            "missing_eos_penalty",
-            "value_learning_rate",
-            "value_max_grad_norm",
-        ):
-            if (getattr(self, name) or 0) < 0:
-                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}.")
-
-    @property
-    def mini_batch_size(self) -> int:
-        if self.rollout_batch_size is not None:
-            return self.per_device_train_batch_size
-        return self.per_device_train_batch_size * self.num_samples_per_prompt // self.num_mini_batches
-
-    @property
-    def rollout_size(self) -> int:
-        """Answers per device per PPO iteration."""
-        return (self.rollout_batch_size or self.per_device_train_batch_size) * self.num_samples_per_prompt
-
-    def _check_feature_settings(self) -> None:
-        """Refuse settings of the rollout layout, reward shaping, KL and update schedule that cannot work."""
-        for name in ("num_samples_per_prompt", "rollout_batch_size", "rollout_generation_batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
-        for name in ("reward_clip", "max_approx_kl"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0 (or None: off), got {getattr(self, name)}.")
-        if self.critic_warmup_steps < 0:
-            raise ValueError(f"critic_warmup_steps must be ≥ 0, got {self.critic_warmup_steps}.")
-        for name, choices in (("kl_estimator", ("k1", "k3")), ("kl_penalty", ("reward", "loss"))):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
-        if self.rollout_batch_size is not None:
-            if self.num_mini_batches != 1:
-                raise ValueError(
-                    f"num_mini_batches={self.num_mini_batches} with rollout_batch_size={self.rollout_batch_size}: "
-                    "then per_device_train_batch_size sets the minibatch and the number of minibatches follows. "
-                    "Leave num_mini_batches at 1."
-                )
-            if self.rollout_size % self.per_device_train_batch_size:
-                raise ValueError(
-                    f"rollout_batch_size × num_samples_per_prompt = {self.rollout_size} answers must be a multiple of "
-                    f"per_device_train_batch_size={self.per_device_train_batch_size} (the answers per optimiser step)."
-                )
-
-
-# ---------------------------------------------------------------- the algorithm, as plain functions
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_variance(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The (population) variance of the unmasked entries."""
-    return masked_mean((values - masked_mean(values, mask)) ** 2, mask)
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 − Var(returns − values) / Var(returns) over the unmasked tokens: 1 for a perfect value model, 0 for one no
-    better than the mean return, negative for a worse one."""
-    return 1 - masked_variance(returns - values, mask) / masked_variance(returns, mask).clamp(min=1e-8)
-
-
-def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None
-) -> torch.Tensor:
-    """Zero mean, unit variance over the unmasked entries (masked entries become 0). With `sum_over_processes` (an
-    all-reduce sum) the statistics are those of every process's entries: each process's rollout is one share of one
-    batch, and whitening each share on its own would rescale its advantages by its own spread."""
-    total = sum_over_processes or (lambda tensor: tensor)
-    count = total(mask.sum().float()).clamp(min=1)
-    mean = total((values * mask).sum()) / count
-    variance = total((((values - mean) ** 2) * mask).sum()) / count
-    return (values - mean) * torch.rsqrt(variance + 1e-8) * mask
-
-
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(π ‖ π_ref) from sampled tokens (Schulman, "Approximating KL divergence", 2020):
-    k1 = log π − log π_ref (unbiased, can be negative), k3 = r − 1 − log r with r = π_ref/π (unbiased, ≥ 0)."""
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    return torch.expm1(-log_ratio) + log_ratio
-
-
-def kl_penalised_rewards(
-    scores: torch.Tensor,
-    logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    kl_coef: float,
-    kl_estimator: str = "k1",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards −β·KL (the `kl_estimate` of each token), plus the sequence score on the last response token;
-    and the KL."""
-    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator) * mask
-    rewards = -kl_coef * kl
-    last_token = mask.sum(dim=1).long() - 1
-    rewards[torch.arange(rewards.shape[0], device=rewards.device), last_token] += scores
-    return rewards, kl
-
-
-def compute_gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimates and returns over each response (the value after the last token is 0)."""
-    rewards, values = rewards * mask, values * mask
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(rewards.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running
-        advantages[:, t] = running
-    return advantages * mask, (advantages + values) * mask
-
-
-def clipped_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's pessimistic surrogate: mean over tokens of max(−A·r, −A·clip(r, 1 − ε, 1 + ε)), r = π/π_old."""
-    ratio = torch.exp(logprobs - old_logprobs)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
-    stats = {
-        "policy/clipfrac": masked_mean((clipped > unclipped).float(), mask),
-        "policy/approxkl": 0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask),
-        "val/ratio": masked_mean(ratio, mask),
-    }
-    return loss, {name: value.detach() for name, value in stats.items()}
-
-
-def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """½ · mean over tokens of max((V − R)², (V_clipped − R)²), V_clipped within ±cliprange_value of the old V."""
-    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    unclipped_loss, clipped_loss = (values - returns) ** 2, (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(unclipped_loss, clipped_loss), mask)
-    return loss, {"val/clipfrac": masked_mean((clipped_loss > unclipped_loss).float(), mask).detach()}
-
-
-@dataclass
-class KLController:
-    """β of the KL penalty: fixed, or adapted towards `target` nats per response (Ziegler et al. 2019)."""
-
-    value: float
-    target: float | None = None
-    horizon: int = 10000
-
-    def update(self, current_kl: float, episodes: int) -> None:
-        if self.target is None:
-            return
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * episodes / self.horizon
-
-
-def reward_texts(
-    tokenizer: PreTrainedTokenizerBase, prompts: list, completions: list[str], ended: list[bool]
-) -> list[str]:
-    """Prompt + answer as TRL's RewardTrainer renders them: a conversation with the chat template, plain text followed
-    by the EOS token. A cut-off answer stays cut off: text without the EOS, a conversation without the end of turn
-    that the template closes every answer with (else the reward model reads it as finished)."""
-    texts = []
-    for prompt, completion, finished in zip(prompts, completions, ended, strict=True):
-        if isinstance(prompt, str):
-            texts.append(prompt + completion + (tokenizer.eos_token if finished else ""))
-            continue
-        text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
-        if not finished:
-            probe = [*prompt, {"role": "assistant", "content": ANSWER_PROBE}]
-            rendered = tokenizer.apply_chat_template(probe, tokenize=False)
-            text = text.removesuffix(rendered[rendered.rindex(ANSWER_PROBE) + len(ANSWER_PROBE) :])
-        texts.append(text)
-    return texts
-
-
-def written_texts(
-    tokenizer: PreTrainedTokenizerBase, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: list
-) -> list[str]:
-    """The answers as the policy wrote them after their prompts: prompt and answer decoded together, less the prompt's
-    text. Decoded alone, a SentencePiece (Metaspace) answer loses its first token's leading space: the reward model
-    would read "Answer:The quick" where the policy wrote "Answer: The quick"."""
-    texts = []
-    for ids, keep, completion in zip(prompt_ids, prompt_mask, completion_ids, strict=True):
-        prompt = ids[keep.bool()].tolist()
-        before = tokenizer.decode(prompt, skip_special_tokens=True)
-        whole = tokenizer.decode(prompt + completion, skip_special_tokens=True)
-        alone = whole[len(before) :] if whole.startswith(before) else None
-        texts.append(alone if alone is not None else tokenizer.decode(completion, skip_special_tokens=True))
-    return texts
-
-
-# ---------------------------------------------------------------- models
-
-
-def sequence_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token (prompts are left-padded)."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-
-
-def response_logits(
-    model: PreTrainedModel | PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
-) -> torch.Tensor:
-    """The logits of the positions that predict the last `response_length` tokens (B, R, vocab). Only those go through
-    the LM head (`logits_to_keep`): full-vocabulary logits over prompt + response would be most of a step's memory."""
-    return model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=sequence_positions(attention_mask),
-        use_cache=False,
-        logits_to_keep=response_length + 1,
-    ).logits[:, :-1]
-
-
-def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """A one-output sequence classifier's score at every position (B, T): the per-token values of a value model."""
-    backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=sequence_positions(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
-    return model.score(hidden).squeeze(-1)
-
-
-@contextlib.contextmanager
-def neutral_generation_defaults(model: PreTrainedModel | PeftModel) -> Iterator[None]:
-    """`generate` fills every field that its GenerationConfig leaves None from the model's own `generation_config`
-    (repetition_penalty, min_p, no_repeat_ngram_size, suppress_tokens...: Hub chat models ship them), and several
-    have no value that switches them off. With a blank one in its place meanwhile, rollouts sample from exactly
-    softmax(logits / T), the distribution of PPO's log-probs; the model keeps its own for saving."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    own, base.generation_config = base.generation_config, GenerationConfig()
-    try:
-        yield
-    finally:
-        base.generation_config = own
-
-
-def generate_in_chunks(
-    policy: PreTrainedModel | PeftModel,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    generation_config: GenerationConfig,
-    chunk_size: int,
-) -> torch.Tensor:
-    """The sampled responses (B, R) of left-padded prompts, generated `chunk_size` prompts at a time (the KV cache of
-    a whole rollout batch can be most of a step's memory) and right-padded to the longest chunk's with the pad id.
-    Without sampling the chunks give exactly what one `generate` of the batch gives."""
-    prompt_length = prompt_ids.shape[1]
-    chunks = [
-        policy.generate(
-            input_ids=prompt_ids[start : start + chunk_size],
-            attention_mask=prompt_mask[start : start + chunk_size],
-            generation_config=generation_config,
-        )[:, prompt_length:]
-        for start in range(0, len(prompt_ids), chunk_size)
-    ]
-    return pad(list(itertools.chain.from_iterable(chunks)), padding_value=generation_config.pad_token_id)
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """No dropout anywhere, so that π/π_old is exactly 1 before the first update of a rollout: every `nn.Dropout`
-    (LoRA's `lora_dropout` too, said in the log) and every float attribute whose name holds "drop", the rates that
-    transformers' modelling code passes to `F.dropout` or uses to skip layers (`dropout` in OPT, XGLM, BioGPT and the
-    BART family, `activation_dropout`, `attention_dropout`, `attn_dropout_p`, `dropout_p`, `resid_pdrop`,
-    `embd_pdrop`, `layerdrop`...). `check_no_dropout` catches a rate read from elsewhere."""
-    lora_rates = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Dropout):
-            if "lora_dropout" in name and module.p > 0:
-                lora_rates.add(module.p)
-            module.p = 0.0
-        for attribute, value in list(vars(module).items()):
-            if "drop" in attribute and isinstance(value, float):
-                setattr(module, attribute, 0.0)
-    if lora_rates:
-        logger.warning(
-            f"ppo: lora_dropout {', '.join(map(str, sorted(lora_rates)))} of the LoRA adapter is set to 0 for PPO "
-            "(dropout would make π/π_old ≠ 1 before any update)."
-        )
-
-
-def check_no_dropout(model: nn.Module, name: str, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Two train-mode forwards of the same tokens must agree: else some dropout that `disable_dropout` does not know
-    (a rate read from the config at run time, a custom layer) would make every ratio π/π_old noisy."""
-    device = next(model.parameters()).device
-    input_ids = torch.arange(1, 9, device=device)[None, :]
-    training = model.training
-    model.train()
-    with torch.no_grad():
-        first, second = forward(input_ids), forward(input_ids)
-    model.train(training)
-    if not torch.equal(first, second):
-        raise ValueError(
-            f"{name} ({type(model).__name__}) still drops out in train mode after PPO zeroed every nn.Dropout and "
-            "every float `*drop*` attribute: set its remaining dropout rate to 0 (e.g. in its config) before PPO."
-        )
 
 
 class PolicyAndValueModel(nn.Module):
@@ -576,13 +142,10 @@ class Rollout:
     scores: torch.Tensor
     ended: torch.Tensor
     entropy: torch.Tensor
-    # a rollout learnt from in one update: that update's forward (policy logits, values, pretraining loss), with
-    # gradients; `logprobs` and `values` are its outputs, detached
-    forward: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
     # the reward sources' weighted score before shaping (`scores` is after normalisation, penalty and clipping, what
     # PPO optimises), and the reference's log-probs (for kl_penalty="loss")
-    raw_scores: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
+    raw_scores: torch.Tensor
+    ref_logprobs: torch.Tensor
 
     @property
     def prompt_length(self) -> int:
@@ -820,6 +383,8 @@ class PPOTrainer(Trainer):
 
     @property
     def policy(self) -> PreTrainedModel | PeftModel:
+        """The policy: the model `save_model` writes and a model card describes (the value model trains beside it and
+        is kept in checkpoints only)."""
         return self.accelerator.unwrap_model(self.model).policy
 
     @property
@@ -942,15 +507,9 @@ class PPOTrainer(Trainer):
 
     # ---- rollout
 
-    def _rollout(
-        self, inputs: dict[str, torch.Tensor], model: nn.Module | None = None, evaluating: bool = False
-    ) -> Rollout:
-        """Sample responses (in `generate` calls of `rollout_generation_batch_size` prompts), score them, and compute
-        log-probs, values, KL, advantages and returns (in forwards of `rollout_forward_batch_size` sequences). The
-        scores are shaped (`_shaped_scores`); an evaluation rollout leaves the running reward statistics alone. Given
-        the training `model` (a rollout learnt from in one update), the policy's log-probs and the values come from
-        that update's own forward instead: with one update the ratio π/π_old is 1 and V = V_old, so a forward of their
-        own would only repeat it (TRL's GRPO skips it likewise with one iteration)."""
+    def _rollout(self, inputs: dict[str, torch.Tensor], evaluating: bool = False) -> Rollout:
+        """Sample answers, score them, and compute log-probs, values, KL, advantages and returns. An evaluation
+        rollout leaves the running reward statistics alone."""
         wrapper = self.accelerator.unwrap_model(self.model)
         wrapper.eval()
         prompt_ids, prompt_mask = inputs["input_ids"], inputs["attention_mask"]
@@ -966,24 +525,15 @@ class PPOTrainer(Trainer):
         query_responses = torch.cat([prompt_ids, responses], dim=1)
         attention_mask = torch.cat([prompt_mask, mask], dim=1)
 
-        forward = None
-        if model is not None:
-            model.train()
-            ptx_input_ids = self._next_ptx_batch() if self.args.ptx_coef > 0 else None
-            with self.compute_loss_context_manager():
-                forward = model(query_responses, attention_mask, response_length, ptx_input_ids)
         size = self.args.rollout_forward_batch_size
         chunks = [slice(start, start + size) for start in range(0, len(responses), size)]
         with torch.no_grad(), self.compute_loss_context_manager(), self._gathered_without_engine():
-            if forward is None:
-                statistics = [
-                    self._policy_statistics(
-                        wrapper(query_responses[rows], attention_mask[rows], response_length), responses[rows]
-                    )
-                    for rows in chunks
-                ]
-            else:
-                statistics = [self._policy_statistics(forward, responses)]
+            statistics = [
+                self._policy_statistics(
+                    wrapper(query_responses[rows], attention_mask[rows], response_length), responses[rows]
+                )
+                for rows in chunks
+            ]
             ref_logprobs = [
                 self._ref_logprobs(query_responses[rows], attention_mask[rows], responses[rows]) for rows in chunks
             ]
@@ -1009,7 +559,6 @@ class PPOTrainer(Trainer):
             scores=scores,
             ended=ended,
             entropy=masked_mean(entropy, mask),
-            forward=forward,
             raw_scores=raw_scores,
             ref_logprobs=ref_logprobs,
         )
@@ -1031,11 +580,11 @@ class PPOTrainer(Trainer):
         return scores
 
     def _policy_statistics(self, outputs: tuple, responses: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per response token (B, R), from a policy-and-value forward's outputs, without gradients: the policy's
-        log-prob and entropy, and the value."""
+        """Per response token (B, R), from a policy-and-value forward's outputs: the policy's log-prob and entropy,
+        and the value."""
         logits, values, _ = outputs
-        logits = logits.detach().float() / self.args.temperature
-        return selective_log_softmax(logits, responses), entropy_from_logits(logits), values.detach().float()
+        logits = logits.float() / self.args.temperature
+        return selective_log_softmax(logits, responses), entropy_from_logits(logits), values.float()
 
     def _ref_logprobs(self, query_responses, attention_mask, responses) -> torch.Tensor:
         """Log-probs of the responses under the frozen reference (for PEFT: the policy without its adapter)."""
@@ -1077,21 +626,20 @@ class PPOTrainer(Trainer):
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         """One PPO iteration: a rollout, then num_ppo_epochs × num_mini_batches updates. Every update but the last
         steps the optimiser here; the Trainer takes the last step (with its scheduler and callbacks). Returns the
-        mean loss of the updates. A rollout learnt from in one update shares that update's forward (`_rollout`)."""
+        mean loss of the updates."""
         inputs = repeated_prompts(self._prepare_inputs(inputs), self.args.num_samples_per_prompt)
         batch_size = len(inputs["input_ids"])  # the last batch of an epoch may be smaller
         num_minibatches = min(self.args.num_mini_batches, batch_size)
         updates = self.args.num_ppo_epochs * num_minibatches
-        rollout = self._rollout(inputs, model if updates == self.gradient_accumulation_steps == 1 else None)
+        rollout = self._rollout(inputs)
         episodes = batch_size * self.args.world_size
         self._episodes += episodes
         self._record_rollout(rollout)
         model.train()
         losses = []
         for update in range(updates):
-            if update % num_minibatches == 0:  # a new pass over the rollout, in a new order (its forward's, if shared)
-                order = torch.randperm if rollout.forward is None else torch.arange
-                minibatches = order(batch_size, device=rollout.responses.device).tensor_split(num_minibatches)
+            if update % num_minibatches == 0:  # a new pass over the rollout, in a new order
+                minibatches = torch.randperm(batch_size, device=rollout.responses.device).tensor_split(num_minibatches)
                 epoch_start = len(self._metrics["policy/approxkl"])
             losses.append(self._update(model, rollout, minibatches[update % num_minibatches]))
             if self._critic_warmup:  # no step at all for the policy (AdamW would still decay it)
@@ -1124,8 +672,8 @@ class PPOTrainer(Trainer):
         each one's PPO loss (a mean over its response tokens) weighs its share of the minibatch's response tokens, its
         pretraining loss its share of the pretraining rows, so the sum is the whole minibatch's loss. Returns it."""
         micro_batches = index.tensor_split(min(self.gradient_accumulation_steps, len(index)))
-        ptx_parts = [(None, 1.0)] * len(micro_batches)  # (pretraining rows, their share); a shared forward has its own
-        if self.args.ptx_coef > 0 and rollout.forward is None:
+        ptx_parts = [(None, 1.0)] * len(micro_batches)  # (pretraining rows, their share)
+        if self.args.ptx_coef > 0:
             ptx_input_ids = self._next_ptx_batch()
             ptx_parts = [(rows, len(rows) / len(ptx_input_ids)) for rows in ptx_input_ids.tensor_split(len(ptx_parts))]
         tokens = rollout.mask[index].sum()
@@ -1148,15 +696,11 @@ class PPOTrainer(Trainer):
     def _ppo_loss(
         self, model: nn.Module, rollout: Rollout, index: torch.Tensor, ptx_input_ids: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Clipped policy loss + vf_coef × clipped value loss of these rows; the LM loss of the pretraining rows. The
-        forward is the rollout's own when it has one (then the rows are all of it, in order)."""
-        if rollout.forward is not None:
-            logits, values, ptx_loss = rollout.forward
-        else:
-            response_length = rollout.responses.shape[1]
-            logits, values, ptx_loss = model(
-                rollout.query_responses[index], rollout.attention_mask[index], response_length, ptx_input_ids
-            )
+        """Clipped policy loss + vf_coef × clipped value loss of these rows; the LM loss of the pretraining rows."""
+        response_length = rollout.responses.shape[1]
+        logits, values, ptx_loss = model(
+            rollout.query_responses[index], rollout.attention_mask[index], response_length, ptx_input_ids
+        )
         logprobs = selective_log_softmax(logits.float() / self.args.temperature, rollout.responses[index])
         mask = rollout.mask[index]
         policy_loss, policy_stats = clipped_policy_loss(
@@ -1407,33 +951,3 @@ class PPOTrainer(Trainer):
         if "reward_moments" in state:
             self.reward_moments.load_state_dict(state["reward_moments"])
             self._episodes = state["episode"]
-
-
-def copied(model: PreTrainedModel, name: str) -> PreTrainedModel:
-    """A copy of a model, for the default reference or value model. Under DeepSpeed ZeRO-3 `from_pretrained` shards the
-    weights as it loads them, and a copy of the shards is no model."""
-    if is_deepspeed_zero3_enabled():
-        raise ValueError(
-            f"Under DeepSpeed ZeRO-3 pass {name}: a second model loaded with from_pretrained (hf-instruct ppo does), "
-            "as weights sharded at loading cannot be copied."
-        )
-    return copy.deepcopy(model)
-
-
-def submodule_state_dict(state_dict: dict | None, name: str) -> dict | None:
-    """The entries of one submodule (`policy.`, `value_model.`) of a `PolicyAndValueModel` state dict, unprefixed."""
-    if state_dict is None:
-        return None
-    return {key.removeprefix(f"{name}."): value for key, value in state_dict.items() if key.startswith(f"{name}.")}
-
-
-def repeated_prompts(inputs: dict, times: int) -> dict:
-    """A collated batch of prompts with every prompt `times` times in a row (`num_samples_per_prompt`)."""
-    if times == 1:
-        return inputs
-    return {
-        name: value.repeat_interleave(times, dim=0)
-        if isinstance(value, torch.Tensor)
-        else [item for item in value for _ in range(times)]
-        for name, value in inputs.items()
-    }
