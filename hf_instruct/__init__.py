@@ -4,8 +4,6 @@ Importing the package registers the `instructgpt` model type with the transforme
 `AutoModelForCausalLM.from_pretrained(path)` works for hf-instruct checkpoints without `trust_remote_code`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -14,6 +12,7 @@ from transformers import (
 )
 from transformers.models.auto import modeling_auto
 
+from ._version import __version__
 from .collator import DataCollatorForInstructionTuning
 from .hub import push_to_hub
 from .model_card import use_model_card
@@ -26,11 +25,6 @@ from .models.instructgpt import (
 )
 from .tokenization import train_tokenizer
 from .trainers import PPOConfig, PPOTrainer
-
-try:
-    __version__ = version("hf-instruct")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
 
 AutoConfig.register(InstructGPTConfig.model_type, InstructGPTConfig, exist_ok=True)
 AutoModel.register(InstructGPTConfig, InstructGPTModel, exist_ok=True)

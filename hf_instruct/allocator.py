@@ -1,11 +1,11 @@
 """Keep the memory that a training step frees inside the process, on Linux with glibc.
 
-Every CPU training step frees and allocates the same large buffers (activations, logits, gradients). glibc hands
-large freed blocks back to the system (an `munmap`, or a trim of the heap's top) and the next step maps them again,
-one page fault per 4 KiB page: 3.6 M faults in the default pipeline's one-minute pretraining. With glibc's mmap
-threshold at its maximum and a high trim threshold, the blocks stay in the process: ~45 000 faults, and 1.10x the
-training steps/s (benchmarks/bench_allocator.py). The cost: the process keeps its peak memory until it ends. What
-was done goes into the run record.
+Every CPU training step frees and allocates the same large buffers (activations, logits, gradients); glibc hands
+large freed blocks back to the system and the next step faults them in again, page by page. With glibc's mmap
+threshold at its maximum and a high trim threshold the blocks stay in the process. It is on by default
+(`keep_freed_memory`, applied when a stage starts, never on import) because every stage trains faster with it
+(benchmarks/README.md, "Freed memory kept in the process"); the cost is that the process keeps its peak memory until
+it ends. What was done goes into the run record.
 """
 
 import ctypes

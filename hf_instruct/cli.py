@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
+from ._version import __version__
 from .hub import PushError
 
 DEFAULT_PIPELINE = "recipes/default/pipeline.yaml"

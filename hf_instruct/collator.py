@@ -15,11 +15,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .data.instructions import to_messages
+from .data.instructions import chat_tokens, to_messages
 from .data.records import BadRecordError
+from .data.text import IGNORE_INDEX
 
 logger = logging.get_logger(__name__)
-IGNORE_INDEX = -100
 MASK_FIELDS = ("assistant_masks", "completion_mask")
 
 
@@ -89,20 +89,8 @@ class DataCollatorForInstructionTuning:
                 messages = to_messages(example)
             except BadRecordError as problem:
                 raise BadRecordError(f"example {index} of the batch: {problem}") from None
-            rendered = self.tokenizer.apply_chat_template(
-                messages,
-                tokenize=True,
-                return_dict=True,
-                return_assistant_tokens_mask=True,
-                tokenizer_kwargs={"verbose": False},  # long examples are truncated below, with our own warning
-            )
-            input_ids, masks = list(rendered["input_ids"]), [rendered["assistant_masks"]]
-            if not any(masks[0]):
-                raise ValueError(
-                    "The tokenizer's chat template marks no assistant tokens: it needs {% generation %} ... "
-                    "{% endgeneration %} around each assistant turn and its end-of-turn token. Use the template of "
-                    "hf_instruct.train_tokenizer, or trl.chat_template_utils.get_training_chat_template(tokenizer)."
-                )
+            input_ids, assistant_mask = chat_tokens(self.tokenizer, messages)
+            masks = [assistant_mask]
         if self.train_on_prompt:
             masks = []
         labels = [token if all(bits) else IGNORE_INDEX for token, *bits in zip(input_ids, *masks, strict=True)]

@@ -26,6 +26,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard import metadata_load
 from safetensors import safe_open
 
+from ._version import __version__
 from .utils import is_hub_id, markdown_table, table_cell
 
 # The card templates live in the top-level model_cards/ folder. A wheel installs them inside the package (see
@@ -89,8 +90,6 @@ def stage_record(
     metrics: dict,
 ) -> dict:
     """What a reader needs to know about one stage, JSON-ready."""
-    from . import __version__  # here: the package's __init__ imports this module before it sets the version
-
     return {
         "stage": stage,
         "base_model": base_model,

@@ -4,11 +4,11 @@ the warmup-stable-decay schedule with a readable decay length.
 Muon (Jordan et al. 2024) updates each hidden weight matrix by its momentum orthogonalised with a Newton–Schulz
 iteration: every direction of the update moves by about the same amount, so rare directions learn as fast as common
 ones. It trains the modded-nanogpt speedrun records and nanochat in fewer tokens than AdamW. It is made for the 2-D
-matrices inside the network (attention and MLP projections); embeddings, the LM or score head, norms and biases
-keep AdamW (the same reference implementations do it so). `torch.optim.Muon` runs the iteration in bfloat16, which a
-CPU without bf16 instructions emulates 50–80× slower than fp32 (1.6 s a step for the default model's 14 matrices
-against 37 ms in fp32, with the AVX2 code paths forced), so here it runs in float32 on a CPU and in bfloat16 on a GPU,
-as torch's. Muon does not run under DeepSpeed (ZeRO steps flattened shards of the weights): such a run is refused.
+matrices inside the network (attention and MLP projections); embeddings, the LM or score head, norms and biases keep
+AdamW (the same reference implementations do it so). `torch.optim.Muon` runs the iteration in bfloat16, which a CPU
+without bf16 instructions emulates many times slower than fp32 (benchmarks/README.md, "bf16 on CPUs"), so here it runs
+in float32 on a CPU and in bfloat16 on a GPU, as torch's. Muon does not run under DeepSpeed (ZeRO steps flattened
+shards of the weights): such a run is refused.
 
 The Trainer, its LR schedulers and its checkpoints expect one optimizer: `MuonWithAdamW` is one, whose param groups
 are marked `"muon": True` or False; the schedule scales every group's own learning rate alike.

@@ -37,7 +37,7 @@ import trl
 import yaml
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .checkpoints import saved_model_problem
 from .data.suite import SUITE_FILE, SuiteConfig, build_suite, export_suite
 from .evaluation import evaluate_model, load_metric

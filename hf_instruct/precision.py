@@ -1,14 +1,13 @@
 """Whether to train in bf16 by default: only where it is fast, never merely because it is supported.
 
-On a GPU with bf16 support, yes. On a CPU no rule of thumb holds: with AVX2 only, every bf16 matmul is emulated and
-tiny pretraining took 314 s instead of 26 s; with AMX or AVX-512 BF16, bf16 autocast trained the default model 2.6x
-faster on one machine, yet the same machine's plain 128 x 128 bf16 matmul ran at 26 GFLOP/s against 158 in fp32.
-`torch` calls bf16 "supported" on all of them. So a CPU decides by a short probe at the model's own shapes: a
-forward and backward pass of a model of the same width, depth and vocabulary on a batch of the size it trains on,
-timed in fp32 and under bf16 autocast (well under a second for the default model); bf16 when it trains at least
-`PROBE_SPEEDUP` times as many tokens per second. The probe runs once per process and shape set; the choice, its
-reason and the measured speeds go into the run record. `HF_INSTRUCT_BF16=1` (or `0`) overrides the decision for a
-whole process tree, e.g. to run the test suite as it runs on the other kind of CPU.
+On a GPU with bf16 support, yes. On a CPU no rule of thumb holds: with AVX2 only every bf16 matmul is emulated (many
+times slower), with AMX or AVX-512 BF16 autocast can train faster while a plain small bf16 matmul still runs slower
+than fp32 (benchmarks/README.md, "bf16 on CPUs"), and `torch` calls bf16 "supported" on all of them. So a CPU decides
+by a short probe at the model's own shapes: a forward and backward pass of a model of the same width, depth and
+vocabulary on a batch of the size it trains on, timed in fp32 and under bf16 autocast (well under a second for the
+default model); bf16 when it trains at least `PROBE_SPEEDUP` times as many tokens per second. The probe runs once per
+process and shape set; the choice, its reason and the measured speeds go into the run record. `HF_INSTRUCT_BF16=1` (or
+`0`) overrides the decision for a whole process tree, e.g. to run the test suite as it runs on the other kind of CPU.
 
 `python -m hf_instruct.precision` prints the probe at the default model's shapes: the figure to record as a pipeline's
 `estimates.reference_speed` wherever its estimates are measured (`hf_instruct.pipeline` scales them by it).

@@ -15,11 +15,31 @@ import os
 from collections.abc import Iterable
 
 import datasets
+from transformers import PreTrainedTokenizerBase
 
 from .records import BadRecordError, OnBadRecord, normalize_records, require_text
 
 CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def chat_tokens(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """The conversation's token ids as the tokenizer's chat template renders it, and its assistant mask: 1 on each
+    assistant turn with its end-of-turn token (the template's `{% generation %}` spans), the tokens SFT trains."""
+    rendered = tokenizer.apply_chat_template(
+        messages,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        tokenizer_kwargs={"verbose": False},  # the collator truncates long examples, with its own warning
+    )
+    if not any(rendered["assistant_masks"]):
+        raise ValueError(
+            "The tokenizer's chat template marks no assistant tokens: it needs {% generation %} ... "
+            "{% endgeneration %} around each assistant turn and its end-of-turn token. Use the template of "
+            "hf_instruct.train_tokenizer, or trl.chat_template_utils.get_training_chat_template(tokenizer)."
+        )
+    return list(rendered["input_ids"]), list(rendered["assistant_masks"])
 
 
 def to_messages(record: dict) -> list[dict[str, str]]:

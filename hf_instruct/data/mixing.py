@@ -16,8 +16,8 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from ..collator import DataCollatorForInstructionTuning
-from .text import pack_sequences
+from .instructions import chat_tokens
+from .text import IGNORE_INDEX, pack_sequences
 
 Conversation = list[dict[str, str]]
 
@@ -50,9 +50,14 @@ def pack_mixture(
         (ids, ids) for ids in tokenizer(list(texts["text"]), add_special_tokens=False, verbose=False)["input_ids"]
     ]
     wanted = share / (1 - share) * sum(len(ids) + 1 for ids, _ in documents)
-    # the SFT collator's own rendering: labels on the assistant's turns (every token with train_on_prompts)
-    collator = DataCollatorForInstructionTuning(tokenizer, train_on_prompt=train_on_prompts)
-    rendered = [collator.tokenize({"messages": messages}) for messages in conversations]
+    # SFT's rendering: labels on the assistant's turns (every token with train_on_prompts)
+    rendered = []
+    for messages in conversations:
+        input_ids, assistant_mask = chat_tokens(tokenizer, messages)
+        trained = [1] * len(input_ids) if train_on_prompts else assistant_mask
+        rendered.append(
+            (input_ids, [token if bit else IGNORE_INDEX for token, bit in zip(input_ids, trained, strict=True)])
+        )
     drawn, tokens = [], 0
     while tokens < wanted:
         for index in rng.sample(range(len(rendered)), len(rendered)):
