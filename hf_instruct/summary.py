@@ -42,23 +42,24 @@ def spread(values: list[float]) -> dict:
 
 
 def summarize_runs(comparisons: dict[str, dict]) -> dict:
-    """{"runs": [folders], "models": {model: {"splits": {split: spread of accuracy}, "floor": {split: spread},
+    """{"runs": [folders], "floors": {split: spread}, "models": {model: {"splits": {split: spread of accuracy},
     "pooled_vs_sft": spread of the difference plus "above_zero" (seeds whose interval is above 0) and "intervals",
-    "win_rate_vs_sft": spread, "perplexity": spread}}} for the models every run compared, in the first run's order."""
+    "win_rate_vs_sft": spread, "perplexity": spread}}} for the models every run compared, in the first run's order.
+    A split's floor is the same for every model of a run (the trivial rules answer from the examples alone)."""
     if not comparisons:
         raise ValueError("summarize_runs: no runs given.")
     results = [comparison["results"] for comparison in comparisons.values()]
     models = [name for name in results[0] if all(name in result for result in results)]
-    summary = {"runs": list(comparisons), "models": {}}
+    floors = {s: spread([next(iter(r.values()))["splits"][s]["floor"] for r in results]) for s in SUITE_SPLITS}
+    summary = {"runs": list(comparisons), "floors": floors, "models": {}}
     for name in models:
         per_run = [result[name] for result in results]
         model = {
             "splits": {s: spread([m["splits"][s]["accuracy"] for m in per_run]) for s in SUITE_SPLITS},
-            "floor": {s: spread([m["splits"][s]["floor"] for m in per_run]) for s in SUITE_SPLITS},
             "perplexity": spread([m["perplexity"] for m in per_run]),
         }
-        pooled = [m.get("pooled", {}).get("vs_sft") for m in per_run]
-        if name != "sft" and all(pooled):
+        if name != "sft":  # SFT against itself says nothing
+            pooled = [m["pooled"]["vs_sft"] for m in per_run]
             model["pooled_vs_sft"] = spread([p["difference"] for p in pooled]) | {
                 "above_zero": sum(p["interval"][0] > 0 for p in pooled),
                 "intervals": [p["interval"] for p in pooled],
@@ -72,8 +73,7 @@ def summary_markdown(summary: dict) -> list[str]:
     """The summary as a markdown table, mean ± sd over the runs, with the pooled difference's per-seed values."""
     runs = len(summary["runs"])
     header = ["model", *map(short, SUITE_SPLITS), "pooled vs SFT", "verifier win rate", "perplexity"]
-    first = next(iter(summary["models"].values()))
-    rows = [["floor", *(_mean_sd(first["floor"][s]) for s in SUITE_SPLITS), "", "", ""]]
+    rows = [["floor", *(_mean_sd(summary["floors"][s]) for s in SUITE_SPLITS), "", "", ""]]
     for name, model in summary["models"].items():
         pooled, win_rate = model.get("pooled_vs_sft"), model.get("win_rate_vs_sft")
         rows.append(

@@ -46,7 +46,7 @@ def test_summary_gives_mean_and_sample_sd_of_every_figure_over_the_runs(three_ru
     assert entities["values"] == [0.5, 0.6, 0.7]
     assert entities["mean"] == pytest.approx(0.6) and entities["sd"] == pytest.approx(0.1)  # sample sd (n - 1)
     assert ppo["splits"][SUITE_SPLITS[2]]["mean"] == pytest.approx(0.8)
-    assert ppo["floor"][SUITE_SPLITS[1]] == {"mean": pytest.approx(0.2), "sd": 0.0, "values": [0.2] * 3}
+    assert summary["floors"][SUITE_SPLITS[1]] == {"mean": pytest.approx(0.2), "sd": 0.0, "values": [0.2] * 3}
     pooled = ppo["pooled_vs_sft"]
     assert pooled["mean"] == pytest.approx(0.02) and pooled["sd"] == pytest.approx(
         statistics.stdev([0.02, -0.01, 0.05])
