@@ -15,7 +15,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .data.instructions import chat_tokens, to_messages
+from .data.instructions import chat_tokens, to_messages, trained_labels
 from .data.records import BadRecordError
 from .data.text import IGNORE_INDEX
 
@@ -91,10 +91,7 @@ class DataCollatorForInstructionTuning:
                 raise BadRecordError(f"example {index} of the batch: {problem}") from None
             input_ids, assistant_mask = chat_tokens(self.tokenizer, messages)
             masks = [assistant_mask]
-        if self.train_on_prompt:
-            masks = []
-        labels = [token if all(bits) else IGNORE_INDEX for token, *bits in zip(input_ids, *masks, strict=True)]
-        return input_ids, labels
+        return input_ids, trained_labels(input_ids, [] if self.train_on_prompt else masks)
 
     def truncate(self, input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
         """Cut to max_length: prompt tokens from the left first, then response tokens from the right."""

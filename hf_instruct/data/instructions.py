@@ -18,6 +18,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from .records import BadRecordError, OnBadRecord, normalize_records, require_text
+from .text import IGNORE_INDEX
 
 CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -40,6 +41,12 @@ def chat_tokens(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str
             "hf_instruct.train_tokenizer, or trl.chat_template_utils.get_training_chat_template(tokenizer)."
         )
     return list(rendered["input_ids"]), list(rendered["assistant_masks"])
+
+
+def trained_labels(input_ids: list[int], masks: list[list[int]]) -> list[int]:
+    """The labels of a tokenised example: each token where every mask is 1, IGNORE_INDEX elsewhere (every token when
+    `masks` is empty)."""
+    return [token if all(bits) else IGNORE_INDEX for token, *bits in zip(input_ids, *masks, strict=True)]
 
 
 def to_messages(record: dict) -> list[dict[str, str]]:

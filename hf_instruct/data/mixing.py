@@ -16,8 +16,8 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from .instructions import chat_tokens
-from .text import IGNORE_INDEX, pack_sequences
+from .instructions import chat_tokens, trained_labels
+from .text import pack_sequences
 
 Conversation = list[dict[str, str]]
 
@@ -54,10 +54,7 @@ def pack_mixture(
     rendered = []
     for messages in conversations:
         input_ids, assistant_mask = chat_tokens(tokenizer, messages)
-        trained = [1] * len(input_ids) if train_on_prompts else assistant_mask
-        rendered.append(
-            (input_ids, [token if bit else IGNORE_INDEX for token, bit in zip(input_ids, trained, strict=True)])
-        )
+        rendered.append((input_ids, trained_labels(input_ids, [] if train_on_prompts else [assistant_mask])))
     drawn, tokens = [], 0
     while tokens < wanted:
         for index in rng.sample(range(len(rendered)), len(rendered)):
